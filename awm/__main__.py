@@ -1,0 +1,3 @@
+from awm.cli import main
+
+raise SystemExit(main())

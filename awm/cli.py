@@ -1,0 +1,103 @@
+"""The ``awm`` command: one subcommand per pipeline stage.
+
+The registry below is explicit (no import side effects): each stage module defines
+``add_arguments(parser)`` and ``run(args) -> int`` and is imported only when its command runs,
+so ``awm --help`` stays fast. Exit codes: 0 ok, 1 failure, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from awm import __version__
+
+# command -> (module, one-line description)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "crawl": ("awm.crawl", "download originals from a Moebooru/Danbooru API into raw shards"),
+    "ingest": ("awm.ingest", "turn a local folder of images into raw shards"),
+    "shard": ("awm.shard", "degrade HR into LR/HR pairs and write train/eval shards"),
+    "train": ("awm.train", "train a model from pair shards (Accelerate, DDP, bf16, resume)"),
+    "eval": ("awm.evaluate", "evaluate models and baselines on eval shards into one table"),
+    "score": ("awm.score", "no-reference IQA scores of any folder of images"),
+    "upscale": ("awm.infer", "tiled upscaling of images, folders or shards with any checkpoint"),
+    "submit": ("awm.submit", "run any stage on SLURM (or locally) through submitit"),
+    "weights": ("awm.weights", "list, stage and verify metric/backbone weights for offline nodes"),
+    "niqe-fit": ("awm.niqe", "fit an anime NIQE pristine model on HR images"),
+    "report": ("awm.report", "experiment table across training runs"),
+    "convert": ("awm.checkpoint", "convert an AWM checkpoint to a BasicSR/spandrel-loadable file"),
+    "demo": ("awm.demo", "the whole pipeline on built-in generated wallpapers"),
+}
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _stage_module(name: str):
+    module_name = COMMANDS[name][0]
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name == module_name:
+            return None
+        raise
+
+
+def build_parser(command: str | None = None) -> tuple[argparse.ArgumentParser, dict]:
+    """The top-level parser; only ``command``'s module is imported to fill in its arguments."""
+    parser = argparse.ArgumentParser(
+        prog="awm", formatter_class=_Formatter,
+        description="AWM: anime-wallpaper super-resolution, from crawl to upscale.",
+        epilog="Run 'awm COMMAND --help' for a command's options.")
+    parser.add_argument("--version", action="version", version=f"awm {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on failure")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    modules = {}
+    for name, (_, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=_Formatter)
+        if name == command:
+            mod = _stage_module(name)
+            modules[name] = mod
+            if mod is not None:
+                mod.add_arguments(p)
+    return parser, modules
+
+
+def main(argv: list[str] | None = None) -> int:
+    from awm.config import ConfigError
+    from awm.log import get_logger
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if a in COMMANDS), None)
+    parser, modules = build_parser(command)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    mod = modules.get(args.command)
+    if mod is None:
+        print(f"awm {args.command}: not available yet in awm {__version__}", file=sys.stderr)
+        return EXIT_USAGE
+    log = get_logger("awm.cli")
+    try:
+        return int(mod.run(args) or 0)
+    except ConfigError as e:
+        print(f"awm {args.command}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+    except Exception as e:  # noqa: BLE001 - the CLI boundary turns failures into exit code 1
+        if args.debug or os.environ.get("AWM_DEBUG"):
+            raise
+        log.error("%s failed: %s: %s (re-run with --debug for a traceback)", args.command,
+                  type(e).__name__, e)
+        return EXIT_FAIL

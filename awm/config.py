@@ -1,0 +1,274 @@
+"""Typed configuration: dataclasses validated on load, from YAML, flags or `key=value` overrides.
+
+Every stage owns a dataclass. Fields carry their help text in ``metadata["help"]``; validation of
+ranges lives in the dataclass's ``__post_init__`` and raises :class:`ConfigError`, which always
+names the key, the value and what would have been valid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown or invalid; the message says which and what is valid."""
+
+    def __init__(self, key: str, value: Any, valid: str):
+        self.key, self.value, self.valid = key, value, valid
+        super().__init__(f"config key '{key}': got {value!r}; valid: {valid}")
+
+
+def check(cond: bool, key: str, value: Any, valid: str) -> None:
+    """Raise ConfigError unless ``cond``; a one-liner for ``__post_init__`` range checks."""
+    if not cond:
+        raise ConfigError(key, value, valid)
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if origin in (list, tuple):
+        args = [a for a in get_args(tp) if a is not Ellipsis]
+        return f"a list of {_type_name(args[0])}" if args else "a list"
+    if origin is dict:
+        return "a mapping"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return f"a mapping with keys {', '.join(f.name for f in dataclasses.fields(tp))}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    """Convert ``value`` (from YAML or a CLI string) to ``tp`` or raise ConfigError."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        choices = get_args(tp)
+        for c in choices:
+            if value == c or (isinstance(value, str) and str(c) == value):
+                return c
+        raise ConfigError(key, value, _type_name(tp))
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        is_null = value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
+        if is_null and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(a, value, key)
+            except ConfigError:
+                continue
+        raise ConfigError(key, value, _type_name(tp))
+    if origin in (list, tuple):
+        args = [a for a in get_args(tp) if a is not Ellipsis]
+        inner = args[0] if args else Any
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()] if value.strip() else []
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(key, value, _type_name(tp))
+        items = [_coerce(inner, v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(key, value, "a mapping")
+        kt, vt = get_args(tp) or (Any, Any)
+        return {_coerce(kt, k, key): _coerce(vt, v, f"{key}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(key, value, _type_name(tp))
+        return from_dict(tp, value, prefix=key + ".")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise ConfigError(key, value, "true or false")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(key, value, "an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                pass
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(key, value, "an integer")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(key, value, "a number")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(key, value, "a number")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(key, value, "a string")
+    if tp is Path:
+        if isinstance(value, (str, Path)):
+            return Path(value)
+        raise ConfigError(key, value, "a path")
+    return value
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """Build ``cls`` from a mapping; unknown keys and bad values raise ConfigError."""
+    if not isinstance(data, dict):
+        raise ConfigError(prefix.rstrip(".") or "<root>", data, "a mapping")
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    for k in data:
+        if k not in names:
+            raise ConfigError(prefix + str(k), data[k], "known keys are " + ", ".join(sorted(names)))
+    kwargs = {k: _coerce(hints[k], v, prefix + k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        if prefix and not e.key.startswith(prefix):
+            raise ConfigError(prefix + e.key, e.value, e.valid) from None
+        raise
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain, YAML/JSON-safe mapping of a config (paths as strings, tuples as lists)."""
+
+    def conv(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v) if f.init}
+        if isinstance(v, (list, tuple)):
+            return [conv(x) for x in v]
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        if isinstance(v, Path):
+            return str(v)
+        return v
+
+    return conv(cfg)
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.c = value`` inside nested dicts, creating levels as needed."""
+    parts = dotted.split(".")
+    cur = data
+    for p in parts[:-1]:
+        nxt = cur.get(p)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            cur[p] = nxt
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """Split ``key=value``; the value is parsed as YAML so ``lr=1e-4`` and ``scales=[2,4]`` work."""
+    if "=" not in item:
+        raise ConfigError(item, item, "overrides of the form key=value (dotted keys for nesting)")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str):
+        value = raw
+    return key, value
+
+
+def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
+         base: dict[str, Any] | None = None) -> T:
+    """Load ``cls`` from an optional YAML file, then a base mapping, then ``key=value`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError("config", str(path), "an existing YAML file")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError("config", str(path), "a YAML mapping at the top level")
+        data.update(loaded)
+    for k, v in (base or {}).items():
+        set_dotted(data, k, v)
+    for item in overrides or []:
+        k, v = parse_override(item)
+        set_dotted(data, k, v)
+    return from_dict(cls, data)
+
+
+def digest(cfg: Any) -> str:
+    """Short stable hash of a config, stored in checkpoints and stats to tie outputs to inputs."""
+    blob = json.dumps(to_dict(cfg), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def save(cfg: Any, path: str | Path) -> Path:
+    """Write the config used by a run beside its outputs (atomic)."""
+    from awm.io import atomic_write_text
+
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    return atomic_write_text(Path(path), text)
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """Expose a config dataclass as ``--flag`` options (help and defaults from the fields).
+
+    Nested dataclasses are left to YAML and ``key=value`` overrides.
+    """
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        if not f.init or f.name in skip or dataclasses.is_dataclass(hints[f.name]):
+            continue
+        flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        help_text = f.metadata.get("help", "")
+        shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+        tp = hints[f.name]
+        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
+                              "help": f"{help_text} (default: {shown})"}
+        if tp is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["metavar"] = f.metadata.get("metavar", f.name.upper())
+            if get_origin(tp) is Literal:
+                kw["help"] = f"{help_text} {{{','.join(map(str, get_args(tp)))}}} (default: {shown})"
+        parser.add_argument(flag, **kw)
+
+
+def from_args(cls: type[T], args: argparse.Namespace, overrides: list[str] | None = None) -> T:
+    """Build ``cls`` from parsed flags (only those given) plus ``key=value`` overrides."""
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    given = {k: v for k, v in vars(args).items() if k in names}
+    return load(cls, getattr(args, "config", None), overrides, base=given)

@@ -1,0 +1,110 @@
+"""Distributed details in one place: who am I, how many are we, and collectives that work on CPU.
+
+Rank and world size come from torchrun/accelerate (RANK, WORLD_SIZE, LOCAL_RANK) or SLURM
+(SLURM_PROCID, SLURM_NTASKS). Without a GPU the process group uses gloo automatically.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def env() -> DistEnv:
+    """Rank, world size and local rank from the launcher's environment (1 process if none)."""
+    e = os.environ
+    if "RANK" in e and "WORLD_SIZE" in e:
+        return DistEnv(int(e["RANK"]), int(e["WORLD_SIZE"]), int(e.get("LOCAL_RANK", 0)))
+    if "SLURM_PROCID" in e and "SLURM_NTASKS" in e and int(e["SLURM_NTASKS"]) > 1:
+        return DistEnv(int(e["SLURM_PROCID"]), int(e["SLURM_NTASKS"]), int(e.get("SLURM_LOCALID", 0)))
+    return DistEnv(0, 1, 0)
+
+
+def rank() -> int:
+    return env().rank
+
+
+def world_size() -> int:
+    return env().world_size
+
+
+def is_main() -> bool:
+    return env().is_main
+
+
+def backend() -> str:
+    """nccl when this process has a GPU, gloo otherwise (CPU-only machines, tests)."""
+    import torch
+
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def init() -> DistEnv:
+    """Join the process group if launched with several processes; a no-op for one process.
+
+    On a machine with no GPU, also tells Accelerate to run on CPU so ``torchrun`` works unchanged.
+    """
+    import torch
+    import torch.distributed as dist
+
+    d = env()
+    if not torch.cuda.is_available():
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+    if d.world_size > 1 and not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29500")
+        os.environ.setdefault("RANK", str(d.rank))
+        os.environ.setdefault("WORLD_SIZE", str(d.world_size))
+        os.environ.setdefault("LOCAL_RANK", str(d.local_rank))
+        if torch.cuda.is_available():
+            torch.cuda.set_device(d.local_rank)
+        dist.init_process_group(backend())
+    return d
+
+
+def initialized() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def barrier() -> None:
+    if initialized():
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` in rank order on every rank (a list of one without a process group)."""
+    if not initialized():
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def shard_indices(n: int, rank_: int, world: int) -> range:
+    """Disjoint, deterministic slice of ``range(n)`` for one rank; together they cover all of it."""
+    return range(rank_, n, world)
+
+
+def destroy() -> None:
+    if initialized():
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
