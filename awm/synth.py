@@ -29,14 +29,16 @@ def _color(rng: np.random.Generator, sat: tuple[float, float] = (0.25, 0.9),
 
 def _gradient(h: int, w: int, c0: np.ndarray, c1: np.ndarray, angle: float, radial: bool,
               center: tuple[float, float] = (0.5, 0.5)) -> np.ndarray:
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    yy = np.arange(h, dtype=np.float32)[:, None]
+    xx = np.arange(w, dtype=np.float32)[None, :]
     if radial:
         t = np.hypot((xx / w - center[0]) * w / max(h, w), (yy / h - center[1]) * h / max(h, w)) * 1.6
     else:
-        t = (np.cos(angle) * xx / w + np.sin(angle) * yy / h)
-        t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
-    t = np.clip(t, 0, 1)[..., None]
-    return c0 * (1 - t) + c1 * t
+        t = np.cos(angle) * xx / w + np.sin(angle) * yy / h
+        lo, hi = float(t.min()), float(t.max())
+        t = (t - lo) * (1.0 / max(hi - lo, 1e-6))
+    t = np.clip(t, 0, 1, out=t)[..., None]
+    return c0 + (c1 - c0) * t
 
 
 def _blob(rng: np.random.Generator, cx: float, cy: float, r: float, n: int = 9) -> np.ndarray:
@@ -57,8 +59,14 @@ def _bezier(p: np.ndarray, n: int = 48) -> np.ndarray:
 
 
 def _fill(canvas: np.ndarray, mask: np.ndarray, color: np.ndarray | float) -> None:
-    m = mask[..., None]
-    canvas[:] = canvas * (1 - m) + m * color
+    """Blend ``color`` (scalar, RGB or an image) into ``canvas`` where ``mask`` > 0, in its bounding box only."""
+    x, y, bw, bh = cv2.boundingRect((mask > 0).astype(np.uint8))
+    if bw == 0 or bh == 0:
+        return
+    box = (slice(y, y + bh), slice(x, x + bw))
+    m = mask[box][..., None]
+    c = color[box] if isinstance(color, np.ndarray) and color.ndim == 3 else color
+    canvas[box] += m * (c - canvas[box])
 
 
 def _poly_mask(shape: tuple[int, int], pts: np.ndarray) -> np.ndarray:
