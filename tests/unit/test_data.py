@@ -1,0 +1,134 @@
+"""awm.data: aligned crops, per-batch determinism (the resume position), skips, rank splitting."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pairs import make_pair_shards  # noqa: E402
+
+from awm.data import (  # noqa: E402
+    DataConfig,
+    PairStream,
+    SkipCounter,
+    TarReader,
+    dihedral,
+    epoch_steps,
+    eval_pairs,
+    shard_list,
+    train_loader,
+)
+from awm.shards import iter_tar  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("pairs")
+    make_pair_shards(d, [3, 1, 5], scales=(2, 4), size=(96, 64), corrupt=("img00004",))
+    make_pair_shards(d / "eval", [4], scales=(2, 4), size=(96, 64), split="eval", seed=1)
+    return d
+
+
+def cfg(shards: Path, **kw) -> DataConfig:
+    base = dict(train=str(shards), scale=2, patch=32, batch_size=6, patches_per_image=2, workers=0)
+    base.update(kw)
+    return DataConfig(**base)
+
+
+def batches(loader, n):
+    it = iter(loader)
+    return [next(it) for _ in range(n)]
+
+
+def test_crops_are_aligned_and_shaped(shards):
+    c = cfg(shards, scale=4, patch=32)
+    b = PairStream(c, shard_list(shards), seed=0, rank=0).make_batch(0, TarReader(), Counter())
+    assert b["hr"].shape == (6, 32, 32, 3) and b["lr"].shape == (6, 8, 8, 3)
+    assert b["hr"].dtype == torch.uint8
+    errors = []
+    for hr, lr in zip(b["hr"].numpy(), b["lr"].numpy(), strict=True):
+        down = cv2.resize(hr, (8, 8), interpolation=cv2.INTER_AREA).astype(float)
+        errors.append((np.abs(down - lr).mean(), np.abs(np.roll(down, 1, axis=(0, 1)) - lr).mean()))
+    aligned, shifted = np.mean(errors, axis=0)
+    assert aligned < 0.6 * shifted, errors
+
+
+def test_batch_depends_only_on_seed_rank_index(shards):
+    c0, c2 = cfg(shards), cfg(shards, workers=2, prefetch=1)
+    a = batches(train_loader(c0, seed=3, rank=0), 5)
+    b = batches(train_loader(c2, seed=3, rank=0), 5)
+    resumed = batches(train_loader(c0, seed=3, rank=0, start=3), 2)
+    assert [x["index"] for x in b] == [0, 1, 2, 3, 4]
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x["hr"], y["hr"]) and torch.equal(x["lr"], y["lr"])
+    assert torch.equal(resumed[0]["hr"], a[3]["hr"]) and torch.equal(resumed[1]["lr"], a[4]["lr"])
+    other_rank = batches(train_loader(c0, seed=3, rank=1), 1)
+    other_seed = batches(train_loader(c0, seed=4, rank=0), 1)
+    assert not torch.equal(other_rank[0]["hr"], a[0]["hr"])
+    assert not torch.equal(other_seed[0]["hr"], a[0]["hr"])
+
+
+def test_undecodable_samples_are_skipped_and_counted(shards):
+    counter = SkipCounter()
+    for b in batches(train_loader(cfg(shards, batch_size=8, patches_per_image=1), seed=0, rank=0), 12):
+        counter.update(b)
+    total = counter.total()
+    assert sum(total.values()) >= 1
+    assert set(total) <= {"truncated", "undecodable"}, total
+
+
+def test_uneven_shards_are_all_sampled(shards):
+    assert [n for _, n in shard_list(shards)] == [3, 1, 5]
+    stream = PairStream(cfg(shards, batch_size=4, patches_per_image=4), shard_list(shards), 0, 0)
+    reader, seen = TarReader(), set()
+    real = reader.read
+    reader.read = lambda path, i: (seen.add((path.name, i)), real(path, i))[1]
+    for i in range(60):
+        stream.make_batch(i, reader, Counter())
+    assert seen == {(p.name, i) for p, n in shard_list(shards) for i in range(n)}
+
+
+def test_tar_reader_matches_streaming_reader(shards):
+    reader = TarReader(max_open=1)
+    for path, n in shard_list(shards):
+        streamed = list(iter_tar(path))
+        assert len(streamed) == n
+        for i, s in enumerate(streamed):
+            got = reader.read(path, i)
+            assert got["__key__"] == s["__key__"] and got["hr.png"] == s["hr.png"]
+    with pytest.raises(IndexError):
+        reader.read(shard_list(shards)[0][0], 99)
+
+
+def test_hr_only_shards_need_a_degradation_preset(tmp_path):
+    d = make_pair_shards(tmp_path / "hr", [2], hr_only=True)
+    stream = PairStream(cfg(d), shard_list(d), 0, 0)
+    with pytest.raises(ValueError, match="data.degrade"):
+        stream.make_batch(0, TarReader(), Counter())
+
+
+def test_dihedral_gives_eight_distinct_views():
+    img = np.arange(12).reshape(3, 4, 1)
+    views = {dihedral(img, k).tobytes() + bytes(dihedral(img, k).shape) for k in range(8)}
+    assert len(views) == 8
+
+
+def test_eval_pairs_split_across_ranks(shards):
+    keys = [[k for k, _, _ in eval_pairs(shards / "eval", 2, r, 3, crop=32)] for r in range(3)]
+    assert sorted(sum(keys, [])) == [f"img{i:05d}" for i in range(4)]
+    assert keys[0] == ["img00000", "img00003"]
+    _, lr, hr = next(eval_pairs(shards / "eval", 2, 0, 1, crop=32))
+    assert lr.shape == (16, 16, 3) and hr.shape == (32, 32, 3)
+    assert len(list(eval_pairs(shards / "eval", 2, 0, 1, limit=2))) == 2
+
+
+def test_epoch_steps_from_index(shards):
+    assert epoch_steps(cfg(shards, batch_size=2, patches_per_image=1), world_size=1, accum=1) == 4
+    assert epoch_steps(cfg(shards, epoch_steps=7), world_size=2, accum=2) == 7
