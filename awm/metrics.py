@@ -1,0 +1,134 @@
+"""Image-quality metrics by name, through pyiqa, with an offline-safe start-up.
+
+Names are pyiqa's (``psnry`` and ``ssim`` work on the Y channel, ``ms_ssim``, ``lpips``,
+``dists``; no-reference ``niqe``, ``maniqa``, ``clipiqa``, ``musiq``, ``piqe``, ...) plus
+``niqe_anime``: pyiqa's NIQE with our pristine model fitted on anime images (awm.niqe).
+Whether higher or lower is better comes from pyiqa's own metric (``lower_better``).
+
+pyiqa takes ~7 s to import and retries downloads for ~40 s when offline, so :func:`check`
+validates names and weight files first, without importing pyiqa, and fails in well under a
+second naming the missing file and the command that stages it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from awm import weights
+
+# Work with no weight file at all (niqe_anime's model ships with the package).
+WEIGHT_FREE = ("psnr", "psnry", "ssim", "ssimc", "ms_ssim", "cw_ssim", "fsim", "vif", "gmsd", "nlpd",
+               "mad", "vsi", "piqe", "entropy", "niqe_anime")
+DEFAULT_FULL_REFERENCE = ("psnry", "ssim", "niqe_anime")
+DEFAULT_NO_REFERENCE = ("niqe_anime", "piqe")
+
+
+class MissingWeightsError(RuntimeError):
+    """A metric's weight file is not in the cache and downloads are off (offline nodes)."""
+
+
+@dataclass
+class Metric:
+    """A created metric: call with an RGB uint8 image (and its reference for full-reference ones)."""
+
+    name: str
+    full_reference: bool
+    lower_better: bool
+    net: Any
+
+    def __call__(self, img: np.ndarray, ref: np.ndarray | None = None) -> float:
+        import torch
+
+        from awm.io import to_rgb8, to_tensor
+
+        device = next(iter(self.net.buffers()), torch.empty(0)).device
+        x = to_tensor(to_rgb8(img)).to(device)
+        with torch.inference_mode():
+            if self.full_reference:
+                if ref is None:
+                    raise ValueError(f"metric {self.name} needs a reference image")
+                out = self.net(x, to_tensor(to_rgb8(ref)).to(device))
+            else:
+                out = self.net(x)
+        value = float(out.detach().double().reshape(-1)[0].cpu())
+        return value if math.isfinite(value) else float("nan")
+
+
+def _known_names() -> set[str]:
+    """pyiqa's metric names, read from its config file's source without importing pyiqa."""
+    import importlib.util
+    import re
+
+    spec = importlib.util.find_spec("pyiqa")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingWeightsError("pyiqa is not installed (pip install pyiqa)")
+    src = (Path(next(iter(spec.submodule_search_locations))) / "default_model_configs.py").read_text()
+    return set(re.findall(r"^ {8}'([\w+\-.]+)': \{", src, flags=re.M)) | {"niqe_anime"}
+
+
+def parse_names(text: str | list[str] | tuple[str, ...]) -> list[str]:
+    """``"psnry,ssim"`` or a list -> names, in order, without duplicates."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    out: list[str] = []
+    for item in (i.strip() for i in items):
+        if item and item not in out:
+            out.append(item)
+    return out
+
+
+def check(names: list[str], allow_download: bool = False) -> None:
+    """Fail fast on unknown names and (unless downloads are allowed) on missing weight files."""
+    known = _known_names()
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {', '.join(unknown)}; weight-free ones: {', '.join(WEIGHT_FREE)};"
+                         " all: pyiqa.list_models()")
+    if allow_download:
+        return
+    problems = []
+    for name in names:
+        if name == "niqe_anime":
+            from awm.niqe import default_model_path
+
+            if not default_model_path().is_file():
+                problems.append(f"{name}: {default_model_path()} is missing from the installed package")
+            continue
+        if name not in WEIGHT_FREE and not weights.for_metric(name):
+            problems.append(f"{name}: its weight files are not in awm's registry, so they cannot be staged")
+            continue
+        problems += [f"{name}: needs {w.filename} at {p}" for w, p in weights.missing_for(name)]
+    if problems:
+        raise MissingWeightsError(
+            "metric weights missing (downloads are off): " + "; ".join(problems)
+            + f". Put the files in a folder on this machine and run '{weights.STAGE_HINT}'"
+            " (see 'awm weights list'), or allow downloads where there is internet.")
+
+
+def create(name: str, device: str = "cpu", allow_download: bool = False,
+           niqe_model: str | Path | None = None) -> Metric:
+    """Build one metric after :func:`check`; ``niqe_model`` replaces niqe_anime's pristine model."""
+    check([name], allow_download)
+    import pyiqa
+
+    kwargs: dict[str, Any] = {}
+    pyiqa_name = name
+    if name == "niqe_anime":
+        from awm.niqe import default_model_path
+
+        pyiqa_name, kwargs["pretrained_model_path"] = "niqe", str(niqe_model or default_model_path())
+    elif name in ("niqe", "niqe_matlab") and not weights.missing_for(name):
+        kwargs["pretrained_model_path"] = str(weights.location(weights.for_metric(name)[0]))
+    net = pyiqa.create_metric(pyiqa_name, device=device, **kwargs)
+    return Metric(name, net.metric_mode == "FR", bool(net.lower_better), net)
+
+
+def create_all(names: list[str], device: str = "cpu", allow_download: bool = False,
+               niqe_model: str | Path | None = None) -> list[Metric]:
+    """All metrics, checked together first so one missing file is reported before any import."""
+    check(names, allow_download)
+    return [create(n, device, allow_download, niqe_model) for n in names]
