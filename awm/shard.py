@@ -206,6 +206,13 @@ def _is_plain_png(data: bytes) -> bool:
     return len(data) > 26 and data[:8] == b"\x89PNG\r\n\x1a\n" and data[24] == 8 and data[25] == 2
 
 
+def _truncated(data: bytes, fmt: str) -> bool:
+    """A PNG without its IEND chunk or a JPEG without its EOI marker (checked before decoding)."""
+    if fmt == "png":
+        return b"IEND" not in data[-16:]
+    return fmt == "jpg" and not data.rstrip(b"\x00").endswith(b"\xff\xd9")
+
+
 def tile_boxes(w: int, h: int, tile: int, multiple: int) -> list[tuple[int, int, int, int]]:
     """Tiles covering the image, evenly spread (overlap < one tile), corners on the scale grid."""
     def starts(n: int) -> list[int]:
@@ -219,7 +226,9 @@ def make_samples(src: Source, data: bytes, cfg: ShardConfig, preset: Preset,
     """The pair samples of one source (several when tiled); raises ImageError with a skip reason."""
     probe = check_image_bytes(data, cfg.max_pixels)
     if probe.format == "jpg" and _jpeg_components(data) == 4:
-        raise ImageError("cmyk_jpeg")
+        raise ImageError("cmyk_jpeg")  # no ICC-aware conversion here: its colours would be guesses
+    if _truncated(data, probe.format):
+        raise ImageError("truncated")
     m = max(cfg.scales)
     w, h = probe.width - probe.width % m, probe.height - probe.height % m
     if min(w, h) // m < cfg.min_lr_side:
@@ -265,6 +274,7 @@ def make_shard(job: dict[str, Any]) -> dict[str, Any]:
     import cv2
 
     cv2.setNumThreads(1)
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # skips are counted, not printed
     cfg = config.from_dict(ShardConfig, job["cfg"])
     preset = cfg.preset_config()
     path = shard_path(cfg, job["shard"])

@@ -1,0 +1,212 @@
+import io as _io
+import json
+import struct
+import zlib
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from awm import cli, io, shards
+from awm.degrade import apply_params, encode_lr
+from awm.synth import generate
+
+SIZES = [(96, 64), (90, 70), (64, 96), (128, 72), (100, 100)]
+
+
+def _png(img: np.ndarray) -> bytes:
+    return io.encode_image(img, "png")
+
+
+def _run(*args) -> int:
+    return cli.main(["shard", *map(str, args)])
+
+
+def _tars(d: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(d.glob("*.tar"))}
+
+
+def _samples(d: Path) -> list[dict]:
+    return [s for p in shards.list_shards(d) for s in shards.iter_tar(p)]
+
+
+def _decode(data: bytes) -> np.ndarray:
+    return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("good")
+    for i, (w, h) in enumerate(SIZES):
+        (d / f"img.{i}.png").write_bytes(_png(generate(i, w, h)))  # dots in stems: ids sanitised
+    (d / "photo.jpg").write_bytes(io.encode_image(generate(9, 80, 60), "jpg", 92))
+    return d
+
+
+def test_reruns_workers_and_parts_give_identical_bytes(good, tmp_path):
+    common = ["--in", good, "--shard-size", 2, "--split", "eval"]
+    a = tmp_path / "a"
+    assert _run(*common, "--out", a) == 0
+    first = _tars(a)
+    assert list(first) == ["eval-000000.tar", "eval-000001.tar", "eval-000002.tar"]
+    mtimes = {p: p.stat().st_mtime_ns for p in a.glob("*.tar")}
+    assert _run(*common, "--out", a) == 0  # finished shards are skipped, not rewritten
+    assert {p: p.stat().st_mtime_ns for p in a.glob("*.tar")} == mtimes
+    b, c = tmp_path / "b", tmp_path / "c"
+    assert _run(*common, "--out", b, "--workers", 2) == 0
+    assert _tars(b) == first
+    assert _run(*common, "--out", c, "--part", "1/2") == 0
+    assert list(_tars(c)) == ["eval-000001.tar"]
+    assert _run(*common, "--out", c, "--part", "0/2", "--workers", 2) == 0
+    assert _tars(c) == first
+    assert json.loads((c / "index.json").read_text()) == json.loads((a / "index.json").read_text())
+    assert (a / "shard_config.yaml").read_text() == (c / "shard_config.yaml").read_text()
+
+
+def test_sample_layout_sizes_original_hr_bytes_and_replay(good, tmp_path):
+    out = tmp_path / "o"
+    assert _run("--in", good, "--out", out, "--split", "eval") == 0
+    index = json.loads((out / "index.json").read_text())
+    assert (index["nsamples"], index["split"], index["scales"], index["preset"]) == (6, "eval", [2, 4], "seed")
+    by_id = {s["__key__"]: s for s in _samples(out)}
+    assert sorted(by_id) == ["img_0", "img_1", "img_2", "img_3", "img_4", "photo"]
+    for key, s in by_id.items():
+        assert json.loads(s["json"])["id"] == key
+        assert set(s) - {"__url__", "__key__"} == {"hr.png", "lr_x2.jpg", "lr_x4.jpg", "json"}
+        meta = json.loads(s["json"])
+        hr = _decode(s["hr.png"])
+        w, h = meta["hr_size"]
+        assert hr.shape == (h, w, 3) and w % 4 == 0 and h % 4 == 0 and meta["tile"] is None
+        for scale in (2, 4):
+            params = meta["params"][f"x{scale}"]
+            lr = apply_params(hr, scale, params)
+            assert _decode(s[f"lr_x{scale}.jpg"]).shape == (h // scale, w // scale, 3)
+            assert encode_lr(lr, params) == s[f"lr_x{scale}.jpg"]  # the json reproduces the stored LR
+    assert by_id["img_0"]["hr.png"] == (good / "img.0.png").read_bytes()  # 96x64 PNG: bytes kept
+    assert json.loads(by_id["img_1"]["json"])["src_size"] == [90, 70]
+    assert json.loads(by_id["img_1"]["json"])["hr_size"] == [88, 68]
+    stats = json.loads((out / "eval-000000_stats.json").read_text())
+    assert stats["notes"] == {"hr_encoded": 2, "hr_original_bytes": 4} and stats["nskipped"] == 0
+
+
+def _chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+
+def _bad_corpus(d: Path) -> dict[str, str]:
+    """Writes good, convertible and bad files; returns {id: expected skip reason} for the bad ones."""
+    d.mkdir()
+    img = generate(3, 96, 64)
+    png, jpg = _png(img), io.encode_image(img, "jpg", 90)
+    (d / "good1.png").write_bytes(png)
+    (d / "good2.jpg").write_bytes(jpg)
+    (d / "deep16.png").write_bytes(_png(img.astype(np.uint16) * 257))
+    (d / "gray.png").write_bytes(_png(img[..., 1]))
+    (d / "rgba.png").write_bytes(_png(generate(4, 64, 64, alpha=True)))
+    cmyk = _io.BytesIO()
+    Image.new("CMYK", (64, 64), (10, 200, 30, 0)).save(cmyk, "JPEG")
+    bomb = (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0))
+            + _chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + _chunk(b"IEND", b""))
+    bad = {"trunc_png.png": (png[: len(png) // 2], "truncated"),
+           "trunc_jpg.jpg": (jpg[: len(jpg) // 2], "truncated"),
+           "zero.png": (b"", "empty_file"),
+           "html.jpg": (b"<html>503 Service Unavailable</html>", "not_an_image"),
+           "one.png": (_png(np.zeros((1, 1, 3), np.uint8)), "too_small"),
+           "tiny.png": (_png(img[:12, :20]), "too_small"),
+           "under_tile.png": (_png(img[:40, :40]), "smaller_than_tile"),
+           "cmyk.jpg": (cmyk.getvalue(), "cmyk_jpeg"),
+           "bomb.png": (bomb, "too_many_pixels")}
+    for name, (data, _) in bad.items():
+        (d / name).write_bytes(data)
+    return {Path(name).stem: reason for name, (_, reason) in bad.items()}
+
+
+def test_bad_input_corpus_is_counted_not_fatal(tmp_path):
+    expected = _bad_corpus(tmp_path / "src")
+    out = tmp_path / "out"
+    assert _run("--in", tmp_path / "src", "--out", out, "--tile", 48, "--lr-format", "png") == 0
+    stats = [json.loads(p.read_text()) for p in sorted(out.glob("*_stats.json"))]
+    got = {i: reason for st in stats for reason, ids in st["skipped_ids"].items() for i in ids}
+    assert got == expected
+    index = json.loads((out / "index.json").read_text())
+    assert sum(index["skipped"].values()) == len(expected) and index["tile"] == 48
+    notes = sum((Counter(st["notes"]) for st in stats), Counter())
+    assert (notes["16bit"], notes["gray"], notes["alpha_on_white"]) == (1, 1, 1)
+    samples = _samples(out)
+    ids = {json.loads(s["json"])["id"] for s in samples}
+    assert ids == {"good1", "good2", "deep16", "gray", "rgba"}
+    for s in samples:
+        meta = json.loads(s["json"])
+        assert s["__key__"].startswith(meta["id"] + "_t") and meta["hr_size"] == [48, 48]
+        assert _decode(s["lr_x4.png"]).shape == (12, 12, 3)
+    gray = next(s for s in samples if s["__key__"] == "gray_t0")
+    hr = _decode(gray["hr.png"])
+    assert np.array_equal(hr[..., 0], hr[..., 2])
+
+
+def test_tiles_are_crops_of_the_whole_image_degradation(good, tmp_path):
+    out = tmp_path / "t"
+    assert _run("--in", good, "--out", out, "--tile", 32, "--lr-format", "png", "--preset", "realesrgan") == 0
+    tiles = [s for s in _samples(out) if s["__key__"].startswith("img_1_t")]
+    src = io.read_image(good / "img.1.png")[:68, :88]  # 90x70 cropped to a multiple of 4
+    assert len(tiles) == 3 * 3
+    lr_full = {}
+    for s in tiles:
+        meta = json.loads(s["json"])
+        x, y, w, h = meta["tile"]
+        assert np.array_equal(_decode(s["hr.png"]), src[y:y + h, x:x + w])
+        for scale in (2, 4):
+            if scale not in lr_full:
+                lr_full[scale] = apply_params(src, scale, meta["params"][f"x{scale}"])
+            want = lr_full[scale][y // scale:(y + h) // scale, x // scale:(x + w) // scale]
+            assert np.array_equal(_decode(s[f"lr_x{scale}.png"]), want)
+
+
+def test_raw_shard_input(tmp_path):
+    raw = tmp_path / "raw"
+    a, b = generate(11, 96, 64), generate(12, 80, 60)
+    s0 = [{"__key__": "101", "png": _png(a), "json": {"id": 101}},
+          {"__key__": "102", "jpg": io.encode_image(b, "jpg", 95), "json": {"id": 102}},
+          {"__key__": "103", "json": {"id": 103, "note": "metadata only"}}]
+    s1 = [{"__key__": "104", "webp": io.encode_image(b, "webp", 90)},
+          {"__key__": "101", "png": _png(b)}]
+    shards.write_shard(raw / "raw-000000.tar", s0, shards.ShardStats("raw-000000.tar"))
+    shards.write_shard(raw / "raw-000001.tar", s1, shards.ShardStats("raw-000001.tar"))
+    out = tmp_path / "out"
+    assert _run("--in", raw, "--out", out, "--split", "eval", "--scales", "2") == 0
+    index = json.loads((out / "index.json").read_text())
+    assert index["nsamples"] == 3 and index["skipped"] == {"duplicate_id": 1, "no_image": 1}
+    by_id = {s["__key__"]: s for s in _samples(out)}
+    assert sorted(by_id) == ["101", "102", "104"] and set(by_id["104"]) >= {"hr.png", "lr_x2.jpg"}
+    assert by_id["101"]["hr.png"] == s0[0]["png"]
+    assert json.loads(by_id["102"]["json"])["source"] == "raw-000000.tar/102.jpg"
+
+
+def test_resume_after_partial_shard_and_stale_temp_file(good, tmp_path):
+    out = tmp_path / "r"
+    common = ["--in", good, "--out", out, "--shard-size", 2]
+    assert _run(*common) == 0
+    before = _tars(out)
+    keep = out / "train-000000.tar"
+    mtime = keep.stat().st_mtime_ns
+    partial = out / "train-000001.tar"
+    partial.write_bytes(before[partial.name][:1000])  # a tar cut short, its stats file gone
+    shards.stats_path(partial).unlink()
+    (out / "train-000002.tar").unlink()
+    shards.stats_path(out / "train-000002.tar").unlink()
+    (out / ".train-000002.tar.x1y2.tmp").write_bytes(b"half a shard")
+    assert _run(*common) == 0
+    assert _tars(out) == before and keep.stat().st_mtime_ns == mtime
+    assert not list(out.glob(".*.tmp"))
+    assert json.loads((out / "index.json").read_text())["nsamples"] == 6
+
+
+def test_output_folder_refuses_other_settings(good, tmp_path):
+    out = tmp_path / "x"
+    assert _run("--in", good, "--out", out, "--shard-size", 3) == 0
+    assert _run("--in", good, "--out", out, "--shard-size", 3, "--preset", "realesrgan") == 2
+    assert _run("--in", good, "--out", out, "--split", "eval", "--tile", 64) == 2
+
