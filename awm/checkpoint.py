@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import pickle
+import re
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -162,10 +163,10 @@ def read_weights(path: str | Path) -> dict[str, Any]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        lines = [ln.strip() for ln in str(e).splitlines() if re.search(r"GLOBAL|Unsupported", ln)]
         raise CheckpointError(
             f"{path}: refused: the pickle holds Python objects other than tensors, which could run code "
-            f"on load ({first[:200]}). Only weights-only pickles and .safetensors are accepted; "
+            f"on load ({(lines or ['unsupported pickle content'])[0][:200]}). Only weights-only pickles and .safetensors are accepted; "
             "re-save the state dict with torch.save(model.state_dict(), ...) in a trusted environment") from None
     except (RuntimeError, EOFError, OSError) as e:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e})") from None

@@ -115,7 +115,13 @@ def _grl(scale: int, hp: dict[str, Any]) -> nn.Module:
 
 
 def _span(scale: int, hp: dict[str, Any]) -> nn.Module:
-    return SPAN(num_in_ch=3, num_out_ch=3, feature_channels=hp["feature_channels"], upscale=scale)
+    model = SPAN(num_in_ch=3, num_out_ch=3, feature_channels=hp["feature_channels"], upscale=scale)
+    # eval_conv is re-derived from the training branches at every eval forward: it takes no
+    # gradient, and leaving it trainable would trip DDP's unused-parameter check.
+    for m in model.modules():
+        if hasattr(m, "eval_conv"):
+            m.eval_conv.requires_grad_(False)
+    return model
 
 
 _RRDB = {"num_feat": 64, "num_block": 23, "num_grow_ch": 32}
