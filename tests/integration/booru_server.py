@@ -260,8 +260,8 @@ def build_scenario(srv: BooruServer) -> tuple[set[int], dict[int, str]]:
     for pid, fields in bad.items():
         srv.add_post(pid, png(pid), **{"width": 72, "height": 48, **fields})
     skip |= reasons
-    srv.add_post(216, png(216), width=72, height=48, faults=("truncate",) * 10)
-    srv.add_post(215, png(215), width=72, height=48, faults=("503",) * 10)
+    srv.add_post(216, png(216), width=72, height=48, faults=("truncate",) * 100)
+    srv.add_post(215, png(215), width=72, height=48, faults=("503",) * 100)
     srv.add_post(214, b"<html><body>Please complete the challenge</body></html>", width=72, height=48)
     srv.add_post(213, b"", width=72, height=48)
     srv.add_post(212, bomb_png(), width=72, height=48)

@@ -1,0 +1,184 @@
+"""`awm crawl` against a real HTTP server on 127.0.0.1 that injects every fault we handle."""
+
+import hashlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from awm.cli import main
+from awm.io import sniff_format
+from awm.shards import iter_tar, list_shards, read_index
+
+sys.path.insert(0, str(Path(__file__).parent))
+from booru_server import BooruServer, build_scenario, png  # noqa: E402
+
+FAST = ["--rate", "0", "--workers", "3", "--shard-size", "4", "--page-size", "7", "--min-side", "40",
+        "--timeout", "0.4", "--backoff", "0.01", "--backoff-max", "0.05", "--retries", "3", "--no-progress"]
+JSON_KEYS = {"id", "source", "tags", "rating", "width", "height", "md5", "file_url", "parent_id", "score",
+             "fetched_at"}
+
+
+def crawl_args(srv: BooruServer, out: Path, *extra: str, source: str = "konachan") -> list[str]:
+    return ["crawl", "--source", source, "--base-url", srv.url, "--tags", "wallpaper", "--out", str(out),
+            *FAST, *extra]
+
+
+def read_samples(out: Path) -> dict[int, dict]:
+    """All samples of all complete shards; fails on a key seen twice."""
+    samples: dict[int, dict] = {}
+    for shard in list_shards(out, "raw-"):
+        for s in iter_tar(shard):
+            pid = int(s["__key__"])
+            assert pid not in samples, f"{pid} twice"
+            samples[pid] = s
+    return samples
+
+
+def skip_reasons(out: Path, part: str = "0of1") -> dict[int, str]:
+    with sqlite3.connect(out / f"crawl_state-{part}.sqlite") as db:
+        return dict(db.execute("SELECT id, reason FROM posts WHERE status='skipped'").fetchall())
+
+
+def assert_clean(out: Path) -> None:
+    """Nothing partial: no temp files, an empty spool, every shard with its stats."""
+    leftovers = [p.name for p in out.rglob("*") if p.name.endswith(".tmp")]
+    assert not leftovers
+    assert all(not any(d.iterdir()) for d in out.glob("crawl_spool-*"))
+    for shard in list_shards(out, "raw-"):
+        assert shard.with_name(shard.stem + "_stats.json").is_file()
+
+
+def test_full_crawl_survives_every_fault(tmp_path):
+    out = tmp_path / "out"
+    with BooruServer() as srv:
+        keep, skip = build_scenario(srv)
+        srv.page_faults("429:1", "500", "", "reset", "badjson", "", "503")
+        assert main(crawl_args(srv, out)) == 0
+        samples = read_samples(out)
+        assert set(samples) == keep
+        for pid, s in samples.items():
+            meta = json.loads(s["json"])
+            ext = next(k for k in s if k not in ("__key__", "__url__", "json"))
+            assert ext == sniff_format(s[ext])
+            assert hashlib.md5(s[ext]).hexdigest() == meta["md5"] == srv.posts[pid]["md5"]
+            assert set(meta) >= JSON_KEYS and meta["id"] == pid and meta["source"] == "konachan"
+        assert "jpg" in samples[278] and "png" not in samples[278]  # file_ext lied; bytes decide
+        assert json.loads(samples[252]["json"])["parent_id"] == 250
+        assert skip_reasons(out) == skip
+        index = read_index(out)
+        assert index["nsamples"] == len(keep) and index["crawl"]["status"] == "complete"
+        expected = Counter(skip.values()) + Counter({"bad_metadata": 2})  # + the entries without id
+        assert index["crawl"]["skipped"] == dict(expected)
+        assert sum(index["skipped"].values()) == len(skip)  # per-shard stats cover every skip by id
+        t = srv.times("/data/300.png")
+        assert len(t) == 2 and t[1] - t[0] >= 0.95  # Retry-After: 1 honoured
+        assert srv.count("/data/294.png") == 4  # reset, 500, truncate, then success
+        assert not any(p.startswith("/jpeg/") for _, p in srv.requests)  # never a re-encode
+        assert_clean(out)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+        before = {p.name: p.read_bytes() for p in list_shards(out, "raw-")}
+        n_requests = len(srv.requests)
+        assert main(crawl_args(srv, out)) == 0  # finished crawl: a re-run is a no-op
+        assert len(srv.requests) == n_requests
+        assert {p.name: p.read_bytes() for p in list_shards(out, "raw-")} == before
+        assert main(crawl_args(srv, out, "--variants", "all")) == 2  # other arguments: refused
+
+
+def test_parts_cover_the_set_without_overlap(tmp_path):
+    out = tmp_path / "out"
+    with BooruServer() as srv:
+        keep, _ = build_scenario(srv)
+        assert main(crawl_args(srv, out, "--part", "0/2")) == 0
+        first = set(read_samples(out))
+        assert main(crawl_args(srv, out, "--part", "1/2")) == 0
+        samples = read_samples(out)  # asserts no key twice
+        assert set(samples) == keep and first and first != keep
+        names = [p.name for p in list_shards(out, "raw-")]
+        assert {int(n[4:10]) % 2 for n in names} == {0, 1}
+        assert read_index(out)["nsamples"] == len(keep)
+
+
+def test_danbooru_dialect_and_ratings(tmp_path):
+    out = tmp_path / "out"
+    with BooruServer() as srv:
+        for pid, rating in zip(range(20, 10, -1), "ggsgqgegsg", strict=True):
+            srv.add_post(pid, png(pid), width=72, height=48, rating=rating)
+        srv.posts[19].update(status="deleted", file_url=None)
+        args = crawl_args(srv, out, "--page-size", "2", source="danbooru")
+        assert main(args) == 0
+        assert set(read_samples(out)) == {20, 17, 15, 13, 11}  # rating g only (Danbooru's safe)
+        assert skip_reasons(out) == {19: "deleted"}
+        assert all(p.startswith(("/posts.json", "/data/")) for _, p in srv.requests)
+        out2 = tmp_path / "out2"
+        assert main(crawl_args(srv, out2, "--rating", "g,s", source="danbooru")) == 0
+        assert set(read_samples(out2)) == {20, 18, 17, 15, 13, 12, 11}
+        assert skip_reasons(out2) == {19: "deleted", 16: "rating", 14: "rating"}
+
+
+def test_limit_keeps_the_newest_eligible(tmp_path):
+    out = tmp_path / "out"
+    with BooruServer() as srv:
+        for pid in range(40, 30, -1):
+            srv.add_post(pid, png(pid), width=72, height=48)
+        srv.posts[39]["status"] = "deleted"
+        assert main(crawl_args(srv, out, "--limit", "5")) == 0
+        assert set(read_samples(out)) == {40, 38, 37, 36, 35}
+        assert main(crawl_args(srv, out, "--limit", "7")) == 0  # raising the limit continues
+        assert set(read_samples(out)) == {40, 38, 37, 36, 35, 34, 33}
+
+
+def test_listing_failure_exits_then_resumes(tmp_path, caplog):
+    out = tmp_path / "out"
+    with BooruServer() as srv:
+        for pid in range(30, 20, -1):
+            srv.add_post(pid, png(pid), width=72, height=48)
+        srv.page_faults("", "", "500", "500", "500", "500")  # 3rd page fails past --retries 3
+        assert main(crawl_args(srv, out, "--page-size", "3")) == 1
+        assert read_index(out)["crawl"]["status"] == "incomplete"
+        assert main(crawl_args(srv, out, "--page-size", "3")) == 0
+        assert set(read_samples(out)) == set(range(30, 20, -1))
+        assert_clean(out)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_shard_then_resume_gives_exact_set(tmp_path):
+    out, cwd = tmp_path / "out", tmp_path / "cwd"
+    cwd.mkdir()
+    env = {**os.environ, "HOME": str(cwd), "TMPDIR": str(cwd), "OMP_NUM_THREADS": "1"}
+    with BooruServer(file_delay=0.06) as srv:
+        keep, skip = build_scenario(srv)
+        cmd = [sys.executable, "-m", "awm", *crawl_args(srv, out, "--workers", "2")]
+
+        def run_until(ready) -> int | None:
+            proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 60
+            while proc.poll() is None and time.monotonic() < deadline:
+                if ready():
+                    proc.send_signal(signal.SIGKILL)
+                    break
+                time.sleep(0.01)
+            return proc.wait()
+
+        shards = lambda: len(list(out.glob("raw-*_stats.json")))  # noqa: E731
+        # 1: killed right after the first shard completes (the next one is being filled);
+        # 2: killed as soon as the next shard appears (maybe between its rename and its record).
+        assert run_until(lambda: shards() >= 1) == -signal.SIGKILL
+        n = shards()
+        assert run_until(lambda: (out / f"raw-{n:06d}.tar").exists()) == -signal.SIGKILL
+        assert run_until(lambda: False) == 0
+    samples = read_samples(out)
+    assert set(samples) == keep
+    assert skip_reasons(out) == skip
+    assert read_index(out)["nsamples"] == len(keep)
+    assert_clean(out)
+    assert not any(cwd.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cwd", "out"]

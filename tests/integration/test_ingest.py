@@ -1,0 +1,77 @@
+"""`awm ingest` on a real folder with good, broken, duplicate and oversized files."""
+
+import hashlib
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+from awm.cli import main
+from awm.ingest import stable_id
+from awm.io import encode_image
+from awm.shards import iter_tar, list_shards, read_index
+from awm.synth import generate
+
+sys.path.insert(0, str(Path(__file__).parent))
+from booru_server import bomb_png, png  # noqa: E402
+
+
+def make_src(src: Path) -> tuple[dict[str, bytes], Counter]:
+    """Files to keep {relative name: bytes} and the expected skip counts."""
+    (src / "sub").mkdir(parents=True)
+    keep = {"a.png": png(1), "b.jpg": encode_image(generate(2, 80, 50), "jpg", 90),
+            "sub/c.PNG": png(3), "sub/d.jpeg": encode_image(generate(4, 64, 64), "jpg", 90),
+            "e.png": png(5)}
+    for name, data in keep.items():
+        (src / name).write_bytes(data)
+    full = png(9)
+    junk = {"notes.txt": b"hello", "anim.gif": b"GIF89a....", "challenge.png": b"<html>no</html>",
+            "empty.jpg": b"", "half.png": full[:len(full) // 2], "bomb.png": bomb_png(),
+            "tiny.png": png(6, 30, 20), "pic.webp": encode_image(generate(7, 64, 64), "webp"),
+            "sub/copy-of-a.png": keep["a.png"],
+            "z-near-b.jpg": encode_image(generate(2, 80, 50), "jpg", 70)}
+    for name, data in junk.items():
+        (src / name).write_bytes(data)
+    skips = Counter({"unsupported_type": 3, "not_an_image": 1, "empty_file": 1, "undecodable": 1,
+                     "too_many_pixels": 1, "too_small": 1, "duplicate_md5": 1, "near_duplicate": 1})
+    return keep, skips
+
+
+def samples(out: Path) -> dict[int, dict]:
+    return {int(s["__key__"]): s for p in list_shards(out, "raw-") for s in iter_tar(p)}
+
+
+def test_ingest_folder(tmp_path):
+    src, out = tmp_path / "src", tmp_path / "out"
+    keep, skips = make_src(src)
+    args = ["ingest", str(src), "--out", str(out), "--shard-size", "2", "--min-side", "40", "--no-progress"]
+    assert main(args) == 0
+    got = samples(out)
+    by_id = {stable_id(hashlib.md5(d).hexdigest()): name for name, d in keep.items()}
+    assert set(got) == set(by_id)
+    for sid, s in got.items():
+        meta = json.loads(s["json"])
+        ext = "jpg" if by_id[sid].lower().endswith((".jpg", ".jpeg")) else "png"
+        assert s[ext] == keep[by_id[sid]] and meta["file_name"] == by_id[sid] and meta["id"] == sid
+    index = read_index(out)
+    assert index["nsamples"] == len(keep) and index["nshards"] == 3
+    assert index["skipped"] == dict(skips) == index["ingest"]["skipped"]
+
+    shards_before = {p.name: p.read_bytes() for p in list_shards(out, "raw-")}
+    assert main(args) == 0  # same folder, same bytes
+    assert {p.name: p.read_bytes() for p in list_shards(out, "raw-")} == shards_before
+
+    (src / "a.png").rename(src / "renamed.png")  # ids follow content, not names
+    for name in ("b.jpg", "sub/c.PNG", "sub/d.jpeg", "z-near-b.jpg"):
+        (src / name).unlink()
+    assert main(args) == 0
+    got = samples(out)
+    assert set(got) == {stable_id(hashlib.md5(keep[n]).hexdigest()) for n in ("a.png", "e.png")}
+    assert read_index(out)["nshards"] == 1 and len(list_shards(out, "raw-")) == 1  # stale ones removed
+
+
+def test_ingest_bad_arguments(tmp_path):
+    assert main(["ingest", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    (tmp_path / "crawl").mkdir()
+    (tmp_path / "crawl" / "crawl_state-0of1.sqlite").write_bytes(b"")
+    assert main(["ingest", str(tmp_path), "--out", str(tmp_path / "crawl")]) == 2
