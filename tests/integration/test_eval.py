@@ -1,0 +1,143 @@
+"""awm eval / score end to end: 1 process vs torchrun with 2 (CPU), staged NIQE, offline weight errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pairs import make_pair_shards  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = REPO / ".." / "shared" / "data"
+VENV_BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    return env
+
+
+def _awm(args: list[str], nproc: int = 1, env: dict | None = None) -> subprocess.CompletedProcess:
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "awm", *args]
+    else:
+        cmd = [str(VENV_BIN / "torchrun"), "--standalone", f"--nproc_per_node={nproc}", "-m", "awm", *args]
+    return subprocess.run(cmd, cwd=REPO, env=env or _env(), capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def eval_data(tmp_path_factory) -> Path:
+    # 7 samples over 2 shards (does not divide by 2 ranks); one undecodable sample is skipped by every run
+    return make_pair_shards(tmp_path_factory.mktemp("evaldata"), [4, 3], scales=(2,), size=(192, 192),
+                            seed=3, split="eval", corrupt=("img00005",))
+
+
+def test_two_ranks_equal_one_rank(eval_data: Path, tmp_path: Path) -> None:
+    common = ["eval", "--data", str(eval_data), "--scale", "2", "--models", "bicubic,lanczos",
+              "--metrics", "psnry,ssim,niqe_anime", "--grid", "3"]
+    one = _awm([*common, "--out", str(tmp_path / "one")])
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _awm([*common, "--out", str(tmp_path / "two")], nproc=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+
+    rows1 = (tmp_path / "one" / "per_image.csv").read_text()
+    rows2 = (tmp_path / "two" / "per_image.csv").read_text()
+    assert rows1 == rows2
+    lines = rows1.splitlines()
+    assert lines[0] == "model,id,index,psnry,ssim,niqe_anime"
+    pairs = [tuple(line.split(",")[:3]) for line in lines[1:]]
+    assert len(pairs) == len(set(pairs)) == 12  # 6 decodable samples x 2 models, none twice
+    assert {p[2] for p in pairs} == {"0", "1", "2", "3", "4", "6"}
+
+    s1 = json.loads((tmp_path / "one" / "summary.json").read_text())
+    s2 = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert s1["models"] == s2["models"]
+    assert s1["skipped"] == s2["skipped"] == {"undecodable": 1}
+    assert s1["models"]["bicubic"]["psnry"]["count"] == 6
+    assert s1["metrics"]["niqe_anime"]["lower_better"] is True
+    assert s1["metrics"]["psnry"]["lower_better"] is False
+    stats2 = json.loads((tmp_path / "two" / "eval_stats.json").read_text())
+    assert stats2["world_size"] == 2 and sorted(r["samples"] for r in stats2["ranks"]) == [3, 4]
+
+    md = (tmp_path / "two" / "summary.md").read_text()
+    assert "psnry ↑" in md and "niqe_anime ↓" in md and "**" in md
+    figs = {p.name for p in (tmp_path / "two" / "figures").iterdir()}
+    assert {"psnry.png", "ssim.png", "niqe_anime.png", "grid.png"} <= figs
+
+
+def test_score_two_ranks_equal_one_rank(eval_data: Path, tmp_path: Path) -> None:
+    from awm.io import encode_image
+    from awm.synth import generate
+
+    for i in range(5):
+        folder = tmp_path / ("a" if i < 3 else "b")
+        folder.mkdir(exist_ok=True)
+        (folder / f"{i}.png").write_bytes(encode_image(generate(50 + i, 192, 192), "png"))
+    args = ["score", str(tmp_path / "a"), str(tmp_path / "b"), "--metrics", "niqe_anime"]
+    one = _awm([*args, "--out", str(tmp_path / "one")])
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _awm([*args, "--out", str(tmp_path / "two")], nproc=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert (tmp_path / "one" / "per_image.csv").read_text() == (tmp_path / "two" / "per_image.csv").read_text()
+    s = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert [s["inputs"][k]["niqe_anime"]["count"] for k in s["inputs"]] == [3, 2]
+
+
+@pytest.mark.skipif(not (SHARED / "weights" / "niqe_modelparameters.mat").is_file(),
+                    reason="../shared/data/weights is absent")
+def test_staged_standard_niqe_matches_pyiqa(tmp_path: Path, monkeypatch) -> None:
+    hub = tmp_path / "torch"
+    env = _env(TORCH_HOME=str(hub))
+    staged = _awm(["weights", "stage", "--from", str(SHARED / "weights")], env=env)
+    assert staged.returncode == 0, staged.stderr
+    assert (hub / "hub" / "pyiqa" / "niqe_modelparameters.mat").is_file()
+    verify = _awm(["weights", "verify"], env=env)
+    assert "present  niqe_modelparameters.mat" in verify.stdout
+
+    import pyiqa
+
+    from awm import metrics
+    from awm.io import read_image, to_rgb8, to_tensor
+
+    monkeypatch.setenv("TORCH_HOME", str(hub))
+    ours = metrics.create("niqe", "cpu")
+    ref = pyiqa.create_metric("niqe", device="cpu",
+                              pretrained_model_path=str(SHARED / "weights" / "niqe_modelparameters.mat"))
+    for name in ("realesrgan_comic.png", "waifu2x_miku_bg.png"):
+        img = read_image(SHARED / "real" / name)
+        expected = float(ref(to_tensor(to_rgb8(img))))
+        assert ours(img) == pytest.approx(expected, rel=1e-9, abs=1e-9)
+
+
+def test_missing_weights_fail_fast_offline(tmp_path: Path, monkeypatch) -> None:
+    import torch  # noqa: F401 - imported before timing: the check itself is what must be quick
+
+    from awm import metrics
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    t = time.perf_counter()
+    with pytest.raises(metrics.MissingWeightsError) as err:
+        metrics.create("lpips", "cpu")
+    elapsed = time.perf_counter() - t
+    assert elapsed < 1.0
+    msg = str(err.value)
+    assert "LPIPS_v0.1_alex-df73285e.pth" in msg and "alexnet-owt-7be5be79.pth" in msg
+    assert "awm weights stage --from DIR" in msg
+
+
+def test_missing_weights_cli_exit(eval_data: Path, tmp_path: Path) -> None:
+    res = _awm(["eval", "--data", str(eval_data), "--metrics", "psnry,niqe", "--out", str(tmp_path / "o")],
+               env=_env(TORCH_HOME=str(tmp_path / "empty")))
+    assert res.returncode == 1
+    assert "niqe_modelparameters.mat" in res.stderr and "awm weights stage" in res.stderr
+    assert not (tmp_path / "o" / "per_image.csv").exists()
