@@ -253,7 +253,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, skip: tu
         flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        help_text = f.metadata.get("help", "")
+        help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
         shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
         tp = hints[f.name]
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,

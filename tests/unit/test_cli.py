@@ -13,3 +13,13 @@ def test_help_lists_every_command():
 def test_usage_error_exit_code():
     assert cli.main(["no-such-command"]) == 2
     assert cli.main([]) == 2
+
+
+def test_every_command_help_renders(capsys):
+    for name in cli.COMMANDS:
+        try:
+            code = cli.main([name, "--help"])
+        except SystemExit as e:  # pragma: no cover - argparse exits on --help
+            code = e.code
+        assert code in (0, 2), name
+    assert "usage" in capsys.readouterr().out
