@@ -18,7 +18,6 @@ import argparse
 import json
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -77,17 +76,6 @@ def check_precision(model: LoadedModel, precision: str) -> torch.dtype:
     return DTYPES[precision]
 
 
-@contextmanager
-def _cast(module: torch.nn.Module, dtype: torch.dtype):
-    """Run the module in ``dtype`` and give it back as it was (callers keep one copy of the weights)."""
-    before = next(module.parameters()).dtype
-    module.to(dtype)
-    try:
-        yield
-    finally:
-        module.to(before)
-
-
 def _channels(x: torch.Tensor, c: int) -> torch.Tensor:
     """Gray <-> RGB for tensors: replicate gray, luma of RGB."""
     if x.shape[1] == c:
@@ -102,12 +90,16 @@ def _run(model: LoadedModel, source: tiling.Source, h: int, w: int, c: int, sink
          tile_pad: int, precision: str, device: torch.device, batch: int, on_tiles=None) -> None:
     dtype = check_precision(model, precision)
     tp = tiling.plan(h, w, model.scale, tile, tile_pad, model.size_multiple, model.size_min)
-    module = model.module
+    module = model.module.to(device)
 
     def net(x: torch.Tensor) -> torch.Tensor:
-        return _channels(module(_channels(x, model.in_channels).to(dtype)).float(), c)
+        # autocast, not module.to(dtype): archs keep float32 tensors outside their parameters
+        # (SwinIR's mean, attention masks), and norms/softmax stay float32 where they need it
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            y = module(_channels(x, model.in_channels))
+        return _channels(y.float(), c)
 
-    with torch.inference_mode(), _cast(module, dtype):
+    with torch.inference_mode():
         tiling.run_tiles(net, source, tp, c, sink, device, batch, on_tiles)
 
 
