@@ -256,6 +256,7 @@ def _summarise(per_rank: list[dict[str, Any]], out_dir: Path, cfg: UpscaleConfig
     summary = {"model": cfg.model, "arch": model.arch, "scale": model.scale, "tile": cfg.tile,
                "tile_pad": cfg.tile_pad, "precision": cfg.precision, "world_size": len(per_rank),
                "ok": ok, "failed": len(failed), "errors": failed, "seconds": round(seconds, 3),
+               "images_per_rank": [r["ok"] + len(r["failed"]) for r in per_rank],
                "input_megapixels": round(in_mp, 3), "output_megapixels": round(out_mp, 3),
                "input_mp_per_s": round(in_mp / seconds, 4) if seconds > 0 else None,
                "output_mp_per_s": round(out_mp / seconds, 4) if seconds > 0 else None}
