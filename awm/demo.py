@@ -1,0 +1,197 @@
+"""``awm demo``: the whole pipeline on built-in generated wallpapers (or ``--data DIR``), on a laptop CPU.
+
+generate -> ingest -> shard (2x, seed preset, train and eval) -> train ``tiny-cpu`` with 2 processes
+-> eval bicubic vs the trained model with 2 processes -> upscale a few eval images -> report.md.
+Each stage runs as its real CLI in a child process (``torchrun`` for the multi-process ones), so
+the demo exercises exactly what users run. A stage whose output is complete is reused on re-runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from awm import config, io
+from awm.config import check
+from awm.log import get_logger
+
+log = get_logger("awm.demo")
+
+
+@dataclass
+class DemoConfig:
+    out: Path = field(default=Path("runs/demo"), metadata={"help": "demo folder (data, shards, run, report)"})
+    data: Path | None = field(default=None, metadata={
+        "help": "your own folder of HR images instead of the generated set (every 8th goes to eval)"})
+    n_train: int = field(default=48, metadata={"help": "generated training wallpapers"})
+    n_eval: int = field(default=8, metadata={"help": "generated evaluation wallpapers"})
+    long_side: list[int] = field(default_factory=lambda: [640, 960], metadata={
+        "help": "long side range of generated wallpapers, px"})
+    seed: int = field(default=0, metadata={"help": "generator and degradation seed"})
+    recipe: str = field(default="tiny-cpu", metadata={"help": "training recipe"})
+    steps: int | None = field(default=None, metadata={"help": "training steps (default: the recipe's)"})
+    processes: int = field(default=2, metadata={"help": "processes for training and evaluation"})
+    upscale_count: int = field(default=3, metadata={"help": "eval images to upscale as files"})
+
+    def __post_init__(self):
+        check(self.n_train >= 2, "n_train", self.n_train, ">= 2")
+        check(self.n_eval >= 1, "n_eval", self.n_eval, ">= 1")
+        check(len(self.long_side) == 2 and 128 <= self.long_side[0] <= self.long_side[1], "long_side",
+              self.long_side, "two integers lo,hi with 128 <= lo <= hi")
+        check(self.processes >= 1, "processes", self.processes, ">= 1")
+        check(self.steps is None or self.steps >= 1, "steps", self.steps, ">= 1 or null")
+
+
+def _awm(*args: str, processes: int = 1) -> list[str]:
+    if processes > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+                "-m", "awm", *args]
+    return [sys.executable, "-m", "awm", *args]
+
+
+def _stage(n: int, title: str, cmd: list[str], done: bool) -> None:
+    """Run one stage's real CLI unless its output is already complete."""
+    if done:
+        log.info("[demo %d/7] %s: reusing finished output", n, title)
+        return
+    log.info("[demo %d/7] %s", n, title)
+    t = time.time()
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    result = subprocess.run(cmd, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"stage '{title}' failed (exit {result.returncode}): {' '.join(cmd)}")
+    log.info("[demo %d/7] %s: done in %.0f s", n, title, time.time() - t)
+
+
+def _user_split(src: Path, dst: Path) -> None:
+    """Link the user's images into train/ and eval/ folders (every 8th image to eval), no copies."""
+    images = io.list_images([src])
+    if len(images) < 2:
+        raise ValueError(f"--data {src}: need at least 2 images, found {len(images)}")
+    for i, p in enumerate(images):
+        part = "eval" if i % 8 == 7 or (len(images) < 8 and i == len(images) - 1) else "train"
+        link = dst / part / f"{i:06d}_{p.name}"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.exists():
+            link.symlink_to(p.resolve())
+
+
+def _generate(cfg: DemoConfig, dst: Path) -> None:
+    from awm import synth
+
+    lo, hi = cfg.long_side
+    for part, n, seed in (("train", cfg.n_train, cfg.seed), ("eval", cfg.n_eval, cfg.seed + 1)):
+        log.info("generating %d %s wallpapers into %s", n, part, dst / part)
+        synth.write_dataset(dst / part, n, seed=seed, long_side=(lo, hi))
+
+
+def _trained_step(run: Path) -> int:
+    meta = run / "checkpoints" / "last" / "meta.json"
+    return json.loads(meta.read_text()).get("step", -1) if meta.is_file() else -1
+
+
+def _recipe_steps(cfg: DemoConfig) -> int:
+    from awm.train import load_config
+
+    return cfg.steps or load_config(cfg.recipe).steps
+
+
+def _niqe_staged() -> bool:
+    from awm import weights
+
+    return not weights.missing_for("niqe")
+
+
+def demo(cfg: DemoConfig) -> Path:
+    """Run every stage (reusing finished ones) and return the report's path."""
+    out = cfg.out
+    out.mkdir(parents=True, exist_ok=True)
+    config.save(cfg, out / "demo_config.yaml")
+    data = out / "data"
+    if cfg.data is not None:
+        _user_split(cfg.data, data)
+    else:
+        _generate(cfg, data)
+    for part in ("train", "eval"):
+        _stage(1 if part == "train" else 2, f"ingest {part} images",
+               _awm("ingest", str(data / part), "--out", str(out / "raw" / part)),
+               (out / "raw" / part / "index.json").is_file())
+    for part in ("train", "eval"):
+        extra = ["--tile", "192"] if part == "train" else []
+        _stage(3, f"shard {part} split (2x, seed preset)",
+               _awm("shard", "--in", str(out / "raw" / part), "--out", str(out / "shards" / part),
+                    "--split", part, "--scales", "2", "--preset", "seed", "--seed", str(cfg.seed), *extra),
+               (out / "shards" / part / "index.json").is_file())
+    steps = _recipe_steps(cfg)
+    run = out / "run"
+    overrides = [f"name={run.name}", f"runs={out}", f"data.train={out / 'shards' / 'train'}",
+                 f"data.eval={out / 'shards' / 'eval'}", f"steps={steps}", f"seed={cfg.seed}"]
+    _stage(4, f"train {cfg.recipe} ({steps} steps, {cfg.processes} processes)",
+           _awm("train", "--config", cfg.recipe, *overrides, processes=cfg.processes),
+           _trained_step(run) >= steps)
+    metrics = ["psnry", "ssim", "niqe_anime"] + (["niqe"] if _niqe_staged() else [])
+    summary = out / "eval" / "summary.json"
+    fresh = summary.is_file() and summary.stat().st_mtime > (run / "checkpoints" / "last" / "meta.json").stat().st_mtime
+    _stage(5, f"evaluate bicubic vs the trained model ({', '.join(metrics)})",
+           _awm("eval", "--data", str(out / "shards" / "eval"), "--scale", "2", "--models", f"bicubic,{run}",
+                "--metrics", ",".join(metrics), "--out", str(out / "eval"), processes=cfg.processes),
+           fresh)
+    lr_files = _export_lr(out, cfg.upscale_count)
+    _stage(6, f"upscale {len(lr_files)} eval images",
+           _awm("upscale", "--model", str(run), *map(str, lr_files), "--out", str(out / "upscaled")),
+           all(any((out / "upscaled").glob(f"{p.stem}*")) for p in lr_files))
+    log.info("[demo 7/7] writing the report")
+    report = write_report(out, run, lr_files)
+    print(f"\nAWM demo report: {report.resolve()}")
+    return report
+
+
+def _export_lr(out: Path, n: int) -> list[Path]:
+    """The first ``n`` eval samples' LR images as files (what a user would upscale)."""
+    from awm import shards
+
+    dst = out / "lr"
+    existing = sorted(dst.glob("*.jpg"))
+    if len(existing) >= n:
+        return existing[:n]
+    files = []
+    for tar in shards.list_shards(out / "shards" / "eval", "eval-"):
+        for s in shards.iter_tar(tar):
+            if len(files) == n:
+                return files
+            files.append(io.atomic_write_bytes(dst / f"{s['__key__']}.jpg", s["lr_x2.jpg"]))
+    return files
+
+
+def write_report(out: Path, run: Path, lr_files: list[Path]) -> Path:
+    """``report.md``: the evaluation table, figures, and side-by-side crops, with relative links."""
+    summary_md = (out / "eval" / "summary.md").read_text()
+    figures = sorted((out / "eval" / "figures").glob("*.png"))
+    lines = ["# AWM demo report", "",
+             f"Trained run: `{run}` (`{_trained_step(run)}` steps). Evaluation on the demo's eval split "
+             "(2x, seed preset), bicubic vs the trained model.", "", summary_md.strip(), "", "## Figures", ""]
+    lines += [f"![{f.stem}](eval/figures/{f.name})" for f in figures]
+    lines += ["", "## Upscaled eval images", "", "| LR input | upscaled 2x |", "| --- | --- |"]
+    for p in lr_files:
+        ups = sorted((out / "upscaled").glob(f"{p.stem}*"))
+        if ups:
+            lines.append(f"| ![lr](lr/{p.name}) | ![sr](upscaled/{ups[0].name}) |")
+    lines += ["", "Reproduce: `awm demo` (re-running reuses finished stages; delete a stage's folder to redo it).", ""]
+    return io.atomic_write_text(out / "report.md", "\n".join(lines))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    config.add_dataclass_arguments(parser, DemoConfig)
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config.from_args(DemoConfig, args, args.overrides)
+    demo(cfg)
+    return 0
