@@ -148,9 +148,9 @@ def _load_ours(ckpt: Path, device: str) -> LoadedModel:
     arch, scale, hp = meta["arch"], int(meta["scale"]), meta["hparams"]
     module = build_model(arch, scale, **hp)
     module.load_state_dict(load_file(str(ckpt / MODEL_FILE)), strict=True)
-    info = model_info(arch, scale, **hp)
-    return LoadedModel(module.to(device).eval(), arch, scale, resolve_hparams(arch, **hp), info.supports_bf16,
-                       info.supports_fp16, info.size_multiple, info.size_min, 3, "awm", meta)
+    info = meta["info"]  # spandrel's descriptor facts, computed once at save time
+    return LoadedModel(module.to(device).eval(), arch, scale, resolve_hparams(arch, **hp), info["supports_bf16"],
+                       info["supports_fp16"], info["size_multiple"], info["size_min"], 3, "awm", meta)
 
 
 def read_weights(path: str | Path) -> dict[str, Any]:
