@@ -27,7 +27,7 @@ from awm.discriminators import DiscriminatorConfig, build_discriminator
 
 __all__ = ["BACKBONE_WEIGHTS", "BackboneWeights", "DiscriminatorConfig", "GANConfig", "LossConfig",
            "PerceptualConfig", "PixelConfig", "build_discriminator", "build_discriminator_loss",
-           "build_generator_loss"]
+           "build_generator_loss", "build_pixel_loss"]
 
 
 @dataclass(frozen=True)
@@ -260,28 +260,48 @@ def gan_generator_term(kind: str, fake: torch.Tensor | list[torch.Tensor]) -> to
     return sum(terms) / len(terms)
 
 
-def gan_discriminator_loss(kind: str, real: torch.Tensor | list[torch.Tensor],
-                           fake: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
-    """Discriminator side: real -> 1, fake -> 0 (hinge: margins at +-1); sum of both halves."""
-    terms = []
+def gan_discriminator_terms(kind: str, real: torch.Tensor | list[torch.Tensor],
+                            fake: torch.Tensor | list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Discriminator side, (real half, fake half): real -> 1, fake -> 0 (hinge: margins at +-1)."""
+    r_terms, f_terms = [], []
     for r, f in zip(_gan_logits(real), _gan_logits(fake), strict=True):
         if kind == "vanilla":
-            terms.append(F.binary_cross_entropy_with_logits(r, torch.ones_like(r))
-                         + F.binary_cross_entropy_with_logits(f, torch.zeros_like(f)))
+            r_terms.append(F.binary_cross_entropy_with_logits(r, torch.ones_like(r)))
+            f_terms.append(F.binary_cross_entropy_with_logits(f, torch.zeros_like(f)))
         elif kind == "lsgan":
-            terms.append(F.mse_loss(r, torch.ones_like(r)) + F.mse_loss(f, torch.zeros_like(f)))
+            r_terms.append(F.mse_loss(r, torch.ones_like(r)))
+            f_terms.append(F.mse_loss(f, torch.zeros_like(f)))
         else:
-            terms.append(F.relu(1 - r).mean() + F.relu(1 + f).mean())
-    return sum(terms) / len(terms)
+            r_terms.append(F.relu(1 - r).mean())
+            f_terms.append(F.relu(1 + f).mean())
+    return sum(r_terms) / len(r_terms), sum(f_terms) / len(f_terms)
+
+
+class PixelLoss(nn.Module):
+    """L1 or Charbonnier, unweighted: the L1 warm-up stage trains on this term alone."""
+
+    def __init__(self, cfg: PixelConfig):
+        super().__init__()
+        self.type, self.eps = cfg.type, cfg.eps
+
+    def forward(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+        diff = sr.float() - hr.float()
+        if self.type == "l1":
+            return diff.abs().mean()
+        return torch.sqrt(diff * diff + self.eps ** 2).mean()
 
 
 class GeneratorLoss(nn.Module):
-    """Weighted sum of the configured terms; returns (total, {term: value}) for logging."""
+    """The configured terms, each already weighted: {"pixel", "perceptual_vgg", "perceptual_anime", "gan"}.
+
+    Terms with weight 0 are absent; the training loss is ``sum(terms.values())``.
+    """
 
     def __init__(self, cfg: LossConfig):
         super().__init__()
         self.cfg = cfg
         p = cfg.perceptual
+        self.pixel = PixelLoss(cfg.pixel)
         self.vgg = self.anime = None
         if p.vgg_weight > 0:
             layers = [n for n, w in p.vgg_layers.items() if w > 0]
@@ -296,14 +316,8 @@ class GeneratorLoss(nn.Module):
     def uses_gan(self) -> bool:
         return self.cfg.gan.weight > 0
 
-    def pixel(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
-        diff = sr.float() - hr.float()
-        if self.cfg.pixel.type == "l1":
-            return diff.abs().mean()
-        return torch.sqrt(diff * diff + self.cfg.pixel.eps ** 2).mean()
-
-    def forward(self, sr: torch.Tensor, hr: torch.Tensor, fake_logits: torch.Tensor | list[torch.Tensor] | None = None
-                ) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, sr: torch.Tensor, hr: torch.Tensor,
+                fake_logits: torch.Tensor | list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         cfg, terms = self.cfg, {}
         if cfg.pixel.weight > 0:
             terms["pixel"] = cfg.pixel.weight * self.pixel(sr, hr)
@@ -315,19 +329,36 @@ class GeneratorLoss(nn.Module):
             if fake_logits is None:
                 raise ValueError("the GAN term is on (gan.weight > 0): pass the discriminator's logits on sr")
             terms["gan"] = cfg.gan.weight * gan_generator_term(cfg.gan.type, fake_logits)
-        total = sum(terms.values())
-        return total, {k: float(v.detach()) for k, v in terms.items()}
+        return terms
 
 
 class DiscriminatorLoss(nn.Module):
-    """The configured GAN loss for the discriminator step (unweighted: it is D's only loss)."""
+    """The configured GAN loss for the discriminator step (unweighted: it is D's only loss).
+
+    Call with (real_logits, fake_logits), or with D's logits on ``torch.cat([real, fake])`` alone
+    (one D forward for both; the batch is split in half). Returns {"d_real", "d_fake"}.
+    """
 
     def __init__(self, cfg: GANConfig):
         super().__init__()
         self.kind = cfg.type
 
-    def forward(self, real_logits, fake_logits) -> torch.Tensor:
-        return gan_discriminator_loss(self.kind, real_logits, fake_logits)
+    def forward(self, real_logits: torch.Tensor | list[torch.Tensor],
+                fake_logits: torch.Tensor | list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        if fake_logits is None:
+            both = _gan_logits(real_logits)
+            if any(t.shape[0] % 2 for t in both):
+                raise ValueError(f"odd discriminator batch {both[0].shape[0]}: pass (real, fake) logits, "
+                                 "or logits on torch.cat([real, fake])")
+            real_logits = [t[: t.shape[0] // 2] for t in both]
+            fake_logits = [t[t.shape[0] // 2:] for t in both]
+        real, fake = gan_discriminator_terms(self.kind, real_logits, fake_logits)
+        return {"d_real": real, "d_fake": fake}
+
+
+def build_pixel_loss(cfg: LossConfig) -> PixelLoss:
+    """The unweighted pixel loss, for the L1 warm-up stage (no backbone needed)."""
+    return PixelLoss(cfg.pixel)
 
 
 def build_generator_loss(cfg: LossConfig) -> GeneratorLoss:

@@ -15,7 +15,8 @@ from awm.losses import (
     build_discriminator,
     build_discriminator_loss,
     build_generator_loss,
-    gan_discriminator_loss,
+    build_pixel_loss,
+    gan_discriminator_terms,
     gan_generator_term,
 )
 from awm.models import build_model
@@ -45,9 +46,9 @@ def _generator_grads(loss_fn, seed=0):
     torch.manual_seed(seed)
     gen = build_model("compact-tiny", 2)
     lr, hr = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 32, 32)
-    total, terms = loss_fn(gen(lr), hr)
-    total.backward()
-    return torch.cat([p.grad.flatten() for p in gen.parameters()]), terms
+    terms = loss_fn(gen(lr), hr)
+    sum(terms.values()).backward()
+    return torch.cat([p.grad.flatten() for p in gen.parameters()]), {k: float(v) for k, v in terms.items()}
 
 
 def test_each_perceptual_backbone_changes_generator_gradients(backbone_files):
@@ -67,9 +68,9 @@ def test_backbones_are_frozen_and_per_layer_weights_apply(backbone_files):
     values = []
     for w in (1.0, 2.0):
         p = PerceptualConfig(vgg_layers={"conv2_2": w}, anime_weight=0.0, vgg_path=backbone_files["vgg_path"])
-        values.append(build_generator_loss(LossConfig(perceptual=p, gan=GANConfig(weight=0.0)))(sr, hr)[1])
+        values.append(build_generator_loss(LossConfig(perceptual=p, gan=GANConfig(weight=0.0)))(sr, hr))
     t1, t2 = values
-    assert math.isclose(t2["perceptual_vgg"], 2 * t1["perceptual_vgg"], rel_tol=1e-5)
+    assert math.isclose(float(t2["perceptual_vgg"]), 2 * float(t1["perceptual_vgg"]), rel_tol=1e-5)
 
 
 def test_missing_weights_fail_at_build_with_the_place_to_put_them(tmp_path):
@@ -106,22 +107,26 @@ def test_typos_and_impossible_configs_are_config_errors(tmp_path):
 
 
 def test_pixel_losses():
-    off = {"perceptual": {"vgg_weight": 0, "anime_weight": 0}, "gan": {"weight": 0}}
     sr, hr = torch.zeros(1, 3, 4, 4), torch.full((1, 3, 4, 4), 0.5)
-    l1 = build_generator_loss(from_dict(LossConfig, off))(sr, hr)[1]["pixel"]
-    ch = build_generator_loss(from_dict(LossConfig, {**off, "pixel": {"type": "charbonnier", "eps": 1e-3}}))
-    assert math.isclose(l1, 0.5, rel_tol=1e-6)
-    assert math.isclose(ch(sr, hr)[1]["pixel"], math.sqrt(0.25 + 1e-6), rel_tol=1e-6)
+    off = {"perceptual": {"vgg_weight": 0, "anime_weight": 0}, "gan": {"weight": 0}}
+    cfg = from_dict(LossConfig, {**off, "pixel": {"weight": 0.25}})
+    assert math.isclose(float(build_generator_loss(cfg)(sr, hr)["pixel"]), 0.25 * 0.5, rel_tol=1e-6)
+    assert math.isclose(float(build_pixel_loss(cfg)(sr, hr)), 0.5, rel_tol=1e-6)  # warm-up: unweighted
+    ch = build_pixel_loss(from_dict(LossConfig, {**off, "pixel": {"type": "charbonnier", "eps": 1e-3}}))
+    assert math.isclose(float(ch(sr, hr)), math.sqrt(0.25 + 1e-6), rel_tol=1e-6)
 
 
 def test_gan_losses_vanilla_lsgan_hinge():
     zeros, big = torch.zeros(2, 1, 4, 4), torch.full((2, 1, 4, 4), 3.0)
+
+    def d(kind, real, fake):
+        return [float(t) for t in gan_discriminator_terms(kind, real, fake)]
+
     assert math.isclose(float(gan_generator_term("vanilla", zeros)), math.log(2), rel_tol=1e-6)
-    assert math.isclose(float(gan_discriminator_loss("vanilla", zeros, zeros)), 2 * math.log(2), rel_tol=1e-6)
+    assert d("vanilla", zeros, zeros) == pytest.approx([math.log(2)] * 2)
     assert float(gan_generator_term("lsgan", zeros)) == 1.0
-    assert float(gan_discriminator_loss("lsgan", big / 3, -0 * big)) == 0.0
-    assert float(gan_discriminator_loss("hinge", big, -big)) == 0.0
-    assert float(gan_discriminator_loss("hinge", zeros, zeros)) == 2.0
+    assert d("lsgan", big / 3, zeros) == [0.0, 0.0] and d("lsgan", zeros, big / 3) == [1.0, 1.0]
+    assert d("hinge", big, -big) == [0.0, 0.0] and d("hinge", zeros, zeros) == [1.0, 1.0]
     assert float(gan_generator_term("hinge", big)) == -3.0
     # multi-scale logits are averaged over scales
     assert float(gan_generator_term("hinge", [big, zeros])) == -1.5
@@ -132,10 +137,21 @@ def test_generator_loss_needs_logits_when_gan_is_on(backbone_files):
     sr, hr = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)
     with pytest.raises(ValueError, match="logits"):
         loss(sr, hr)
-    total, terms = loss(sr, hr, fake_logits=torch.zeros(1, 1, 16, 16))
-    assert math.isclose(terms["gan"], 0.1 * math.log(2), rel_tol=1e-5)
+    terms = loss(sr, hr, fake_logits=torch.zeros(1, 1, 16, 16))
+    assert set(terms) == {"pixel", "gan"} and math.isclose(float(terms["gan"]), 0.1 * math.log(2), rel_tol=1e-5)
+
+
+def test_discriminator_loss_from_one_concatenated_batch(backbone_files):
     d_loss = build_discriminator_loss(_cfg(backbone_files, gan=0.1))
-    assert math.isclose(float(d_loss(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2))), 2 * math.log(2), rel_tol=1e-6)
+    real, fake = torch.full((2, 1, 4, 4), 3.0), torch.full((2, 1, 4, 4), -1.0)
+    split = d_loss(real, fake)
+    both = d_loss(torch.cat([real, fake]))
+    assert set(both) == {"d_real", "d_fake"}
+    assert all(torch.equal(split[k], both[k]) for k in both)
+    multi = d_loss([torch.cat([real, fake]), torch.cat([real, fake])[:, :, :2, :2]])
+    assert all(torch.allclose(multi[k], split[k]) for k in multi)
+    with pytest.raises(ValueError, match="odd"):
+        d_loss(torch.zeros(3, 1, 4, 4))
 
 
 @pytest.mark.parametrize("name", ["unet-sn", "patchgan-ms"])
@@ -145,7 +161,7 @@ def test_discriminators_train_under_bf16_autocast(name):
     x = torch.rand(2, 3, 32, 32, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = d(x)
-        loss = gan_discriminator_loss("hinge", out, d(x.detach().flip(-1)))
+        loss = sum(gan_discriminator_terms("hinge", out, d(x.detach().flip(-1))))
     loss.backward()
     maps = out if isinstance(out, list) else [out]
     assert all(m.shape[:2] == (2, 1) for m in maps) and x.grad.abs().sum() > 0
