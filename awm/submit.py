@@ -249,7 +249,7 @@ def describe_jobs(jobs: list, label: str) -> list[dict[str, Any]]:
     out = []
     for j in jobs:
         entry = {"kind": label, "job_id": str(j.job_id)}
-        if getattr(j, "paths", None) is not None and label != "debug":
+        if getattr(j, "paths", None) is not None:
             entry["stdout"], entry["stderr"] = str(j.paths.stdout), str(j.paths.stderr)
         out.append(entry)
     return out
@@ -262,6 +262,7 @@ def print_jobs(entries: list[dict[str, Any]], profile: Profile, record_dir: Path
     ids = sorted({e["job_id"].split("_")[0] for e in entries})
     if profile.cluster == "slurm":
         print(f"watch: squeue -j {','.join(ids)}   (after: sacct -j {','.join(ids)})")
+    if profile.cluster != "debug":
         print(f"logs:  tail -F {record_dir}/jobs/*_log.out")
     print(f"submission: {record_dir}")
 

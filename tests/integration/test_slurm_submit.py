@@ -101,3 +101,15 @@ def test_failed_part_is_retried_without_redoing_finished_parts(slurm_cluster, im
     assert (record_dir / "parts" / "part-00000.json").read_text() == marker
     _assert_same_shards(one_process, out)
     assert cli.main(["submit", "--retry", str(record_dir)]) == 0  # all done: nothing resubmitted
+
+
+def test_rank_split_stage_runs_as_one_job_of_ranks(slurm_cluster, images, tmp_path):
+    """score splits images over ranks (no --part): --array 2 is one job of 2 tasks that rendezvous."""
+    out, logs = tmp_path / "scores", tmp_path / "logs"
+    assert _submit("score", str(images), "--metrics", "entropy", "--out", str(out), "--array", "2", "--wait",
+                   logs=logs) == 0
+    record = json.loads(next(logs.glob("score-*/submission.json")).read_text())
+    assert record["request"]["mode"] == "ranks" and [j["kind"] for j in record["jobs"]] == ["score"]
+    stats = json.loads((out / "score_stats.json").read_text())
+    assert stats["world_size"] == 2 and [r["images"] for r in stats["ranks"]] == [3, 3]
+    assert len((out / "per_image.csv").read_text().splitlines()) == 1 + 6
