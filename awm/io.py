@@ -128,10 +128,11 @@ def check_image_bytes(data: bytes, max_pixels: int = MAX_PIXELS_DEFAULT, min_sid
     return p
 
 
-def decode_image(data: bytes, max_pixels: int = MAX_PIXELS_DEFAULT) -> np.ndarray:
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS_DEFAULT, bgr: bool = False) -> np.ndarray:
     """Decode to an RGB, RGBA or gray (2-D) array, uint8 or uint16, checking the header first.
 
     Raises ImageError with a skip reason for anything unusable (truncated, bomb, not an image).
+    ``bgr=True`` keeps OpenCV's BGR(A) order: saves a full-image conversion for channel-free work.
     """
     p = check_image_bytes(data, max_pixels)
     # JPEG: ANYCOLOR keeps gray as gray and applies EXIF orientation (UNCHANGED would ignore it).
@@ -152,6 +153,8 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS_DEFAULT) -> np.ndarra
             raise ImageError("unsupported_depth", str(img.dtype))
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
+    if bgr:
+        return img
     if img.ndim == 3 and img.shape[2] == 3:
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     elif img.ndim == 3 and img.shape[2] == 4:
