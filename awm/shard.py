@@ -25,19 +25,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import cv2
 import numpy as np
 import yaml
 
 from awm import config, dist
 from awm.config import ConfigError, check
-from awm.degrade import PRESETS, Preset, apply_params, draw_params, encode_lr, get_preset
+from awm.degrade import PRESETS, Preset, apply_params, channel_free, draw_params, encode_lr, get_preset
 from awm.io import (
     MAX_PIXELS_DEFAULT,
     ImageError,
     atomic_write_text,
     check_image_bytes,
     decode_image,
-    encode_image,
     list_images,
     to_rgb8,
 )
@@ -235,18 +235,19 @@ def make_samples(src: Source, data: bytes, cfg: ShardConfig, preset: Preset,
         raise ImageError("too_small")
     if cfg.tile and min(w, h) < cfg.tile:
         raise ImageError("smaller_than_tile")
-    img = decode_image(data, cfg.max_pixels)  # JPEG EXIF orientation may swap the header's w and h
+    img = decode_image(data, cfg.max_pixels, bgr=True)  # JPEG EXIF orientation may swap the header's w, h
     w, h = img.shape[1] - img.shape[1] % m, img.shape[0] - img.shape[0] % m
     converted = [name for name, hit in (("16bit", img.dtype == np.uint16), ("gray", img.ndim == 2),
                                         ("alpha_on_white", img.ndim == 3 and img.shape[2] == 4)) if hit]
     notes.update(converted)
-    hr = to_rgb8(img)[:h, :w]
+    hr_bgr = to_rgb8(img)[:h, :w]  # to_rgb8 is channel-order free: the result stays BGR
     keep_bytes = not cfg.tile and not converted and (w, h) == img.shape[1::-1] and _is_plain_png(data)
     notes["hr_original_bytes" if keep_bytes else "hr_encoded"] += 1
-    params, lrs = {}, {}
-    for s in cfg.scales:
-        params[f"x{s}"] = draw_params(preset, (w, h), s, cfg.seed, src.id)
-        lrs[s] = apply_params(hr, s, params[f"x{s}"])
+    params = {f"x{s}": draw_params(preset, (w, h), s, cfg.seed, src.id) for s in sorted(cfg.scales)}
+    bgr = all(channel_free(p) for p in params.values())  # else the chain needs true RGB
+    hr = hr_bgr if bgr else cv2.cvtColor(hr_bgr, cv2.COLOR_BGR2RGB)
+    cache: dict = {}
+    lrs = {s: apply_params(hr, s, params[f"x{s}"], cache) for s in sorted(cfg.scales)}
     meta = {"id": src.id, "source": src.source, "scales": list(cfg.scales), "preset": preset.name,
             "params": params, "seed": cfg.seed, "src_size": [probe.width, probe.height],
             "image_size": [w, h], "converted": converted}
@@ -254,15 +255,22 @@ def make_samples(src: Source, data: bytes, cfg: ShardConfig, preset: Preset,
     samples = []
     for k, (x, y, tw, th) in enumerate(boxes):
         key = f"{src.id}_t{k}" if cfg.tile else src.id
-        hr_png = data if keep_bytes else encode_image(hr[y:y + th, x:x + tw], "png", cfg.hr_png_level)
+        hr_png = data if keep_bytes else _encode_png(hr_bgr[y:y + th, x:x + tw], cfg.hr_png_level)
         sample: dict[str, Any] = {"__key__": key, "hr.png": hr_png}
         for s in cfg.scales:
             p = params[f"x{s}"]
             lr = lrs[s][y // s:(y + th) // s, x // s:(x + tw) // s]
-            sample[f"lr_x{s}.{p['codec']['format']}"] = encode_lr(np.ascontiguousarray(lr), p)
+            sample[f"lr_x{s}.{p['codec']['format']}"] = encode_lr(np.ascontiguousarray(lr), p, bgr)
         sample["json"] = {**meta, "hr_size": [tw, th], "tile": [x, y, tw, th] if cfg.tile else None}
         samples.append(sample)
     return samples
+
+
+def _encode_png(bgr: np.ndarray, level: int) -> bytes:
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(bgr), [cv2.IMWRITE_PNG_COMPRESSION, level])
+    if not ok:
+        raise ImageError("encode_failed", "png")
+    return buf.tobytes()
 
 
 def shard_path(cfg: ShardConfig, index: int) -> Path:
@@ -271,8 +279,6 @@ def shard_path(cfg: ShardConfig, index: int) -> Path:
 
 def make_shard(job: dict[str, Any]) -> dict[str, Any]:
     """Build and atomically write one output shard; returns its stats (runs in a worker process)."""
-    import cv2
-
     cv2.setNumThreads(1)
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # skips are counted, not printed
     cfg = config.from_dict(ShardConfig, job["cfg"])

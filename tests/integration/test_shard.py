@@ -88,6 +88,7 @@ def test_sample_layout_sizes_original_hr_bytes_and_replay(good, tmp_path):
     assert by_id["img_0"]["hr.png"] == (good / "img.0.png").read_bytes()  # 96x64 PNG: bytes kept
     assert json.loads(by_id["img_1"]["json"])["src_size"] == [90, 70]
     assert json.loads(by_id["img_1"]["json"])["hr_size"] == [88, 68]
+    assert np.array_equal(_decode(by_id["img_1"]["hr.png"]), io.read_image(good / "img.1.png")[:68, :88])
     stats = json.loads((out / "eval-000000_stats.json").read_text())
     assert stats["notes"] == {"hr_encoded": 2, "hr_original_bytes": 4} and stats["nskipped"] == 0
 

@@ -103,3 +103,15 @@ def test_edge_mask_keeps_line_art_out_of_the_median():
     # away from edges both presets apply the same median
     flat = np.s_[10:54, 2:6]
     assert np.array_equal(lr_plain[flat], lr_masked[flat])
+
+
+@pytest.mark.parametrize("fmt", ["jpg", "png", "webp"])
+def test_channel_free_chains_run_on_bgr_with_identical_bytes(fmt):
+    bgr = np.ascontiguousarray(HR[..., ::-1])
+    for name in degrade.PRESETS:
+        _, params = degrade.degrade(HR, 2, degrade.get_preset(name, lr_format=fmt), 0, "x")
+        assert degrade.channel_free(params) == (name == "seed")
+    lr, params = degrade.degrade(HR, 2, degrade.get_preset("seed", lr_format=fmt), 0, "x")
+    lr_bgr = degrade.apply_params(bgr, 2, params)
+    assert np.array_equal(lr_bgr[..., ::-1], lr)
+    assert degrade.encode_lr(lr_bgr, params, bgr=True) == degrade.encode_lr(lr, params)
