@@ -196,7 +196,7 @@ def score_rank(cfg: EvalConfig, d: dist.DistEnv) -> dict:
         try:
             lr, hr = decode_pair(sample, cfg.scale)
         except ImageError as e:
-            skipped[e.reason if hasattr(e, "reason") else str(e)] += 1
+            skipped[e.reason] += 1
             continue
         srs = {}
         for up in upscalers:

@@ -84,19 +84,15 @@ TRAINING_WEIGHTS: tuple[WeightFile, ...] = (_tv("vgg19-dcbb9e9d.pth", "perceptua
 
 
 def _backbone_weights() -> tuple[WeightFile, ...]:
-    """The training losses' backbone files (awm.losses owns that list) plus torchvision VGG19."""
+    """The training losses' backbone files (awm.losses owns that list; all in torch hub/checkpoints)."""
     try:
         from awm.losses import BACKBONE_WEIGHTS
     except ImportError:
         return TRAINING_WEIGHTS
-    found = []
-    for name, entry in dict(BACKBONE_WEIGHTS).items():
-        get = entry.get if isinstance(entry, dict) else lambda k, e=entry: getattr(e, k, None)
-        filename = get("filename") or Path(str(get("url") or get("path") or name)).name
-        found.append(WeightFile(filename, "torchvision" if get("url") and "pytorch.org" in get("url")
-                                else "backbone", get("url") or "", get("sha256"), used_by=(str(name),)))
-    keys = {w.key for w in found}
-    return tuple(found) + tuple(w for w in TRAINING_WEIGHTS if w.key not in keys)
+    found = tuple(WeightFile(b.filename, "torchvision", b.url, sha256_prefix=b.sha256_prefix,
+                             used_by=(f"{b.name} ({b.used_by})",)) for b in BACKBONE_WEIGHTS.values())
+    names = {w.filename for w in found}
+    return found + tuple(w for w in TRAINING_WEIGHTS if w.filename not in names)
 
 
 def registry() -> tuple[WeightFile, ...]:
@@ -125,7 +121,7 @@ def location(w: WeightFile) -> Path:
         return torch_hub_dir() / "pyiqa" / w.filename
     if w.cache == "clip":
         return torch_hub_dir() / "clip" / w.filename
-    if w.cache in ("torchvision", "backbone"):
+    if w.cache == "torchvision":
         return torch_hub_dir() / "checkpoints" / w.filename
     if w.cache.startswith("hf:"):
         repo = w.cache[3:]
@@ -225,6 +221,7 @@ def stage(source: str | Path, entries: tuple[WeightFile, ...] | None = None) -> 
 
 
 def _print_rows(rows: list[dict], cols: tuple[str, ...]) -> None:
+    print("  ".join(c.upper() for c in cols))
     for r in rows:
         print("  ".join(str(r[c]) for c in cols))
 

@@ -43,8 +43,12 @@ def eval_data(tmp_path_factory) -> Path:
 
 
 def test_two_ranks_equal_one_rank(eval_data: Path, tmp_path: Path) -> None:
-    common = ["eval", "--data", str(eval_data), "--scale", "2", "--models", "bicubic,lanczos",
-              "--metrics", "psnry,ssim,niqe_anime", "--grid", "3"]
+    from awm.checkpoint import save_checkpoint
+    from awm.models import build_model
+
+    ckpt = save_checkpoint(tmp_path / "ckpt", build_model("compact-tiny", 2), "compact-tiny", {}, 2, step=0)
+    common = ["eval", "--data", str(eval_data), "--scale", "2", "--models", f"bicubic,lanczos,{ckpt}",
+              "--metrics", "psnry,ssim,niqe_anime", "--grid", "3", "--tile", "64", "--tile-pad", "8"]
     one = _awm([*common, "--out", str(tmp_path / "one")])
     assert one.returncode == 0, one.stderr[-3000:]
     two = _awm([*common, "--out", str(tmp_path / "two")], nproc=2)
@@ -56,14 +60,15 @@ def test_two_ranks_equal_one_rank(eval_data: Path, tmp_path: Path) -> None:
     lines = rows1.splitlines()
     assert lines[0] == "model,id,index,psnry,ssim,niqe_anime"
     pairs = [tuple(line.split(",")[:3]) for line in lines[1:]]
-    assert len(pairs) == len(set(pairs)) == 12  # 6 decodable samples x 2 models, none twice
+    assert len(pairs) == len(set(pairs)) == 18  # 6 decodable samples x 3 models, none twice
     assert {p[2] for p in pairs} == {"0", "1", "2", "3", "4", "6"}
 
     s1 = json.loads((tmp_path / "one" / "summary.json").read_text())
     s2 = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert s1["models"] == s2["models"]
     assert s1["skipped"] == s2["skipped"] == {"undecodable": 1}
-    assert s1["models"]["bicubic"]["psnry"]["count"] == 6
+    assert list(s1["models"]) == ["bicubic", "lanczos", str(ckpt)]
+    assert s1["models"]["bicubic"]["psnry"]["count"] == s1["models"][str(ckpt)]["ssim"]["count"] == 6
     assert s1["metrics"]["niqe_anime"]["lower_better"] is True
     assert s1["metrics"]["psnry"]["lower_better"] is False
     stats2 = json.loads((tmp_path / "two" / "eval_stats.json").read_text())
@@ -102,7 +107,7 @@ def test_staged_standard_niqe_matches_pyiqa(tmp_path: Path, monkeypatch) -> None
     assert staged.returncode == 0, staged.stderr
     assert (hub / "hub" / "pyiqa" / "niqe_modelparameters.mat").is_file()
     verify = _awm(["weights", "verify"], env=env)
-    assert "present  niqe_modelparameters.mat" in verify.stdout
+    assert "\npresent  niqe_modelparameters.mat  " in verify.stdout
 
     import pyiqa
 
