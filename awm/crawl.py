@@ -48,8 +48,8 @@ class CrawlConfig:
     out: Path = _f("output folder for raw-%06d.tar shards, index.json and the crawl state",
                    default=Path("shards/raw"))
     base_url: str | None = _f("override the site's address (mirrors, tests)", default=None)
-    rating: str | None = _f("comma-separated site ratings to keep (default: the site's safe one: "
-                            "s on Moebooru, g on Danbooru)", default=None)
+    rating: str | None = _f("comma-separated site ratings to keep; None: the site's safe one "
+                            "(s on Moebooru, g on Danbooru)", default=None)
     min_side: int = _f("skip images whose shorter side is below this", default=0)
     max_pixels: int = _f("skip images with more pixels than this (checked before decoding)",
                          default=MAX_PIXELS_DEFAULT)
@@ -119,7 +119,8 @@ class Outcome:
 
     post: booru.Post
     reason: str | None = None
-    data: bytes = b""
+    staged: Path | None = None  # verified bytes in the spool under a temp name
+    nbytes: int = 0
     checked: clean.Checked | None = None
 
 
@@ -213,7 +214,7 @@ class Crawler:
 
     # ---- downloads ------------------------------------------------------------------------
     def download(self, post: booru.Post) -> Outcome:
-        """Fetch and verify one original (runs in a worker thread; touches no state)."""
+        """Fetch, verify and stage one original (worker thread; the database is not touched)."""
 
         def verify(body: bytes) -> None:
             if hashlib.md5(body).hexdigest() != post.md5:
@@ -228,7 +229,8 @@ class Crawler:
             return Outcome(post, reason=e.reason)
         except ImageError as e:
             return Outcome(post, reason=e.reason)
-        return Outcome(post, data=data, checked=checked)
+        return Outcome(post, staged=self.state.stage(post.id, checked.format, data), nbytes=len(data),
+                       checked=checked)
 
     def _kept_enough(self) -> bool:
         return bool(self.cfg.limit) and len(self.dedup) >= self.cfg.limit
@@ -248,12 +250,14 @@ class Crawler:
         if reason is None and out.checked is not None:
             reason = self.dedup.skip_reason(out.checked.md5, out.checked.phash)
         if reason is not None:
+            if out.staged is not None:
+                out.staged.unlink(missing_ok=True)
             self.state.skip(post.id, reason)
             return False
         c = out.checked
         meta = {**post.metadata(self.cfg.source), "width": c.width, "height": c.height,
                 "fetched_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        self.state.accept(post.id, c.format, out.data, clean.to_signed64(c.phash), meta)
+        self.state.accept(post.id, out.staged, out.nbytes, clean.to_signed64(c.phash), meta)
         self.dedup.add(c.md5, c.phash)
         self.families.add(post.family)
         self.state.flush(self.cfg.shard_size, final=False)
@@ -308,6 +312,7 @@ class Crawler:
                        unit="img", enabled=self.cfg.progress)
         for _ in bar:
             pass
+        self.state.drop_staged()
         finished = self._kept_enough() or self.state.listing_done()
         if finished:
             self.state.flush(self.cfg.shard_size, final=True)

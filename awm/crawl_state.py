@@ -20,7 +20,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from awm.io import atomic_write_bytes, atomic_write_text
+from awm.io import atomic_write_text
 from awm.shards import Part, ShardStats, shard_done, stats_path, write_shard
 
 SCHEMA = """
@@ -121,10 +121,24 @@ class CrawlState:
     def skip(self, post_id: int, reason: str) -> None:
         self.db.execute("UPDATE posts SET status='skipped', reason=? WHERE id=?", (reason, post_id))
 
-    def accept(self, post_id: int, ext: str, data: bytes, phash: int, meta: dict[str, Any]) -> None:
-        atomic_write_bytes(self.spool_file(post_id, ext), data)
+    def stage(self, post_id: int, ext: str, data: bytes) -> Path:
+        """Write a download to a temp spool name (worker thread; no fsync: spool files are
+        md5-checked on recovery, so a torn file after a power cut is fetched again)."""
+        tmp = self.spool / f".{int(post_id)}.{ext}.tmp"
+        tmp.write_bytes(data)
+        return tmp
+
+    def drop_staged(self) -> None:
+        """Remove staged downloads that were never committed (in flight when the crawl stopped)."""
+        for tmp in self.spool.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+    def accept(self, post_id: int, staged: Path, nbytes: int, phash: int, meta: dict[str, Any]) -> None:
+        """Keep a staged download: rename it into the spool, then mark the post ready."""
+        ext = staged.name.split(".")[2]
+        staged.replace(self.spool_file(post_id, ext))
         self.db.execute("UPDATE posts SET status='ready', ext=?, nbytes=?, phash=?, meta=? WHERE id=?",
-                        (ext, len(data), phash, json.dumps(meta, sort_keys=True), post_id))
+                        (ext, nbytes, phash, json.dumps(meta, sort_keys=True), post_id))
 
     def kept(self) -> list[tuple[str, int | None, int]]:
         """(md5, phash, family) of every kept post: what dedup and the variant policy start from."""
@@ -203,9 +217,9 @@ class CrawlState:
                 tmp.unlink(missing_ok=True)
         spooled = {int(r[0]): r for r in self.db.execute(
             "SELECT id, ext, md5, status, shard FROM posts WHERE status IN ('ready', 'assigned')")}
+        expected = {self.spool_file(r[0], r[1]).name for r in spooled.values()}
         for f in self.spool.iterdir():
-            stem = f.name.split(".")[0]
-            if f.name.endswith(".tmp") or not stem.isdigit() or int(stem) not in spooled:
+            if f.name not in expected:
                 f.unlink(missing_ok=True)
         for idx, in self.db.execute("SELECT idx FROM shards WHERE done=0").fetchall():
             members = [r for r in spooled.values() if r[4] == idx]

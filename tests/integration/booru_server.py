@@ -130,6 +130,7 @@ class BooruServer:
 def _handler(server: BooruServer):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # as real servers do; else delayed ACKs stall keep-alive
 
         def log_message(self, *args) -> None:
             pass

@@ -1,0 +1,91 @@
+"""Crawler throughput against the local test server, no rate limit (run by hand).
+
+Compares `awm crawl` with --workers 1 and 4 to a plain sequential `requests.get` loop over the
+same files in the same run. The crawler also lists pages, verifies md5/size, decodes every image
+(header probe, full decode, perceptual hash), spools and writes shards, so on loopback it does
+more work per byte than the loop; the second scenario adds a per-file server latency, closer to
+a real site, where parallel downloads matter. Prints one JSON object last (medians of --repeat).
+
+    .venv/bin/python tests/benchmarks/bench_crawl.py [--images 48] [--size 768x432] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+from booru_server import BooruServer  # noqa: E402
+
+from awm.crawl import CrawlConfig, crawl  # noqa: E402
+from awm.io import encode_image  # noqa: E402
+from awm.synth import generate  # noqa: E402
+
+
+def plain_loop(urls: list[str]) -> tuple[float, int]:
+    t = time.perf_counter()
+    n = sum(len(requests.get(u, timeout=30).content) for u in urls)
+    return time.perf_counter() - t, n
+
+
+def crawler(srv: BooruServer, workers: int, root: Path) -> tuple[float, int, int]:
+    out = root / f"w{workers}"
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = CrawlConfig(source="konachan", base_url=srv.url, out=out, rate=0, workers=workers,
+                      shard_size=16, progress=False)
+    t = time.perf_counter()
+    s = crawl(cfg)
+    return time.perf_counter() - t, s["bytes"], s["kept"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images", type=int, default=48)
+    ap.add_argument("--size", default="768x432")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--latency", type=float, default=0.03, help="per-file server delay, 2nd scenario")
+    a = ap.parse_args()
+    w, h = map(int, a.size.split("x"))
+    files = [encode_image(generate(1000 + i, w, h), "png" if i % 2 else "jpg", None if i % 2 else 95) for i in range(a.images)]
+    result: dict = {"images": a.images, "size": a.size, "mb": round(sum(map(len, files)) / 1e6, 2),
+                    "cpus": os.cpu_count(), "repeat": a.repeat}
+    root = Path(tempfile.mkdtemp(prefix="bench_crawl_"))
+    try:
+        for name, latency in (("loopback", 0.0), (f"latency_{int(a.latency * 1000)}ms", a.latency)):
+            with BooruServer(file_delay=latency) as srv:
+                for i, data in enumerate(files):
+                    srv.add_post(10_000 - i, data, "png" if i % 2 else "jpg", width=w, height=h)
+                urls = [p["file_url"] for p in srv.posts.values()]
+                runs: dict[str, list[tuple[float, int]]] = {"loop": [], "workers1": [], "workers4": []}
+                for _ in range(a.repeat):
+                    runs["loop"].append(plain_loop(urls))
+                    for k in (1, 4):
+                        sec, nbytes, kept = crawler(srv, k, root)
+                        assert kept == a.images, f"kept {kept} of {a.images}"
+                        runs[f"workers{k}"].append((sec, nbytes))
+            row = {}
+            for k, v in runs.items():
+                sec = statistics.median(s for s, _ in v)
+                row[k] = {"seconds": round(sec, 3), "downloads_per_s": round(a.images / sec, 1),
+                          "mb_per_s": round(v[0][1] / 1e6 / sec, 2)}
+            row["ratio_workers1_vs_loop"] = round(row["workers1"]["downloads_per_s"] / row["loop"]["downloads_per_s"], 3)
+            row["ratio_workers4_vs_loop"] = round(row["workers4"]["downloads_per_s"] / row["loop"]["downloads_per_s"], 3)
+            row["ratio_workers4_vs_workers1"] = round(row["workers4"]["downloads_per_s"]
+                                                      / row["workers1"]["downloads_per_s"], 3)
+            result[name] = row
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
