@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slurm
 # A few seconds per run on 2 cores: a 4-conv Compact net on 32 px patches.
 TINY = ["data.patch=32", "data.batch_size=4", "data.workers=0", "model.hparams.num_feat=16",
         "model.hparams.num_conv=4", "schedule.warmup_steps=2", "validation.every=0", "validation.max_images=2",
-        "validation.crop=null", "log.every=5", "checkpoint.every=0"]
+        "validation.crop=32", "log.every=5", "checkpoint.every=0"]
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_two_rank_ddp_training_job(slurm_cluster, pairs, tmp_path):
 def test_preempted_training_requeues_and_matches_uninterrupted(slurm_cluster, pairs, tmp_path):
     import submitit
 
-    steps, state_every = 60, 5
+    steps, state_every = 24, 6
     logs, runs = tmp_path / "logs", tmp_path / "runs"
     straight = _submit(_train_args(pairs, runs, "straight", steps, state_every), logs)
     preempted = _submit(_train_args(pairs, runs, "preempted", steps, state_every), logs)
