@@ -113,6 +113,8 @@ def create(name: str, device: str = "cpu", allow_download: bool = False,
            niqe_model: str | Path | None = None) -> Metric:
     """Build one metric after :func:`check`; ``niqe_model`` replaces niqe_anime's pristine model."""
     check([name], allow_download)
+    if name == "niqe_anime" and niqe_model is not None and not Path(niqe_model).is_file():
+        raise FileNotFoundError(f"niqe_anime model {niqe_model}: no such file (fit one with awm niqe-fit)")
     import pyiqa
 
     kwargs: dict[str, Any] = {}

@@ -125,6 +125,7 @@ def save_model(path: str | Path, mu: np.ndarray, cov: np.ndarray) -> Path:
                                      delete=False) as f:
         tmp = f.name
     scipy.io.savemat(tmp, {"mu_prisparam": mu.reshape(1, -1), "cov_prisparam": cov})
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
     return path
 
