@@ -20,6 +20,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 MAX_PIXELS_DEFAULT = 25_600_000
 
 cv2.setNumThreads(1)
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 class ImageError(ValueError):
@@ -240,6 +242,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; shared clusters need the usual mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -68,3 +68,12 @@ def test_truncated_and_bomb():
 def test_atomic_write(tmp_path):
     p = io.atomic_write_bytes(tmp_path / "a" / "b.bin", b"xyz")
     assert p.read_bytes() == b"xyz" and not list(p.parent.glob("*.tmp"))
+
+
+def test_atomic_write_respects_umask(tmp_path):
+    import os
+    import stat
+
+    p = io.atomic_write_bytes(tmp_path / "m.bin", b"1")
+    assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~io._UMASK
+    assert os.access(p, os.R_OK)
