@@ -56,7 +56,7 @@ def test_reruns_workers_and_parts_give_identical_bytes(good, tmp_path):
     assert _run(*common, "--out", a) == 0  # finished shards are skipped, not rewritten
     assert {p: p.stat().st_mtime_ns for p in a.glob("*.tar")} == mtimes
     b, c = tmp_path / "b", tmp_path / "c"
-    assert _run(*common, "--out", b, "--workers", 2) == 0
+    assert _run(*common, "--out", b, "--workers", 2, "--mp-start", "spawn") == 0  # spawn-safe
     assert _tars(b) == first
     assert _run(*common, "--out", c, "--part", "1/2") == 0
     assert list(_tars(c)) == ["eval-000001.tar"]
