@@ -86,6 +86,11 @@ class Profile:
 
 def load_profile(name_or_path: str | None, overrides: list[str] | None = None) -> tuple[str, Profile]:
     """A profile from a YAML path or a name in the project's ``slurm/`` folder; built-ins if None."""
+    names = {f.name for f in dataclasses.fields(Profile)}
+    for item in overrides or []:
+        key = parse_override(item)[0]
+        if key.split(".")[0] not in names:
+            raise ConfigError(f"--set {key}", item, "profile keys: " + ", ".join(sorted(names)))
     if name_or_path is None:
         return "default", load(Profile, None, overrides)
     p = Path(name_or_path)

@@ -60,6 +60,16 @@ def test_unknown_profile_key_names_the_key(tmp_path, capsys):
     assert "gpu_per_node" in capsys.readouterr().err
 
 
+def test_every_shipped_profile_loads_and_a_bad_override_names_its_key():
+    for path in sorted(submit.PROFILE_DIR.glob("*.yaml")):
+        name, profile = submit.load_profile(str(path))
+        assert name == path.stem and profile.cluster in submit.CLUSTERS
+    with pytest.raises(ConfigError, match="--set gpus"):
+        submit.load_profile("cpu-test", ["gpus=2"])
+    with pytest.raises(ConfigError, match="mem"):
+        submit.load_profile("cpu-test", ["mem=lots"])
+
+
 def test_missing_sbatch_suggests_local(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PATH", str(tmp_path))
     code = cli.main(["submit", "weights", "list", "--profile", "gpu-a100x8", "--set", f"log_dir={tmp_path}"])
