@@ -4,13 +4,15 @@
     awm submit train --config rrdb-x2 --profile slurm/gpu-a100x8.yaml --nodes 2
     awm submit --retry .slurm/shard-20250101-120000-1a2b     # only the parts that failed
 
-Data stages (crawl, shard, eval, score) become an array job over ``--part i/n`` plus a merge
+Data stages with ``--part`` (crawl, shard) become an array job over ``--part i/n`` plus a merge
 step: on SLURM the merge is a job that depends on the array (afterany) and checks that every part
 finished before merging the per-part shard stats into one ``index.json``, so ``awm submit``
-returns at once; with ``--cluster local``/``debug`` it waits and merges in-process. Training is one
-job of ``nodes x gpus_per_node`` tasks (one per GPU) that requeues itself on preemption or time
-limit and resumes. Any other stage is a single job. Every submission gets a fresh folder
-(``<log_dir>/<stage>-<time>-<rand>``) with ``submission.json``, the logs and the part markers.
+returns at once; with ``--cluster local``/``debug`` it waits and merges in-process. Data stages
+that split their work over ranks instead (eval, score) run as one job of ``--array`` ranks.
+Training is one job of ``nodes x gpus_per_node`` tasks (one per GPU) that requeues itself on
+preemption or time limit and resumes. Any other stage is a single job. Every submission gets a
+fresh folder (``<log_dir>/<stage>-<time>-<rand>``) with ``submission.json``, logs, part markers.
+See slurm/README.md.
 """
 
 from __future__ import annotations
@@ -146,7 +148,7 @@ def make_request(stage: str, profile: Profile, profile_name: str, args: argparse
     mode = stage_mode(stage)
     array = args.array or 1
     check(array >= 1, "--array", array, "an integer >= 1")
-    check(array == 1 or mode in ("array", "ranks"), "--array", array, f"1 for '{stage}'; arrays are for {DATA_STAGES}")
+    check(array == 1 or mode in ("array", "ranks"), "--array", array, f"1 for '{stage}'; arrays are for {', '.join(DATA_STAGES)}")
     nodes = args.nodes if args.nodes is not None else (profile.nodes if mode == "train" else 1)
     if mode == "train":
         tasks = args.tasks_per_node or profile.tasks_per_node or max(
@@ -226,6 +228,8 @@ def make_executor(profile: Profile, req: Request, folder: Path, **slurm_extra: A
     else:
         ex.update_parameters(timeout_min=req.time, tasks_per_node=req.tasks_per_node,
                              gpus_per_node=req.gpus_per_node, cpus_per_task=req.cpus_per_task, name=req.name)
+        if cluster == "local" and profile.setup:
+            ex.update_parameters(local_setup=list(profile.setup))
     return ex
 
 
