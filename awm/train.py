@@ -191,7 +191,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     from awm import dist
 
     had_group = dist.initialized()
-    dist.init()
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        # DeepSpeed joins its own process group, and ACCELERATE_USE_CPU (set by dist.init
+        # without a GPU) would make Accelerate ignore it. Accelerate 1.15 leaves
+        # num_processes at 1 for DeepSpeed on a machine without GPUs (no backend chosen), so
+        # several CPU processes would each train alone: refuse that instead.
+        if dist.world_size() > 1 and not torch.cuda.is_available():
+            raise cfgmod.ConfigError("launcher", "DeepSpeed with several CPU processes", "DeepSpeed on GPUs, "
+                                     "or 1 CPU process (Accelerate treats each CPU process as world size 1)")
+    else:
+        dist.init()
     _stop.clear()
     previous = {}
     if threading.current_thread() is threading.main_thread():
@@ -390,7 +399,7 @@ def _run(cfg: TrainConfig, stop: threading.Event, precision: str) -> dict[str, A
                 if acc.sync_gradients:
                     clip = cfg.optim.grad_clip or math.inf
                     gn_g = acc.clip_grad_norm_(g.parameters(), clip)
-                    gn_g = torch.zeros(()) if gn_g is None else gn_g
+                    gn_g = torch.as_tensor(0.0 if gn_g is None else gn_g, dtype=torch.float32)
                     if gan:
                         gn_d = acc.clip_grad_norm_(d.parameters(), clip)
                     total = sum(terms.values())
