@@ -28,6 +28,7 @@ import torch
 from awm import config as cfgmod
 from awm.config import check
 from awm.data import DataConfig
+from awm.discriminators import DiscriminatorConfig
 from awm.losses import LossConfig
 from awm.train_utils import (
     EMA,
@@ -49,8 +50,7 @@ _stop = threading.Event()
 class ModelConfig:
     arch: str = field(default="rrdb-6b", metadata={"help": "architecture name from awm.models.ARCHS"})
     hparams: dict[str, Any] = field(default_factory=dict)
-    discriminator: Literal["unet-sn", "patchgan-ms"] = "unet-sn"
-    d_hparams: dict[str, Any] = field(default_factory=dict)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     channels_last: bool = True
     compile: bool = False
 
@@ -256,7 +256,7 @@ def _setup(cfg: TrainConfig, precision: str):
     pixel = losses.build_pixel_loss(cfg.loss).to(acc.device)
     d = opt_d = d_crit = None
     if gan:
-        d = losses.build_discriminator(m.discriminator, **m.d_hparams).to(acc.device, memory_format=fmt)
+        d = losses.build_discriminator(m.discriminator).to(acc.device, memory_format=fmt)
         opt_d = torch.optim.AdamW(d.parameters(), lr=cfg.optim.lr_d, betas=betas, weight_decay=cfg.optim.weight_decay)
         d_crit = losses.build_discriminator_loss(cfg.loss).to(acc.device)
     if m.compile:
