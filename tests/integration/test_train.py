@@ -1,0 +1,134 @@
+"""awm train end to end with real processes: torchrun/accelerate on CPU (gloo), exact resume after
+SIGTERM, uneven shards, DeepSpeed ZeRO-2, TensorBoard contents."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pairs import make_pair_shards  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("train_data")
+    make_pair_shards(d / "train", [1, 9, 2], size=(128, 96))  # deliberately uneven
+    make_pair_shards(d / "eval", [3], size=(128, 96), split="eval", seed=5)
+    return d
+
+
+def overrides(data: Path, runs: Path, **kw) -> list[str]:
+    base = {"runs": runs, "data.train": data / "train", "data.eval": data / "eval", "data.patch": 32,
+            "data.batch_size": 4, "data.workers": 1, "log.every": 1, "validation.every": 10,
+            "validation.crop": 64, "checkpoint.state_every": 1000}
+    base.update(kw)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def scalars(tb: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tb), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    out = {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
+    out["__images__"] = acc.Tags()["images"]
+    return out
+
+
+def test_two_process_torchrun_trains_and_logs(data, tmp_path):
+    cmd = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29731", "-m", "awm", "train",
+           "--config", "tiny-cpu", *overrides(data, tmp_path, steps=36, gan_start=28)]
+    r = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path / "tiny-cpu"
+    s = scalars(run / "tb")
+    pixel = [v for step, v in s["loss/pixel"] if step <= 28]
+    assert sum(pixel[-6:]) / 6 < sum(pixel[:6]) / 6
+    for tag in ("loss/total", "loss/gan", "loss/d_real", "loss/d_fake", "lr/g", "lr/d", "grad_norm/g",
+                "grad_norm/d", "perf/samples_per_s", "perf/data_wait_fraction", "val/psnr_y", "val/ssim_y",
+                "data/skipped", "train/nan_skips"):
+        assert tag in s, tag
+    assert s["__images__"] == ["val/lr_bicubic_sr_hr"]
+    from awm.checkpoint import load_model
+
+    for which in ("best", "last"):
+        m = load_model(run / "checkpoints" / which)
+        assert m.arch == "compact" and m.scale == 2
+    stats = json.loads((run / "train_stats.json").read_text())
+    assert stats["status"] == "done" and stats["world_size"] == 2 and stats["step"] == 36
+
+
+def test_resume_after_sigterm_is_bitwise_exact(data, tmp_path):
+    """N steps straight vs. SIGTERM part-way + automatic resume: same weights, EMA, D and losses."""
+    args = ["--config", "tiny-cpu", *overrides(data, tmp_path, steps=24, gan_start=14, deterministic="true",
+                                                **{"data.workers": 2})]
+    cmd = [sys.executable, "-m", "awm", "train"]
+    straight = subprocess.run(cmd + args + ["name=straight"], env=env(), capture_output=True, text=True, timeout=300)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    p = subprocess.Popen(cmd + args + ["name=resumed"], env=env(), stderr=subprocess.PIPE, text=True)
+    for line in p.stderr:
+        if "step 9/24" in line:
+            p.send_signal(signal.SIGTERM)
+            break
+    err = p.communicate(timeout=300)[1]
+    assert p.returncode == 75, err[-3000:]  # preempted: requeue me
+    stopped = json.loads((tmp_path / "resumed" / "state" / "complete.json").read_text())
+    assert 9 <= stopped["step"] < 24
+    again = subprocess.run(cmd + args + ["name=resumed"], env=env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resumed from {tmp_path / 'resumed' / 'state'} at step {stopped['step']}" in again.stderr
+    a, b = tmp_path / "straight" / "state", tmp_path / "resumed" / "state"
+    for f in ("model.safetensors", "model_1.safetensors"):
+        wa, wb = load_file(a / f), load_file(b / f)
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), f
+    ema_a = torch.load(a / "custom_checkpoint_1.pkl", weights_only=True)
+    ema_b = torch.load(b / "custom_checkpoint_1.pkl", weights_only=True)
+    assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+    sa, sb = scalars(tmp_path / "straight" / "tb"), scalars(tmp_path / "resumed" / "tb")
+    for tag in ("loss/pixel", "loss/gan", "loss/d_fake", "grad_norm/g", "lr/g"):
+        assert dict(sa[tag]) == dict(sb[tag]), tag
+    assert len(dict(sa["loss/pixel"])) == 24
+
+
+def test_accelerate_launch_two_ranks_uneven_shards_no_hang(tmp_path):
+    """Fewer shards than ranks x workers, of unequal sizes: every rank still does every step."""
+    d = make_pair_shards(tmp_path / "tiny", [1, 4], size=(64, 64))
+    cmd = [str(BIN / "accelerate"), "launch", "--config_file", str(ROOT / "launch" / "cpu-2proc.yaml"),
+           "--main_process_port", "29733", "-m", "awm", "train", "--config", "tiny-cpu",
+           *overrides(tmp_path, tmp_path / "runs", steps=8, gan_start=8, **{
+               "data.train": d, "data.eval": d, "data.workers": 2, "validation.every": 0})]
+    r = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    stats = json.loads((tmp_path / "runs" / "tiny-cpu" / "train_stats.json").read_text())
+    assert stats["world_size"] == 2 and stats["step"] == 8 and stats["status"] == "done"
+
+
+def test_deepspeed_zero2_cpu(data, tmp_path):
+    """ZeRO-2 through Accelerate on CPU, one process (see launch/deepspeed-zero2.yaml for why one)."""
+    pytest.importorskip("deepspeed")
+    cmd = [str(BIN / "accelerate"), "launch", "--config_file", str(ROOT / "launch" / "deepspeed-zero2.yaml"),
+           "--num_processes", "1", "--mixed_precision", "no", "--main_process_port", "29735",
+           "-m", "awm", "train", "--config", "tiny-cpu",
+           *overrides(data, tmp_path, steps=6, gan_start=6, **{"optim.accum": 2, "validation.every": 0})]
+    r = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    state = tmp_path / "tiny-cpu" / "state"
+    assert (state / "pytorch_model").is_dir() and (state / "complete.json").is_file()  # DeepSpeed's layout
+    assert "step 6/6" in r.stderr
