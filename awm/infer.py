@@ -1,6 +1,6 @@
 """``awm upscale``: tiled, seamless, bounded-memory upscaling of files, folders or pair shards.
 
-Image conventions (the README's "Upscale" section repeats them):
+Image conventions:
 * RGB goes through the network; an alpha channel is resampled (bicubic), not run through the
   network: it costs nothing, never bleeds colour into transparency, and SR networks are not
   trained on alpha masks.
@@ -49,11 +49,13 @@ class UpscaleConfig:
     tile_pad: int = field(default=32, metadata={"help": "overlap between neighbouring tiles (input px)"})
     precision: Literal["fp32", "bf16", "fp16"] = field(default="fp32", metadata={"help": "compute dtype"})
     outscale: float | None = field(default=None, metadata={
-        "help": "final scale factor, resampled after the network (default: the model's)"})
+        "help": "final scale factor, resampled after the network; unset: the model's scale"})
     format: Literal["png", "webp", "jpg"] = field(default="png", metadata={"help": "output format"})
     quality: int | None = field(default=None, metadata={"help": "jpg/webp quality or png compression level"})
     device: str = field(default="auto", metadata={"help": "auto (cuda:LOCAL_RANK if present), cpu, cuda:N"})
     batch: int = field(default=1, metadata={"help": "tiles per forward pass"})
+    color_order: Literal["rgb", "bgr"] | None = field(default=None, metadata={
+        "help": "rgb or bgr, foreign weights only: bgr feeds BGR to weights trained on BGR (as APISR trained)"})
     max_pixels: int = field(default=50_000_000, metadata={
         "help": "refuse inputs above this many pixels (decompression-bomb guard)"})
 
@@ -220,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = from_args(UpscaleConfig, args)
     d = dist.init()
     device = _device(cfg.device)
-    model = load_model(cfg.model, str(device))
+    model = load_model(cfg.model, str(device), cfg.color_order)
     check_precision(model, cfg.precision)
     suffix = f"x{cfg.outscale:g}" if cfg.outscale is not None else f"x{model.scale}"
     out_dir = Path(cfg.out)

@@ -231,3 +231,14 @@ def test_model_output_size_mismatch_is_an_error(ckpts):
         upscale_array(wrong, np.zeros((8, 8, 3), np.uint8))
     with pytest.raises(ValueError, match="expected"):
         upscale_array(base, np.zeros((8, 8, 2), np.uint8))
+
+
+def test_cli_foreign_pth(tmp_path):
+    """A Real-ESRGAN-style .pth (weights under params_ema) upscales with no extra flags."""
+    torch.manual_seed(1)
+    net = build_model("compact-tiny", 2)
+    torch.save({"params_ema": net.state_dict()}, tmp_path / "foreign.pth")
+    img = tmp_path / "a.png"
+    img.write_bytes(encode_image(synth.generate(11, 20, 12), "png"))
+    assert _upscale("--model", tmp_path / "foreign.pth", img, "--out", tmp_path / "o", "--tile", 8) == 0
+    assert read_image(tmp_path / "o" / "a_x2.png").shape == (24, 40, 3)
