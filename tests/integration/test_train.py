@@ -132,3 +132,26 @@ def test_deepspeed_zero2_cpu(data, tmp_path):
     state = tmp_path / "tiny-cpu" / "state"
     assert (state / "pytorch_model").is_dir() and (state / "complete.json").is_file()  # DeepSpeed's layout
     assert "step 6/6" in r.stderr
+
+
+def test_in_process_request_stop_then_reentrant_resume(data, tmp_path):
+    """What `awm submit` does: train() in-process, request_stop() from elsewhere, train() again."""
+    import threading
+
+    from awm.train import load_config, request_stop, train
+
+    cfg = load_config("tiny-cpu", overrides(data, tmp_path, steps=400, gan_start=400, **{
+        "validation.every": 0, "data.workers": 0, "log.every": 50}))
+    tb = tmp_path / "tiny-cpu" / "tb"
+
+    def stop_when_started():
+        while not tb.exists():
+            threading.Event().wait(0.05)
+        request_stop()
+
+    threading.Thread(target=stop_when_started, daemon=True).start()
+    first = train(cfg)
+    assert first["status"] == "preempted" and 0 < first["step"] < 400
+    cfg.steps = first["step"] + 3
+    second = train(cfg)
+    assert second["status"] == "done" and second["step"] == first["step"] + 3
