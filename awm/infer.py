@@ -4,8 +4,9 @@ Image conventions:
 * RGB goes through the network; an alpha channel is resampled (bicubic), not run through the
   network: it costs nothing, never bleeds colour into transparency, and SR networks are not
   trained on alpha masks.
-* 16-bit in -> 16-bit out (the network sees the full precision), gray in -> gray out (luma of
-  the network's RGB), JPEG EXIF orientation applied on read (``awm.io.read_image``).
+* 16-bit in -> 16-bit out (the network sees the full precision; PNG only, jpg/webp are 8-bit),
+  gray in -> gray out (luma of the network's RGB; WebP has no gray mode and stores RGB), JPEG
+  EXIF orientation applied on read (``awm.io.read_image``). JPEG output composites alpha on white.
 * Images smaller than the architecture's minimum are reflect-padded up and cropped after, as
   are sides that are not a multiple of its window/unshuffle size.
 * Output ``<out>/<stem>_x<scale>.<format>`` (folder inputs keep their sub-folders; shard samples
@@ -29,7 +30,7 @@ import torch
 from awm import dist, tiling
 from awm.config import ConfigError, add_dataclass_arguments, check, from_args
 from awm.infer_inputs import Job, collect_jobs
-from awm.io import ImageError, atomic_write_bytes, atomic_write_text, encode_image
+from awm.io import ImageError, atomic_write_bytes, atomic_write_text, encode_image, to_rgb8
 from awm.log import get_logger, progress
 
 if TYPE_CHECKING:
@@ -181,6 +182,8 @@ def _device(name: str) -> torch.device:
 
 
 def _encode(img: np.ndarray, fmt: str, quality: int | None) -> bytes:
+    if fmt == "jpg" and img.ndim == 3 and img.shape[2] == 4:  # no alpha in JPEG: composite on white
+        img = to_rgb8(img)
     if fmt != "png" and img.dtype == np.uint16:  # jpg and webp are 8-bit formats
         img = ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)
     return encode_image(img, fmt, quality)

@@ -154,11 +154,11 @@ def test_cli_file_kinds_round_trip(ckpts, tmp_path):
 
 def test_cli_outscale_and_format(ckpts, tmp_path):
     img = tmp_path / "a.png"
-    img.write_bytes(encode_image(synth.generate(9, 30, 20), "png"))
+    img.write_bytes(encode_image(synth.generate(9, 30, 20, alpha=True), "png"))
     assert _upscale("--model", ckpts["nearest"], img, "--out", tmp_path, "--outscale", 1.5, "--format", "jpg") == 0
-    assert read_image(tmp_path / "a_x1.5.jpg").shape == (30, 45, 3)
+    assert read_image(tmp_path / "a_x1.5.jpg").shape == (30, 45, 3)  # alpha composited: JPEG has none
     assert _upscale("--model", ckpts["nearest"], img, "--out", tmp_path, "--outscale", 6, "--format", "webp") == 0
-    assert read_image(tmp_path / "a_x6.webp").shape == (120, 180, 3)
+    assert read_image(tmp_path / "a_x6.webp").shape == (120, 180, 4)
 
 
 def test_cli_refuses_unsupported_precision(ckpts, tmp_path, capsys):
