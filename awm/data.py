@@ -1,20 +1,25 @@
 """Training and validation data from pair shards: random access, aligned crops, exact resume.
 
 Design (why it looks like this):
-- **Resampled, indexed, per-batch seeded.** Every micro-batch ``i`` of rank ``r`` is drawn from
-  ``np.random.default_rng([seed, r, i])``: samples are picked uniformly (with replacement) over
-  all samples of all shards and read by random access (each worker indexes a tar's members once,
-  then seeks). A rank never runs out of data, so uneven shards cannot make one rank wait for
-  another in DDP, every rank does exactly the same number of steps, and the data position is
-  just the micro-batch counter: resuming at step ``n`` continues with batch ``n * accum``,
-  identically whatever the number of loader workers.
-- **Decode once, cut several patches.** Decoding the HR PNG dominates the cost, so each decoded
-  sample gives ``patches_per_image`` aligned crops (HR patch ``p``, LR patch ``p / scale``),
-  each with its own dihedral augmentation (flips and rot90).
-- **Workers collate.** Loader workers hand over whole uint8 NHWC batches (4x less inter-process
-  traffic than float); the training step converts them on the device.
+- **Resampled, indexed, seeded by position.** Samples are picked uniformly (with replacement)
+  over all samples of all shards and read by random access (each worker indexes a tar's members
+  once, then seeks). A rank never runs out of data, so uneven shards cannot make one rank wait for
+  another in DDP, and every rank does exactly the same number of steps.
+- **Decode once, use in several batches, keep batches diverse.** Decoding the HR PNG dominates
+  the cost. Micro-batch ``i`` belongs to stream ``i % streams``; each stream decodes a group of
+  ``batch_size`` samples (drawn from ``rng(seed, rank, stream, group)``) and takes one aligned
+  crop of each (HR patch ``p``, LR patch ``p / scale``; positions and flip/rot90 codes from
+  ``rng(seed, rank, i)``) for ``patches_per_image`` consecutive batches of that stream. So every
+  batch holds ``batch_size`` different images and a decode pays for ``patches_per_image`` pairs.
+- **The data position is the micro-batch counter.** Batch ``i`` depends only on ``(seed, rank,
+  streams, i)``, not on the number of loader workers: resuming at step ``n`` continues with batch
+  ``n * accum``. Worker ``w`` of ``W`` makes batches ``i = w mod W``, which the DataLoader
+  returns in order; with ``W`` dividing ``streams`` each worker keeps its streams' groups.
+- **Workers only slice.** They hand over uint8 NHWC batches plus the augmentation codes (4x less
+  traffic than float); flips/rot90 and the float conversion run on the device (:func:`augment`),
+  where they cost nothing, instead of as slow strided copies in the worker.
 - **Bad samples are skipped and counted** (undecodable, too small, LR/HR size mismatch), and a
-  replacement sample is drawn from the same generator, so the stream stays deterministic.
+  replacement is drawn from the same generator, so the stream stays deterministic.
 - **Optional on-the-fly degradation** (``degrade`` preset, or shards with HR only): the HR patch
   is cut first and degraded in the worker with :mod:`awm.degrade`, so only the patch is processed.
 """
@@ -45,7 +50,10 @@ class DataConfig:
     scale: int = field(default=4, metadata={"help": "upscaling factor; shards must hold lr_x{scale}"})
     patch: int = field(default=256, metadata={"help": "HR patch size in pixels (LR patch = patch / scale)"})
     batch_size: int = field(default=16, metadata={"help": "micro-batch per process"})
-    patches_per_image: int = field(default=4, metadata={"help": "crops cut from each decoded sample"})
+    patches_per_image: int = field(default=8, metadata={
+        "help": "crops cut from each decoded sample, one per batch over that many batches of its stream"})
+    streams: int = field(default=8, metadata={
+        "help": "independent sample streams per rank; loader workers should divide it"})
     augment: bool = field(default=True, metadata={"help": "random flips and rot90 (same on LR and HR)"})
     workers: int = field(default=4, metadata={"help": "loader worker processes per rank (0: in-process)"})
     prefetch: int = field(default=4, metadata={"help": "batches prefetched per worker"})
@@ -61,7 +69,9 @@ class DataConfig:
               "a positive multiple of data.scale")
         check(self.batch_size >= 1, "data.batch_size", self.batch_size, ">= 1")
         check(self.patches_per_image >= 1, "data.patches_per_image", self.patches_per_image, ">= 1")
-        check(self.workers >= 0, "data.workers", self.workers, ">= 0")
+        check(self.streams >= 1, "data.streams", self.streams, ">= 1")
+        check(self.workers >= 0 and (self.workers == 0 or self.streams % self.workers == 0), "data.workers",
+              self.workers, f">= 0 and dividing data.streams ({self.streams}), so each worker keeps its groups")
         check(self.prefetch >= 1, "data.prefetch", self.prefetch, ">= 1")
         check(self.epoch_steps is None or self.epoch_steps >= 1, "data.epoch_steps", self.epoch_steps, ">= 1")
 
@@ -152,11 +162,21 @@ def decode_pair(sample: dict[str, Any], scale: int, need_lr: bool,
     return hr, lr
 
 
-def dihedral(img: np.ndarray, code: int) -> np.ndarray:
-    """One of the 8 flips/rotations of an HWC array (code 0 = identity)."""
-    if code & 4:
-        img = img[:, ::-1]
-    return np.rot90(img, code & 3)
+def augment(x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """Per-sample flips/rot90 of a batch of square NHWC patches: code bit 2 flips W, bits 0-1 rotate.
+
+    Runs where the batch is (the GPU in training): one indexed op per distinct code.
+    """
+    out = x.clone()
+    for code in codes.unique().tolist():
+        if code == 0:
+            continue
+        m = (codes == code).to(x.device)
+        y = x[m]
+        if code & 4:
+            y = y.flip(2)
+        out[m] = torch.rot90(y, code & 3, dims=(1, 2))
+    return out
 
 
 class PairStream(torch.utils.data.IterableDataset):
@@ -180,15 +200,12 @@ class PairStream(torch.utils.data.IterableDataset):
         lr, _ = degrade.degrade(hr, self.cfg.scale, self.preset, int(rng.integers(2**31)), key)
         return lr
 
-    def make_batch(self, i: int, reader: TarReader, skipped: Counter) -> dict[str, Any]:
-        c = self.cfg
-        p, s = c.patch, c.scale
-        q = p // s
-        rng = np.random.default_rng([self.seed, self.rank, i])
-        hr_b = np.empty((c.batch_size, p, p, 3), np.uint8)
-        lr_b = np.empty((c.batch_size, q, q, 3), np.uint8)
-        k = 0
-        while k < c.batch_size:
+    def _group(self, stream: int, g: int, reader: TarReader, skipped: Counter) -> list[tuple]:
+        """``batch_size`` decoded samples ``(key, hr, lr|None)`` shared by ``patches_per_image`` batches."""
+        c, s, q = self.cfg, self.cfg.scale, self.cfg.patch // self.cfg.scale
+        rng = np.random.default_rng([self.seed, self.rank, stream, g, 1])
+        out: list[tuple] = []
+        while len(out) < c.batch_size:
             u = int(rng.integers(self.cum[-1]))
             j = int(np.searchsorted(self.cum, u, side="right"))
             path, first = self.shards[j][0], int(self.cum[j - 1]) if j else 0
@@ -201,34 +218,46 @@ class PairStream(torch.utils.data.IterableDataset):
             except ImageError as e:
                 skipped[e.reason] += 1
                 continue
-            h, w = hr.shape[0] // s, hr.shape[1] // s
-            if h < q or w < q:
+            if hr.shape[0] // s < q or hr.shape[1] // s < q:
                 skipped["too_small"] += 1
                 continue
-            for _ in range(min(c.patches_per_image, c.batch_size - k)):
-                y, x = int(rng.integers(h - q + 1)), int(rng.integers(w - q + 1))
-                code = int(rng.integers(8)) if c.augment else 0
-                hp = hr[y * s:(y + q) * s, x * s:(x + q) * s]
-                if lr is not None:
-                    lp = lr[y:y + q, x:x + q]
-                elif c.degrade is not None:
-                    lp = self._degrade(hp, rng, sample["__key__"])
-                else:
-                    raise ValueError(f"sample {sample['__key__']} in {path} has no lr_x{s}: "
-                                     "set data.degrade=PRESET to degrade HR patches on the fly")
-                hr_b[k] = dihedral(hp, code)
-                lr_b[k] = dihedral(lp, code)
-                k += 1
-        return {"lr": torch.from_numpy(lr_b), "hr": torch.from_numpy(hr_b), "index": i}
+            if lr is None and c.degrade is None:
+                raise ValueError(f"sample {sample['__key__']} in {path} has no lr_x{s}: "
+                                 "set data.degrade=PRESET to degrade HR patches on the fly")
+            out.append((sample["__key__"], hr, lr))
+        return out
+
+    def make_batch(self, i: int, reader: TarReader, skipped: Counter,
+                   cache: dict[int, tuple[int, list]] | None = None) -> dict[str, Any]:
+        """Micro-batch ``i``: uint8 NHWC ``lr``/``hr`` (not yet augmented) and per-sample ``aug`` codes."""
+        c = self.cfg
+        p, s = c.patch, c.scale
+        q = p // s
+        stream, k = i % c.streams, i // c.streams
+        g = k // c.patches_per_image
+        cache = {} if cache is None else cache
+        if stream not in cache or cache[stream][0] != g:
+            cache[stream] = (g, self._group(stream, g, reader, skipped))
+        rng = np.random.default_rng([self.seed, self.rank, i])
+        hr_b = np.empty((c.batch_size, p, p, 3), np.uint8)
+        lr_b = np.empty((c.batch_size, q, q, 3), np.uint8)
+        for n, (key, hr, lr) in enumerate(cache[stream][1]):
+            h, w = hr.shape[0] // s, hr.shape[1] // s
+            y, x = int(rng.integers(h - q + 1)), int(rng.integers(w - q + 1))
+            hr_b[n] = hr[y * s:(y + q) * s, x * s:(x + q) * s]
+            lr_b[n] = lr[y:y + q, x:x + q] if lr is not None else self._degrade(hr_b[n], rng, key)
+        codes = rng.integers(8, size=c.batch_size) if c.augment else np.zeros(c.batch_size, np.int64)
+        return {"lr": torch.from_numpy(lr_b), "hr": torch.from_numpy(hr_b), "aug": torch.from_numpy(codes),
+                "index": i}
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = torch.utils.data.get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        reader, skipped = TarReader(), Counter()
+        reader, skipped, cache = TarReader(), Counter(), {}
         try:
             i = self.start + wid
             while True:
-                batch = self.make_batch(i, reader, skipped)
+                batch = self.make_batch(i, reader, skipped, cache)
                 batch["worker"], batch["skipped"] = wid, dict(skipped)
                 yield batch
                 i += nw

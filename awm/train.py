@@ -27,7 +27,7 @@ import torch
 
 from awm import config as cfgmod
 from awm.config import check
-from awm.data import DataConfig
+from awm.data import DataConfig, augment
 from awm.discriminators import DiscriminatorConfig
 from awm.losses import LossConfig
 from awm.train_utils import (
@@ -377,7 +377,11 @@ def _run(cfg: TrainConfig, stop: threading.Event, precision: str) -> dict[str, A
             batch = next(it)
             wait += time.perf_counter() - t0
             skips.update(batch)
-            x, y = to_float(batch["lr"], dev, cl), to_float(batch["hr"], dev, cl)
+            x, y = batch["lr"].to(dev, non_blocking=True), batch["hr"].to(dev, non_blocking=True)
+            if cfg.data.augment:
+                codes = batch["aug"].to(dev)
+                x, y = augment(x, codes), augment(y, codes)
+            x, y = to_float(x, dev, cl), to_float(y, dev, cl)
             with acc.accumulate(*([g, d] if gan else [g])):
                 with acc.autocast():
                     sr = g(x)

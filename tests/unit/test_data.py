@@ -19,7 +19,7 @@ from awm.data import (  # noqa: E402
     PairStream,
     SkipCounter,
     TarReader,
-    dihedral,
+    augment,
     epoch_steps,
     eval_pairs,
     shard_list,
@@ -37,7 +37,7 @@ def shards(tmp_path_factory) -> Path:
 
 
 def cfg(shards: Path, **kw) -> DataConfig:
-    base = dict(train=str(shards), scale=2, patch=32, batch_size=6, patches_per_image=2, workers=0)
+    base = dict(train=str(shards), scale=2, patch=32, batch_size=6, patches_per_image=2, streams=4, workers=0)
     base.update(kw)
     return DataConfig(**base)
 
@@ -51,9 +51,9 @@ def test_crops_are_aligned_and_shaped(shards):
     c = cfg(shards, scale=4, patch=32)
     b = PairStream(c, shard_list(shards), seed=0, rank=0).make_batch(0, TarReader(), Counter())
     assert b["hr"].shape == (6, 32, 32, 3) and b["lr"].shape == (6, 8, 8, 3)
-    assert b["hr"].dtype == torch.uint8
+    assert b["hr"].dtype == torch.uint8 and b["aug"].shape == (6,)
     errors = []
-    for hr, lr in zip(b["hr"].numpy(), b["lr"].numpy(), strict=True):
+    for hr, lr in zip(augment(b["hr"], b["aug"]).numpy(), augment(b["lr"], b["aug"]).numpy(), strict=True):
         down = cv2.resize(hr, (8, 8), interpolation=cv2.INTER_AREA).astype(float)
         errors.append((np.abs(down - lr).mean(), np.abs(np.roll(down, 1, axis=(0, 1)) - lr).mean()))
     aligned, shifted = np.mean(errors, axis=0)
@@ -114,10 +114,30 @@ def test_hr_only_shards_need_a_degradation_preset(tmp_path):
         stream.make_batch(0, TarReader(), Counter())
 
 
-def test_dihedral_gives_eight_distinct_views():
-    img = np.arange(12).reshape(3, 4, 1)
-    views = {dihedral(img, k).tobytes() + bytes(dihedral(img, k).shape) for k in range(8)}
+def test_augment_is_the_dihedral_group_per_sample():
+    img = torch.arange(2 * 4 * 4 * 3, dtype=torch.uint8).reshape(2, 4, 4, 3)
+    views = set()
+    for code in range(8):
+        out = augment(img, torch.tensor([code, 0]))
+        ref = img[0].numpy()
+        ref = np.rot90(ref[:, ::-1] if code & 4 else ref, code & 3)
+        assert np.array_equal(out[0].numpy(), ref) and torch.equal(out[1], img[1])
+        views.add(out[0].numpy().tobytes())
     assert len(views) == 8
+
+
+def test_groups_are_decoded_once_and_batches_need_no_history(shards):
+    c = cfg(shards, batch_size=4, patches_per_image=3, streams=2)
+    stream, reader, cache = PairStream(c, shard_list(shards), 0, 0), TarReader(), {}
+    reads = []
+    real = reader.read
+    reader.read = lambda path, i: (reads.append((path.name, i)), real(path, i))[1]
+    skipped = Counter()
+    for i in range(12):  # 2 streams x 2 groups x 3 batches
+        stream.make_batch(i, reader, skipped, cache)
+    assert len(reads) == 2 * 2 * 4 + sum(skipped.values())  # one decode per image per group
+    again = PairStream(c, shard_list(shards), 0, 0).make_batch(7, TarReader(), Counter())  # no cache
+    assert torch.equal(again["hr"], stream.make_batch(7, reader, Counter(), cache)["hr"])
 
 
 def test_eval_pairs_split_across_ranks(shards):
