@@ -133,7 +133,7 @@ class TrainConfig:
     seed: int = 0
     steps: int = field(default=100_000, metadata={"help": "total optimizer steps (both stages)"})
     gan_start: int = field(default=50_000, metadata={"help": "step where the GAN stage starts (>= steps: L1 only)"})
-    precision: Literal["auto", "no", "bf16", "fp16"] = field(default="auto", metadata={
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = field(default="auto", metadata={
         "help": "auto: the launcher's setting (accelerate config), else bf16 on a bf16 GPU, else fp32"})
     deterministic: bool = False
     max_nan_skips: int = field(default=20, metadata={"help": "consecutive non-finite steps before stopping"})
@@ -174,8 +174,9 @@ def request_stop() -> None:
 
 
 def _precision(cfg: TrainConfig) -> str:
+    """Accelerate's mixed_precision value: "no" (fp32), "bf16" or "fp16"."""
     if cfg.precision != "auto":
-        return cfg.precision
+        return "no" if cfg.precision == "fp32" else cfg.precision
     launcher = os.environ.get("ACCELERATE_MIXED_PRECISION")
     if launcher:
         return launcher
