@@ -1,6 +1,6 @@
 """Time per training step: `awm.train.train` vs a bare PyTorch loop, same model, batch, loss, precision.
 
-The toolkit run reads pair shards through its loader (1 worker), logs to TensorBoard, keeps the
+The toolkit run reads pair shards through its loader (--workers), logs to TensorBoard, keeps the
 full loop (accumulate/sync, NaN and stop flags, LR schedule); its step time comes from the wall
 times of its TensorBoard events between step ``warmup`` and the last step (start-up and the final
 validation excluded). The bare loop trains the same model on batches already in memory with
@@ -64,7 +64,7 @@ def toolkit(a: argparse.Namespace, steps: int, data: Path, runs: Path, k: int) -
     cfg = load_config("tiny-cpu", [
         f"name=bench{k}", f"runs={runs}", f"steps={total}", f"gan_start={total}", f"data.train={data}",
         f"data.eval={data}", f"data.scale={a.scale}", f"data.patch={a.patch}", f"data.batch_size={a.batch}",
-        "data.workers=1", f"model.arch={a.arch}", f"model.hparams={a.hparams}", f"precision={a.precision}",
+        f"data.workers={a.workers}", f"model.arch={a.arch}", f"model.hparams={a.hparams}", f"precision={a.precision}",
         f"model.channels_last={str(a.device == 'cuda').lower()}", f"optim.grad_clip={a.clip}",
         "ema.enabled=false", "validation.every=0", "validation.max_images=1", "validation.crop=64",
         f"checkpoint.state_every={total + 1}", f"log.every={a.warmup}", "checkpoint.resume=false"])
@@ -86,6 +86,7 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     ap.add_argument("--clip", type=float, default=1.0)
+    ap.add_argument("--workers", type=int, default=4 if torch.cuda.is_available() else 1, help="loader workers")
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
