@@ -355,10 +355,10 @@ def _run(cfg: TrainConfig, stop: threading.Event, precision: str) -> dict[str, A
     t_log, wait, n_log = time.perf_counter(), 0.0, 0
     gn_g = gn_d = torch.tensor(0.0)
 
-    def save_state() -> None:
+    def save_state(last: bool = True) -> None:
         state.skipped = dict(base_skips + skips.total())
         save_full_state(acc, run_dir, state.step)
-        if main:
+        if main and last:
             save_checkpoint(run_dir / "checkpoints" / "last", eval_model, cfg.model.arch, cfg.model.hparams,
                             cfg.data.scale, state.step, config_dict)
 
@@ -478,7 +478,7 @@ def _run(cfg: TrainConfig, stop: threading.Event, precision: str) -> dict[str, A
             break
         if state.step % cfg.checkpoint.state_every == 0 and state.step < cfg.steps:
             save_state()
-    save_state()
+    save_state(last=status != "nan")  # keep the last good weights out of reach of a diverged run
     del it, loader
     if writer is not None:
         writer.close()

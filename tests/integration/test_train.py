@@ -155,3 +155,16 @@ def test_in_process_request_stop_then_reentrant_resume(data, tmp_path):
     cfg.steps = first["step"] + 3
     second = train(cfg)
     assert second["status"] == "done" and second["step"] == first["step"] + 3
+
+
+def test_non_finite_steps_are_skipped_then_the_run_stops_with_state(data, tmp_path):
+    """An absurd learning rate blows the weights up after one step: later steps are skipped and
+    counted, and after max_nan_skips in a row the run stops with status 'nan' and a saved state."""
+    from awm.train import load_config, train
+
+    cfg = load_config("tiny-cpu", overrides(data, tmp_path, steps=40, gan_start=40, max_nan_skips=3, **{
+        "optim.lr_g": 1e30, "schedule.warmup_steps": 0, "validation.every": 0, "data.workers": 0}))
+    stats = train(cfg)
+    assert stats["status"] == "nan" and stats["nan_skips"] == 3 and stats["step"] < 40
+    assert json.loads((tmp_path / "tiny-cpu" / "state" / "complete.json").read_text())["step"] == stats["step"]
+    assert scalars(tmp_path / "tiny-cpu" / "tb")["train/nan_skips"][-1][1] >= 2
