@@ -152,3 +152,14 @@ def test_eval_pairs_split_across_ranks(shards):
 def test_epoch_steps_from_index(shards):
     assert epoch_steps(cfg(shards, batch_size=2, patches_per_image=1), world_size=1, accum=1) == 4
     assert epoch_steps(cfg(shards, epoch_steps=7), world_size=2, accum=2) == 7
+
+
+def test_hr_only_shards_degrade_patches_on_the_fly(tmp_path):
+    d = make_pair_shards(tmp_path / "hr", [3], hr_only=True)
+    c = cfg(d, degrade="seed", batch_size=3)
+    a = PairStream(c, shard_list(d), 0, 0).make_batch(0, TarReader(), Counter())
+    b = PairStream(c, shard_list(d), 0, 0).make_batch(0, TarReader(), Counter())
+    assert a["lr"].shape == (3, 16, 16, 3) and torch.equal(a["lr"], b["lr"])
+    for hr, lr in zip(a["hr"].numpy(), a["lr"].numpy(), strict=True):
+        down = cv2.resize(hr, (16, 16), interpolation=cv2.INTER_AREA).astype(float)
+        assert np.abs(down - lr).mean() < 20
