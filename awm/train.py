@@ -341,7 +341,7 @@ def _run(cfg: TrainConfig, stop: threading.Event, precision: str) -> dict[str, A
     if main:
         cfgmod.save(cfg, run_dir / "config.yaml")
     config_dict = cfgmod.to_dict(cfg)
-    g_plain = acc.unwrap_model(g)
+    g_plain = acc.unwrap_model(g, keep_torch_compile=False)  # eval sizes vary: no recompiles
     d_plain = acc.unwrap_model(d) if d is not None else None
     eval_model = ema.module if ema is not None else g_plain
     accum, world, cl = cfg.optim.accum, acc.num_processes, cfg.model.channels_last
