@@ -52,7 +52,8 @@ def _states(job_ids: list[str]) -> dict[str, str]:
         out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],
                              capture_output=True, text=True, check=True).stdout
         states = dict(line.split("|")[:2] for line in out.splitlines() if "|" in line)
-        if not {"PENDING", "RUNNING", "COMPLETING"} & set(states.values()):
+        settled = not {"PENDING", "RUNNING", "COMPLETING"} & set(states.values())
+        if settled and set(job_ids) <= set(states):  # slurmdbd may record array tasks a moment later
             return states
         time.sleep(0.3)
     return states
