@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import cv2
-import numpy as np
 
 from awm.io import encode_image
 from awm.shards import ShardStats, write_index, write_shard
@@ -48,7 +47,3 @@ def make_pair_shards(directory: Path, counts: list[int], scales: tuple[int, ...]
     write_index(directory, split, {"split": split, "scales": list(scales), "preset": "test", "seed": seed})
     return directory
 
-
-def random_pair(rng: np.random.Generator, h: int, w: int, scale: int) -> tuple[np.ndarray, np.ndarray]:
-    hr = rng.integers(0, 256, (h * scale, w * scale, 3), dtype=np.uint8)
-    return cv2.resize(hr, (w, h), interpolation=cv2.INTER_AREA), hr
