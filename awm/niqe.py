@@ -16,7 +16,7 @@ blurred backgrounds, where NIQE's generalised-Gaussian fits are degenerate (NaN)
 the line art and shading that an upscaler must reproduce. Both scales' features come from the
 same kept blocks. Rows with any NaN feature are dropped before the mean and covariance.
 
-The package ships ``awm/data/niqe_anime.mat`` fitted on images from awm.synth (generated here,
+The package ships ``awm/assets/niqe_anime.mat`` fitted on images from awm.synth (generated here,
 so licence-clean; ``awm/data/niqe_anime.json`` records how); fit your own on real HR data with
 ``awm niqe-fit --data DIR --out FILE`` and pass it to eval/score as ``--niqe-model FILE``.
 
@@ -49,7 +49,7 @@ log = get_logger("awm.niqe")
 
 def default_model_path() -> Path:
     """The pristine model that ships with awm (fitted on generated anime images)."""
-    return Path(__file__).parent / "data" / "niqe_anime.mat"
+    return Path(__file__).parent / "assets" / "niqe_anime.mat"
 
 
 @dataclass
