@@ -17,7 +17,7 @@ the line art and shading that an upscaler must reproduce. Both scales' features 
 same kept blocks. Rows with any NaN feature are dropped before the mean and covariance.
 
 The package ships ``awm/assets/niqe_anime.mat`` fitted on images from awm.synth (generated here,
-so licence-clean; ``awm/data/niqe_anime.json`` records how); fit your own on real HR data with
+so licence-clean; ``awm/assets/niqe_anime.json`` records how); fit your own on real HR data with
 ``awm niqe-fit --data DIR --out FILE`` and pass it to eval/score as ``--niqe-model FILE``.
 
 Measured (tests/benchmarks/bench_niqe_anime.py; HR downscaled x2 then restored; mean, lower is
