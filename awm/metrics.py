@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from awm import weights
+from awm.log import get_logger
 
 # Work with no weight file at all (niqe_anime's model ships with the package).
 WEIGHT_FREE = ("psnr", "psnry", "ssim", "ssimc", "ms_ssim", "cw_ssim", "fsim", "vif", "gmsd", "nlpd",
@@ -48,13 +49,16 @@ class Metric:
 
         device = next(iter(self.net.buffers()), torch.empty(0)).device
         x = to_tensor(to_rgb8(img)).to(device)
-        with torch.inference_mode():
-            if self.full_reference:
-                if ref is None:
-                    raise ValueError(f"metric {self.name} needs a reference image")
-                out = self.net(x, to_tensor(to_rgb8(ref)).to(device))
-            else:
-                out = self.net(x)
+        if self.full_reference and ref is None:
+            raise ValueError(f"metric {self.name} needs a reference image")
+        try:
+            with torch.inference_mode():
+                out = self.net(x, to_tensor(to_rgb8(ref)).to(device)) if self.full_reference else self.net(x)
+        except (RuntimeError, ValueError, IndexError) as e:
+            # e.g. NIQE needs >= 192 px per side: the image is counted as failed for this metric only
+            get_logger("awm.metrics").warning("%s cannot score a %dx%d image (%s): counted as failed",
+                                              self.name, img.shape[1], img.shape[0], str(e).splitlines()[0][:120])
+            return float("nan")
         value = float(out.detach().double().reshape(-1)[0].cpu())
         return value if math.isfinite(value) else float("nan")
 

@@ -61,3 +61,14 @@ def test_markdown_marks_best_with_direction(tmp_path) -> None:
     paths = results.bar_charts(summary, ["psnr", "niqe"], lower, tmp_path / "fig")
     assert [p.name for p in paths] == ["psnr.png", "niqe.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+
+
+def test_metric_that_cannot_score_a_small_image_counts_it_as_failed():
+    import math
+
+    import numpy as np
+
+    from awm import metrics
+
+    niqe = metrics.create("niqe_anime")
+    assert math.isnan(niqe(np.full((60, 240, 3), 128, np.uint8)))
