@@ -58,7 +58,8 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+def jpeg_frame(data: bytes) -> tuple[int, int, int] | None:
+    """(width, height, colour components) from a JPEG's SOF header (4 components = CMYK/YCCK)."""
     i, n = 2, len(data)
     while i + 9 < n:
         if data[i] != 0xFF:
@@ -71,7 +72,7 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
         (seglen,) = struct.unpack(">H", data[i + 2:i + 4])
         if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
             h, w = struct.unpack(">HH", data[i + 5:i + 9])
-            return w, h
+            return w, h, data[i + 9]
         i += 2 + seglen
     return None
 
@@ -84,8 +85,8 @@ def probe(data: bytes) -> Probe | None:
             w, h = struct.unpack(">II", data[16:24])
             return Probe(fmt, w, h)
         if fmt == "jpg":
-            wh = _jpeg_size(data)
-            return Probe(fmt, *wh) if wh else None
+            frame = jpeg_frame(data)
+            return Probe(fmt, frame[0], frame[1]) if frame else None
         if fmt == "webp" and len(data) >= 30:
             chunk = data[12:16]
             if chunk == b"VP8 ":

@@ -42,6 +42,7 @@ from awm.io import (
     check_image_bytes,
     decode_image,
     encode_image,
+    jpeg_frame,
     list_images,
     to_rgb8,
 )
@@ -195,23 +196,6 @@ def _list_raw(tars: list[Path], root: Path) -> tuple[list[Source], list[str]]:
     return items, errors
 
 
-def _jpeg_components(data: bytes) -> int:
-    """Colour components in a JPEG's frame header (4 = CMYK/YCCK), 0 if not found."""
-    i, n = 2, len(data)
-    while i + 9 < n:
-        if data[i] != 0xFF:
-            i += 1
-            continue
-        marker = data[i + 1]
-        if marker == 0xFF or marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-            i += 1 if marker == 0xFF else 2
-            continue
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            return data[i + 9]
-        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
-    return 0
-
-
 def _is_plain_png(data: bytes) -> bool:
     """8-bit truecolour PNG (IHDR depth 8, colour type 2): its bytes can be hr.png as they are."""
     return len(data) > 26 and data[:8] == b"\x89PNG\r\n\x1a\n" and data[24] == 8 and data[25] == 2
@@ -251,7 +235,7 @@ def make_samples(src: Source, data: bytes, cfg: ShardConfig, preset: Preset,
                  notes: Counter) -> list[dict[str, Any]]:
     """The pair samples of one source (several when tiled); raises ImageError with a skip reason."""
     probe = check_image_bytes(data, cfg.max_pixels)
-    if probe.format == "jpg" and _jpeg_components(data) == 4:
+    if probe.format == "jpg" and (jpeg_frame(data) or (0, 0, 0))[2] == 4:
         raise ImageError("cmyk_jpeg")  # no ICC-aware conversion here: its colours would be guesses
     if _truncated(data, probe.format):
         raise ImageError("truncated")
