@@ -200,6 +200,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if dist.world_size() > 1 and not torch.cuda.is_available():
             raise cfgmod.ConfigError("launcher", "DeepSpeed with several CPU processes", "DeepSpeed on GPUs, "
                                      "or 1 CPU process (Accelerate treats each CPU process as world size 1)")
+        os.environ.pop("ACCELERATE_USE_CPU", None)  # an inherited value would silently turn DeepSpeed off
     else:
         dist.init()
     _stop.clear()

@@ -39,7 +39,9 @@ def overrides(data: Path, runs: Path, **kw) -> list[str]:
 
 
 def env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    """The children's environment, without what in-process runs of this session left behind."""
+    clean = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
+    return {**clean, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def scalars(tb: Path) -> dict[str, list[tuple[int, float]]]:
