@@ -272,3 +272,12 @@ def from_args(cls: type[T], args: argparse.Namespace, overrides: list[str] | Non
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     given = {k: v for k, v in vars(args).items() if k in names}
     return load(cls, getattr(args, "config", None), overrides, base=given)
+
+
+def save_beside(cfg: Any, directory: str | Path, name: str) -> Path | None:
+    """Write ``<directory>/<name>_config.yaml`` from rank 0: every output folder says how it was made."""
+    from awm import dist
+
+    if not dist.is_main():
+        return None
+    return save(cfg, Path(directory) / f"{name}_config.yaml")

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from awm import booru, clean
-from awm.config import ConfigError, add_dataclass_arguments, check, from_args
+from awm.config import ConfigError, add_dataclass_arguments, check, from_args, save_beside
 from awm.crawl_state import CrawlState
 from awm.fetch import FetchError, FetchSettings, HttpClient
 from awm.io import MAX_PIXELS_DEFAULT, ImageError
@@ -338,6 +338,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = from_args(CrawlConfig, args)
     s = crawl(cfg)
+    save_beside(cfg, cfg.out, f"crawl-{cfg.part.replace('/', 'of')}")
     log.info("crawl %s: kept %d (%.1f MB) in %d shards, skipped %d %s, %d requests, %d retries, %.1f s",
              s["status"], s["kept"], s["bytes"] / 1e6, s["shards"], s["nskipped"], s["skipped"],
              s["requests"], s["retries"], s["seconds"])

@@ -22,7 +22,7 @@ from typing import Literal
 import numpy as np
 
 from awm import dist, metrics, results
-from awm.config import ConfigError, add_dataclass_arguments, check, from_args
+from awm.config import ConfigError, add_dataclass_arguments, check, from_args, save_beside
 from awm.log import get_logger, progress
 
 log = get_logger("awm.evaluate")
@@ -278,6 +278,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = from_args(EvalConfig, args)
     try:
         evaluate(cfg)
+        save_beside(cfg, cfg.out, "eval")
     finally:
         dist.destroy()
     return 0

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from awm import dist, tiling
-from awm.config import ConfigError, add_dataclass_arguments, check, from_args
+from awm.config import ConfigError, add_dataclass_arguments, check, from_args, save_beside
 from awm.infer_inputs import Job, collect_jobs
 from awm.io import ImageError, atomic_write_bytes, atomic_write_text, encode_image, to_rgb8
 from awm.log import get_logger, progress
@@ -230,6 +230,7 @@ def run(args: argparse.Namespace) -> int:
     suffix = f"x{cfg.outscale:g}" if cfg.outscale is not None else f"x{model.scale}"
     out_dir = Path(cfg.out)
     check(not out_dir.is_file(), "out", cfg.out, "a folder (it is an existing file)")
+    save_beside(cfg, out_dir, "upscale")
     jobs = collect_jobs(cfg.inputs, out_dir, suffix, cfg.format, model.scale)
     mine = jobs[d.rank::d.world_size]
     log.info("%s x%d (%s) on %s: %d inputs, %d on this rank, tile %d pad %d, %s", model.arch, model.scale,

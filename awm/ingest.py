@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from awm import clean
-from awm.config import ConfigError, add_dataclass_arguments, check, from_args
+from awm.config import ConfigError, add_dataclass_arguments, check, from_args, save_beside
 from awm.io import MAX_PIXELS_DEFAULT, ImageError, atomic_write_text
 from awm.log import get_logger, progress
 from awm.shards import ShardStats, list_shards, stats_path, write_index, write_shard
@@ -181,7 +181,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    s = ingest(from_args(IngestConfig, args))
+    cfg = from_args(IngestConfig, args)
+    s = ingest(cfg)
+    save_beside(cfg, cfg.out, "ingest")
     log.info("ingest: kept %d of %d files (%.1f MB) in %d shards, skipped %d %s, %.1f s", s["kept"],
              s["files"], s["bytes"] / 1e6, s["shards"], s["nskipped"], s["skipped"], s["seconds"])
     return 0

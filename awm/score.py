@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from awm import dist, metrics, results
-from awm.config import add_dataclass_arguments, check, from_args
+from awm.config import add_dataclass_arguments, check, from_args, save_beside
 from awm.log import get_logger, progress
 
 log = get_logger("awm.score")
@@ -129,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = from_args(ScoreConfig, args)
     try:
         score(cfg)
+        save_beside(cfg, cfg.out, "score")
     finally:
         dist.destroy()
     return 0

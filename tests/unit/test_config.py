@@ -70,3 +70,9 @@ def test_flags_roundtrip():
     args = parser.parse_args(["--steps", "7", "--scales", "2,4"])
     cfg = config.from_args(Stage, args, ["name=y"])
     assert (cfg.steps, cfg.scales, cfg.name) == (7, [2, 4], "y")
+
+
+def test_save_beside_writes_the_stage_config(tmp_path):
+    cfg = config.load(Stage, None, ["steps=3"])
+    p = config.save_beside(cfg, tmp_path / "out", "stage")
+    assert p.name == "stage_config.yaml" and config.load(Stage, p) == cfg
