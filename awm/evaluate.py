@@ -116,15 +116,13 @@ def count_samples(data: str | Path, limit: int = 0) -> int:
 
 
 def decode_pair(sample: dict, scale: int) -> tuple[np.ndarray, np.ndarray]:
-    """(LR, HR) as RGB uint8; ImageError with a short reason when missing or inconsistent."""
-    from awm.io import ImageError, decode_image, to_rgb8
+    """(LR, HR) as RGB uint8 via the training loader's decoder; ImageError with a skip reason."""
+    from awm.data import decode_pair as decode_hr_lr
+    from awm.io import ImageError
 
-    lr_key = next((k for k in sample if k.startswith(f"lr_x{scale}.")), None)
-    if lr_key is None or "hr.png" not in sample:
-        raise ImageError(f"no lr_x{scale}/hr in sample")
-    hr, lr = to_rgb8(decode_image(sample["hr.png"])), to_rgb8(decode_image(sample[lr_key]))
-    if (lr.shape[0] * scale, lr.shape[1] * scale) != hr.shape[:2]:
-        raise ImageError("lr size is not hr/scale")
+    hr, lr = decode_hr_lr(sample, scale, need_lr=True)
+    if lr is None:
+        raise ImageError(f"no_lr_x{scale}")
     return lr, hr
 
 
