@@ -75,16 +75,6 @@ def _known_names() -> set[str]:
     return set(re.findall(r"^ {8}'([\w+\-.]+)': \{", src, flags=re.M)) | {"niqe_anime"}
 
 
-def parse_names(text: str | list[str] | tuple[str, ...]) -> list[str]:
-    """``"psnry,ssim"`` or a list -> names, in order, without duplicates."""
-    items = text.split(",") if isinstance(text, str) else list(text)
-    out: list[str] = []
-    for item in (i.strip() for i in items):
-        if item and item not in out:
-            out.append(item)
-    return out
-
-
 def check(names: list[str], allow_download: bool = False) -> None:
     """Fail fast on unknown names and (unless downloads are allowed) on missing weight files."""
     known = _known_names()
