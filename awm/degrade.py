@@ -18,6 +18,7 @@ import hashlib
 import io as _io
 import math
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any, Literal
 
 import cv2
@@ -440,6 +441,7 @@ def _video(img: np.ndarray, op: dict[str, Any]) -> np.ndarray:
     h, w = img.shape[:2]
     ph, pw = max(16, h + (h & 1)), max(16, w + (w & 1))
     frame = av.VideoFrame.from_ndarray(np.pad(img, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge"), format="rgb24")
+    frame.pts, frame.time_base = 0, Fraction(1, 1)  # explicit timestamps: the muxer rejects unset ones (EINVAL)
     codec = {"h264": "libx264", "h265": "libx265"}[op["codec"]]
     opts = {"crf": str(op["crf"]), "preset": op["preset"]}
     opts.update({"threads": "1"} if codec == "libx264" else
