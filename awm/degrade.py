@@ -26,14 +26,12 @@ import numpy as np
 
 from awm.config import ConfigError, check, from_dict, to_dict
 from awm.io import encode_image
-from awm.log import get_logger
 
 Interp = Literal["area", "bilinear", "bicubic", "lanczos"]
 LrFormat = Literal["jpg", "png", "webp"]
 _INTERP = {"area": cv2.INTER_AREA, "bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC,
            "lanczos": cv2.INTER_LANCZOS4}
 _RANDOM_INTERPS = ("area", "bilinear", "bicubic")
-log = get_logger("awm.degrade")
 
 
 def _f(help_text: str, default: Any) -> Any:
@@ -164,7 +162,8 @@ class APISRPreset:
     Order 1: blur (sigma in ``sigma1``), resize (factor in ``resize1``), light noise with ``noise_prob``,
     then one compression drawn from ``codecs1`` with ``codec1_prob``: JPEG/WebP at quality in
     ``image_quality`` or an H.264/H.265 intra frame (CRF in ``crf_range``, x264/x265 ``video_preset``
-    through PyAV; without PyAV the step is recorded as skipped and logged once). Order 2: blur with
+    through PyAV, the ``awm[video]`` extra). The draw never looks at what is installed, so a sample's
+    params are the same on every machine; applying a video step without PyAV raises. Order 2: blur with
     ``blur2_prob``, noise and the resize to HR/scale in shuffled order, an intra video frame with
     ``video2_prob``, then the storage codec (quality drawn from ``quality_range``).
     """
@@ -220,11 +219,13 @@ class APISRPreset:
     def _codec_op(self, rng: np.random.Generator, codec: str) -> dict[str, Any]:
         if codec in ("jpeg", "webp"):
             return {"op": codec, "quality": int(rng.integers(self.image_quality[0], self.image_quality[1] + 1))}
-        op = {"op": "video", "codec": codec, "crf": int(rng.integers(self.crf_range[0], self.crf_range[1] + 1)),
-              "preset": self.video_preset}
-        if not video_available():
-            op["skipped"] = "pyav-missing"
-        return op
+        return {"op": "video", "codec": codec, "crf": int(rng.integers(self.crf_range[0], self.crf_range[1] + 1)),
+                "preset": self.video_preset}
+
+    def needs_video(self) -> bool:
+        """Whether a draw can contain an H.264/H.265 step (then PyAV must be installed to apply it)."""
+        return self.video2_prob > 0 or any(c in ("h264", "h265") and p > 0
+                                           for c, p in zip(self.codecs1, self.codec1_prob, strict=True))
 
 
 Preset = SeedPreset | RealESRGANPreset | APISRPreset
@@ -420,23 +421,33 @@ def _image_codec(img: np.ndarray, op: dict[str, Any]) -> np.ndarray:
     return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
+VIDEO_MISSING = "PyAV is not installed: this preset draws H.264/H.265 steps (pip install 'awm[video]')"
+
+
 def video_available() -> bool:
     """Whether an H.264/H.265 encoder is importable (PyAV wheels bundle libx264 and libx265)."""
     try:
         import av  # noqa: F401
     except ImportError:
-        if not getattr(video_available, "_noted", False):
-            log.warning("PyAV not installed (pip install 'awm[video]'): H.264/H.265 steps are skipped")
-            video_available._noted = True  # type: ignore[attr-defined]
         return False
     return True
 
 
+def require_video(preset: Preset) -> None:
+    """Refuse, before any work, a preset whose samples need PyAV on a machine without it: skipping
+    the step would make the same sample differ between machines."""
+    if isinstance(preset, APISRPreset) and preset.needs_video() and not video_available():
+        raise ConfigError("preset", preset.name, f"a preset without video steps ({VIDEO_MISSING})")
+
+
 def _video(img: np.ndarray, op: dict[str, Any]) -> np.ndarray:
     """One intra frame through x264/x265 (yuv420p, single thread: deterministic), padded to even sizes."""
-    if op.get("skipped"):
+    if op.get("skipped"):  # a record written before draws stopped depending on PyAV: replay it as stored
         return img
-    import av
+    try:
+        import av
+    except ImportError:
+        raise RuntimeError(VIDEO_MISSING) from None
 
     h, w = img.shape[:2]
     ph, pw = max(16, h + (h & 1)), max(16, w + (w & 1))

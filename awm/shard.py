@@ -34,7 +34,16 @@ import yaml
 
 from awm import config, dist
 from awm.config import ConfigError, check
-from awm.degrade import PRESETS, Preset, apply_params, channel_free, draw_params, encode_lr, get_preset
+from awm.degrade import (
+    PRESETS,
+    Preset,
+    apply_params,
+    channel_free,
+    draw_params,
+    encode_lr,
+    get_preset,
+    require_video,
+)
 from awm.io import (
     MAX_PIXELS_DEFAULT,
     ImageError,
@@ -336,7 +345,7 @@ def _check_out(cfg: ShardConfig) -> None:
 def shard(cfg: ShardConfig) -> dict[str, Any]:
     """Run the stage in-process: returns a summary (shards written/skipped, samples, skip counts)."""
     started = time.time()
-    cfg.preset_config()  # validate preset overrides before any work
+    require_video(cfg.preset_config())  # validate preset overrides (and PyAV if needed) before any work
     _check_out(cfg)
     sources, errors = list_sources(Path(cfg.inp))
     for e in errors:

@@ -69,18 +69,32 @@ def test_random_presets_draw_from_a_per_sample_rng():
     assert json.loads(out) == json.loads(json.dumps(a))
 
 
-def test_apisr_draws_codecs_including_intra_video_when_available():
+def test_apisr_draws_codecs_including_intra_video():
     p = degrade.get_preset("apisr")
     ops = [op for k in range(30) for op in degrade.draw_params(p, (96, 72), 2, 0, f"s{k}")["ops"]]
     kinds = {op["op"] for op in ops}
     assert {"jpeg", "webp", "video"} <= kinds
     video = next(op for op in ops if op["op"] == "video")
-    if degrade.video_available():
-        assert "skipped" not in video
-        out = degrade._video(HR[:, :, :].copy(), video)
-        assert out.shape == HR.shape and 0 < np.abs(out.astype(int) - HR).mean() < 20
-    else:
-        assert video["skipped"] == "pyav-missing"
+    assert "skipped" not in video
+    out = degrade._video(HR[:, :, :].copy(), video)
+    assert out.shape == HR.shape and 0 < np.abs(out.astype(int) - HR).mean() < 20
+
+
+def test_drawn_params_do_not_depend_on_pyav():
+    """The same sample on a machine without PyAV: identical params, and applying them refuses."""
+    code = ("import json, sys; sys.modules['av'] = None; from awm import degrade as d; p = d.get_preset('apisr'); "
+            "print(json.dumps([d.draw_params(p, (96, 72), 2, 0, f's{k}') for k in range(30)]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    p = degrade.get_preset("apisr")
+    assert json.loads(out) == json.loads(json.dumps([degrade.draw_params(p, (96, 72), 2, 0, f"s{k}")
+                                                     for k in range(30)]))
+    code = ("import sys; sys.modules['av'] = None; from awm import degrade as d; "
+            "d.require_video(d.get_preset('apisr'))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 1 and "awm[video]" in r.stderr
+    code = ("import sys; sys.modules['av'] = None; from awm import degrade as d; "
+            "d.require_video(d.get_preset('apisr', codec1_prob=[0.5, 0.5, 0, 0], video2_prob=0.0))")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def _line_art(size: int = 128) -> np.ndarray:
