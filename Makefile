@@ -1,4 +1,5 @@
-# `make demo` and `make test` each set up .venv/ (once; again when setup.cfg changes), then run.
+# `make demo` and `make test` each set up .venv/ (once; again when setup.cfg or this file changes), then run.
+# The venv has every optional extra (PyAV for H.264/H.265 degradation, pyspng): tests exercise them all.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -9,11 +10,11 @@ PYTEST_ARGS ?=
 
 venv: $(STAMP)
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,video,fast]'
 	touch $(STAMP)
 
 demo: venv
