@@ -165,17 +165,20 @@ def decode_pair(sample: dict[str, Any], scale: int, need_lr: bool,
 def augment(x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     """Per-sample flips/rot90 of a batch of square NHWC patches: code bit 2 flips W, bits 0-1 rotate.
 
-    Runs where the batch is (the GPU in training): one indexed op per distinct code.
+    Runs where the batch is (the GPU in training): one indexed op per distinct code. ``codes``
+    may stay on the CPU (the loader's metadata): the sample indices are found there and copied
+    to the device, so nothing waits for the device (boolean masks on a GPU would).
     """
     out = x.clone()
+    codes = codes.cpu()
     for code in codes.unique().tolist():
         if code == 0:
             continue
-        m = (codes == code).to(x.device)
-        y = x[m]
+        index = (codes == code).nonzero().flatten().to(x.device, non_blocking=True)
+        y = x.index_select(0, index)
         if code & 4:
             y = y.flip(2)
-        out[m] = torch.rot90(y, code & 3, dims=(1, 2))
+        out.index_copy_(0, index, torch.rot90(y, code & 3, dims=(1, 2)))
     return out
 
 
@@ -271,7 +274,21 @@ def train_loader(cfg: DataConfig, seed: int, rank: int, start: int = 0,
     ds = PairStream(cfg, shard_list(cfg.train, "train"), seed, rank, start)
     kw: dict[str, Any] = {"prefetch_factor": cfg.prefetch} if cfg.workers else {}
     return torch.utils.data.DataLoader(ds, batch_size=None, num_workers=cfg.workers,
-                                       pin_memory=pin_memory, **kw)
+                                       pin_memory=pin_memory, worker_init_fn=ignore_stop_signals, **kw)
+
+
+def ignore_stop_signals(_worker_id: int = 0) -> None:
+    """Loader workers ignore SIGTERM/SIGUSR1/SIGUSR2 and leave shutdown to their trainer.
+
+    SLURM (preemption, time limit, ``scontrol requeue``) and torchrun signal every process of a
+    job, workers included; a worker that died with them took the trainer down before it could
+    save its state. The trainer stops them when it exits, and a worker exits by itself when its
+    trainer process is gone.
+    """
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def epoch_steps(cfg: DataConfig, world_size: int, accum: int) -> int:
