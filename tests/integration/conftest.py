@@ -1,4 +1,4 @@
-"""Integration fixtures: the project's real one-node SLURM cluster (tests/integration/slurm_up.sh).
+"""Integration fixtures: the project's real two-node SLURM cluster (tests/integration/slurm_up.sh).
 
 ``slurm_cluster`` (session scope) brings the cluster up once when the tests run as root on a
 Debian machine with apt (as ``make test`` does in CI; ~35 s on a fresh machine, ~0 s when it is
@@ -30,7 +30,7 @@ def _skip_reason() -> str | None:
 
 
 def _up() -> bool:
-    pids = [SLURM_ROOT / "run" / f"{d}.pid" for d in ("slurmctld", "slurmd", "slurmdbd")]
+    pids = [SLURM_ROOT / "run" / f"{d}.pid" for d in ("slurmctld", "slurmd-n1", "slurmd-n2", "slurmdbd")]
     for p in pids:
         try:
             os.kill(int(p.read_text()), 0)
@@ -41,7 +41,7 @@ def _up() -> bool:
 
 @pytest.fixture(scope="session")
 def slurm_cluster():
-    """SLURM_CONF of a running one-node cluster with accounting; skips with the reason if impossible."""
+    """SLURM_CONF of a running cluster (nodes n1, n2) with accounting; skips with the reason if impossible."""
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)

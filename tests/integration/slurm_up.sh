@@ -1,26 +1,46 @@
 #!/usr/bin/env bash
-# Bring up the project's one-node Slurm 22.05 test cluster (with accounting: slurmdbd + MariaDB)
-# on a Debian 12 machine as root, without systemd. Idempotent: a running cluster is left as is.
+# Bring up the project's Slurm 22.05 test cluster on ONE Debian 12 machine, as root, without
+# systemd: slurmctld + slurmdbd (+ MariaDB on loopback) in this machine's network namespace and
+# TWO compute nodes, n1 and n2, each a slurmd in its own network namespace (its own address on a
+# private /24 behind a bridge) and its own UTS namespace (`hostname` in a job prints n1 / n2).
+# File system, users and the munge key are shared, as on a real cluster. Idempotent: a running
+# cluster is left as is, and a node whose slurmd died (a test killed it) is started again.
 #
 #   tests/integration/slurm_up.sh         # then: export SLURM_CONF=$SLURM_ROOT/etc/slurm.conf
-#   tests/integration/slurm_down.sh       # stops exactly the daemons started here, by pid
+#   tests/integration/slurm_down.sh       # stops what this started (by pid), removes the network
 #
 # Why each setting (pitfalls met on this machine kind):
 # - no systemd and policy-rc.d blocks service starts: every daemon is started by hand here;
 # - without slurmdbd there is no sacct, and submitit then never sees a cancelled job finish;
 # - AuthInfo=cred_expire=10: a requeued job would otherwise wait 120 s before it may run again;
 # - batch_sched_delay=0,sched_min_interval=0,bf_interval=1: jobs start in ~1 s, not 2-3 s;
-# - CPUs=4 with SlurmdParameters=config_overrides: a 2-task job and an array task fit at once
-#   on a 2-core machine;
+# - CPUs=4 per node with SlurmdParameters=config_overrides: several small jobs fit at once on 2
+#   real cores; LLN=YES (least loaded node first) spreads array tasks over both nodes;
+# - SlurmctldHost=<this host>(<bridge address>) and AccountingStorageHost=slurmctl: inside a node
+#   namespace "localhost" is the node's own loopback, so nodes reach the controller by the bridge;
+# - n1/n2 resolve to their namespace addresses (a marked /etc/hosts block): gloo binds the address
+#   its hostname resolves to, and MASTER_ADDR=n1 must reach n1 from n2;
+# - `nsenter --net` rather than `ip netns exec` (which also remounts /sys in a private mount
+#   namespace); no ping on this machine: both slurmd registering proves the network;
+# - a killed daemon stays a zombie ~2 s until PID 1 reaps it: state Z counts as gone;
 # - jobs that call `scontrol requeue` need SLURM_CONF in their environment (sbatch exports it).
 set -euo pipefail
 ROOT=${SLURM_ROOT:-/tmp/awm-slurm}
-DBPORT=${SLURM_DB_PORT:-13306}
-H=$(hostname -s)
+NET=${SLURM_NET:-10.213.7}            # first three octets of a /24 used ONLY between these namespaces
+BR=${SLURM_BRIDGE:-awmslurm0}
+DBPORT=${SLURM_DB_PORT:-13306}        # MariaDB (127.0.0.1 only)
+CPUS=${SLURM_CPUS:-4}                 # CPU slots advertised per node (may exceed the real cores)
+NODES=(n1 n2)
+CTL=slurmctl                          # the controller's name in /etc/hosts -> $NET.1 (the bridge)
+H=$(hostname -s)                      # slurmctld must run on a host named in SlurmctldHost
 export SLURM_CONF=$ROOT/etc/slurm.conf
-PKGS=(munge slurmctld slurmd slurm-client slurmdbd mariadb-server)
+PKGS=(munge slurmctld slurmd slurm-client slurmdbd mariadb-server iproute2 util-linux)
+HOSTS_BEGIN="# >>> awm slurm test cluster"
+HOSTS_END="# <<< awm slurm test cluster"
+T0=$SECONDS
 
-alive() { [ -s "$ROOT/run/$1.pid" ] && kill -0 "$(cat "$ROOT/run/$1.pid")" 2>/dev/null; }
+running() { local s; s=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) && [ "$s" != Z ]; }
+alive() { [ -s "$ROOT/run/$1.pid" ] && running "$(cat "$ROOT/run/$1.pid")"; }
 wait_for() { # wait_for SECONDS CMD...
   local t=$1; shift; local end=$((SECONDS + t))
   until "$@" >/dev/null 2>&1; do
@@ -28,13 +48,30 @@ wait_for() { # wait_for SECONDS CMD...
     sleep 0.3
   done
 }
+# every node registered and usable (idle, or running jobs); none down/drained/unknown
+nodes_up() { [ "$(sinfo -h -N -o '%N %t' 2>/dev/null | awk '$2 ~ /^(idle|mix|alloc)$/ {print $1}' | sort | tr '\n' ' ')" = "${NODES[*]} " ]; }
+start_slurmd() { # own network namespace + own UTS namespace; slurmd daemonizes (pid in run/slurmd-$1.pid)
+  nsenter --net="/run/netns/awm-slurm-$1" unshare --uts -- sh -c "hostname $1 && exec slurmd -N $1"
+}
 
-if alive slurmctld && alive slurmd && alive slurmdbd && sinfo -h -o %T 2>/dev/null | grep -qx idle; then
-  echo "slurm test cluster already up (SLURM_CONF=$SLURM_CONF)"
-  exit 0
+if alive slurmctld && alive slurmdbd; then
+  dead=()
+  for n in "${NODES[@]}"; do alive "slurmd-$n" || dead+=("$n"); done
+  if ((${#dead[@]})) && [ -e "/run/netns/awm-slurm-${dead[0]}" ]; then
+    # A node that "died" (its slurmd and jobs killed): boot it again and put it back in service.
+    for n in "${dead[@]}"; do start_slurmd "$n"; done
+    wait_for 60 sh -c "sinfo -h -n $(IFS=,; echo "${dead[*]}") -o %t | grep -vq '\*'"
+    scontrol update NodeName="$(IFS=,; echo "${dead[*]}")" State=RESUME 2>/dev/null || true
+    wait_for 60 nodes_up
+    echo "slurm test cluster: restarted ${dead[*]} in $((SECONDS - T0)) s (SLURM_CONF=$SLURM_CONF)"
+    exit 0
+  fi
+  if ! ((${#dead[@]})) && nodes_up; then
+    echo "slurm test cluster already up (SLURM_CONF=$SLURM_CONF)"; exit 0
+  fi
 fi
-# A half-started cluster (crash, killed test run): stop what is left, then start clean.
-[ -d "$ROOT/run" ] && "$(dirname "$0")/slurm_down.sh" >/dev/null 2>&1 || true
+# Half-started (crash, killed test run): stop what is left, remove stale namespaces/bridge, start clean.
+"$(dirname "$0")/slurm_down.sh" >/dev/null 2>&1 || true
 
 missing=()
 for p in "${PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
@@ -45,7 +82,32 @@ if ((${#missing[@]})); then
 fi
 
 rm -rf "$ROOT"/{etc,state,spool,log,run,mysql}
-mkdir -p "$ROOT"/{etc,state,spool,log,run,mysql}
+mkdir -p "$ROOT"/{etc,state,log,run,mysql}
+for n in "${NODES[@]}"; do mkdir -p "$ROOT/spool/$n"; done
+
+# --- network: bridge $BR ($NET.1) here, a veth into each node's namespace (renamed eth0 there, so
+# GLOO_SOCKET_IFNAME/NCCL_SOCKET_IFNAME=eth0 is the same on every node). No default route in the
+# node namespaces: they reach only $NET.0/24 and their own loopback.
+ip link add "$BR" type bridge
+ip addr add "$NET.1/24" dev "$BR"
+ip link set "$BR" up
+hosts="$NET.1 $CTL"$'\n'
+i=11
+for n in "${NODES[@]}"; do
+  ns=awm-slurm-$n
+  ip netns add "$ns"
+  ip link add "awmh-$n" type veth peer name "awmc-$n"
+  ip link set "awmc-$n" netns "$ns"
+  ip -n "$ns" link set "awmc-$n" name eth0
+  ip -n "$ns" addr add "$NET.$i/24" dev eth0
+  ip -n "$ns" link set lo up
+  ip -n "$ns" link set eth0 up
+  ip link set "awmh-$n" master "$BR" up
+  hosts+="$NET.$i $n"$'\n'
+  i=$((i + 1))
+done
+sed -i "/^$HOSTS_BEGIN\$/,/^$HOSTS_END\$/d" /etc/hosts
+printf '%s\n%s%s\n' "$HOSTS_BEGIN" "$hosts" "$HOSTS_END" >>/etc/hosts
 
 # --- munge: reuse a munged that is already running (not ours to stop), else start one.
 [ -s /etc/munge/munge.key ] || { mungekey --create --keyfile=/etc/munge/munge.key; chown munge:munge /etc/munge/munge.key; chmod 400 /etc/munge/munge.key; }
@@ -72,7 +134,6 @@ mariadb --no-defaults -S "$ROOT/run/mysqld.sock" -uroot -e "
 cat >"$ROOT/etc/slurmdbd.conf" <<EOF
 AuthType=auth/munge
 DbdHost=localhost
-DbdAddr=127.0.0.1
 DbdPort=6819
 SlurmUser=root
 DebugLevel=info
@@ -89,7 +150,7 @@ chmod 600 "$ROOT/etc/slurmdbd.conf"
 
 cat >"$ROOT/etc/slurm.conf" <<EOF
 ClusterName=awmci
-SlurmctldHost=$H(127.0.0.1)
+SlurmctldHost=$H($NET.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -98,11 +159,11 @@ AuthInfo=cred_expire=10
 SlurmctldPort=6817
 SlurmdPort=6818
 StateSaveLocation=$ROOT/state
-SlurmdSpoolDir=$ROOT/spool
+SlurmdSpoolDir=$ROOT/spool/%n
 SlurmctldPidFile=$ROOT/run/slurmctld.pid
-SlurmdPidFile=$ROOT/run/slurmd.pid
+SlurmdPidFile=$ROOT/run/slurmd-%n.pid
 SlurmctldLogFile=$ROOT/log/slurmctld.log
-SlurmdLogFile=$ROOT/log/slurmd.log
+SlurmdLogFile=$ROOT/log/slurmd-%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
 MailProg=/bin/true
@@ -112,7 +173,7 @@ TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=30
 AccountingStorageType=accounting_storage/slurmdbd
-AccountingStorageHost=localhost
+AccountingStorageHost=$CTL
 AccountingStoragePort=6819
 JobCompType=jobcomp/none
 MpiDefault=none
@@ -127,13 +188,18 @@ InactiveLimit=0
 KillWait=5
 MinJobAge=300
 Waittime=0
-NodeName=$H NodeAddr=127.0.0.1 CPUs=${SLURM_CPUS:-4} RealMemory=8000 State=UNKNOWN
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
+i=11
+for n in "${NODES[@]}"; do
+  echo "NodeName=$n NodeAddr=$NET.$i NodeHostname=$n CPUs=$CPUS RealMemory=4000 State=UNKNOWN" >>"$ROOT/etc/slurm.conf"
+  i=$((i + 1))
+done
+echo "PartitionName=debug Nodes=$(IFS=,; echo "${NODES[*]}") Default=YES MaxTime=INFINITE LLN=YES State=UP" >>"$ROOT/etc/slurm.conf"
 
 slurmdbd                      # daemonizes; reads slurmdbd.conf next to $SLURM_CONF
 wait_for 30 sacctmgr -n list cluster
 slurmctld                     # daemonizes; registers cluster 'awmci' with slurmdbd
-slurmd
-wait_for 60 sh -c "sinfo -h -n $H -o %T | grep -qx idle"
-echo "slurm test cluster up: export SLURM_CONF=$SLURM_CONF"
+wait_for 30 scontrol ping
+for n in "${NODES[@]}"; do start_slurmd "$n"; done
+wait_for 60 nodes_up
+echo "slurm test cluster up in $((SECONDS - T0)) s, nodes ${NODES[*]}: export SLURM_CONF=$SLURM_CONF"
