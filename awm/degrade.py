@@ -100,12 +100,15 @@ class SeedPreset:
 class RealESRGANPreset:
     """Second-order random degradation in the spirit of Real-ESRGAN (ranges from its paper's setup).
 
-    Each order: blur (iso/aniso Gaussian kernel, size odd in ``kernel_size``, sigmas in ``sigma*``,
-    rotation uniform), random resize (up/down/keep with ``resize_prob``, factor in ``resize*``,
-    random area/bilinear/bicubic), noise (Gaussian sigma in ``noise_sigma*`` 0..255 units, else
+    Each order: blur (iso/aniso kernel, size odd in ``kernel_size``, sigmas in ``sigma*``, rotation
+    uniform; Gaussian, generalised Gaussian (shape ``betag``) or plateau (``betap``) by
+    ``kernel_prob``; with ``sinc_prob`` a circular sinc low-pass instead), random resize
+    (up/down/keep with ``resize_prob``, factor in ``resize*``, random area/bilinear/bicubic), noise (Gaussian sigma in ``noise_sigma*`` 0..255 units, else
     Poisson scale in ``poisson*``; gray noise with ``gray_prob``), JPEG in ``jpeg_range``. Order 2
-    blur happens with ``blur2_prob``; it ends with a resize to exactly HR/scale and the storage
-    JPEG (quality drawn from ``quality_range``) as the final step.
+    blur happens with ``blur2_prob``; it ends with a resize to exactly HR/scale, a sinc filter with
+    ``final_sinc_prob`` and the storage JPEG (quality drawn from ``quality_range``) as the final step.
+    With ``kernel_prob=[1, 0, 0]``, ``sinc_prob=0`` and ``final_sinc_prob=0`` the draws are exactly
+    those of versions before these kernels existed.
     """
 
     name: str = "realesrgan"
@@ -114,6 +117,12 @@ class RealESRGANPreset:
     sigma1: tuple[float, float] = _f("order-1 blur sigma range", (0.2, 3.0))
     sigma2: tuple[float, float] = _f("order-2 blur sigma range", (0.2, 1.5))
     blur2_prob: float = _f("probability of the order-2 blur", 0.8)
+    kernel_prob: tuple[float, float, float] = _f("probabilities of Gaussian, generalised Gaussian, plateau kernels",
+                                                 (0.7, 0.15, 0.15))
+    betag: tuple[float, float] = _f("generalised-Gaussian shape range (1 = Gaussian)", (0.5, 4.0))
+    betap: tuple[float, float] = _f("plateau shape range", (1.0, 2.0))
+    sinc_prob: float = _f("probability that an order's blur is a sinc low-pass", 0.1)
+    final_sinc_prob: float = _f("probability of a sinc low-pass after the final resize", 0.8)
     resize_prob: tuple[float, float, float] = _f("probabilities of up, down, keep", (0.2, 0.7, 0.1))
     resize1: tuple[float, float] = _f("order-1 resize factor range (relative)", (0.15, 1.5))
     resize2: tuple[float, float] = _f("order-2 resize factor range (relative)", (0.3, 1.2))
@@ -132,7 +141,26 @@ class RealESRGANPreset:
         lo, hi = self.kernel_size
         check(3 <= lo <= hi and lo % 2 == 1 and hi % 2 == 1, "kernel_size", self.kernel_size, "odd, 3 <= lo <= hi")
         check(abs(sum(self.resize_prob) - 1) < 1e-6, "resize_prob", self.resize_prob, "three probabilities summing to 1")
+        check(len(self.kernel_prob) == 3 and min(self.kernel_prob) >= 0 and abs(sum(self.kernel_prob) - 1) < 1e-6,
+              "kernel_prob", self.kernel_prob, "three probabilities summing to 1")
+        check(0 < self.betag[0] <= self.betag[1] and 0 < self.betap[0] <= self.betap[1], "betag/betap",
+              (self.betag, self.betap), "0 < lo <= hi")
+        check(0 <= self.sinc_prob <= 1 and 0 <= self.final_sinc_prob <= 1, "sinc_prob/final_sinc_prob",
+              (self.sinc_prob, self.final_sinc_prob), "probabilities in [0, 1]")
         _check_codec(self)
+
+    def _blur(self, rng: np.random.Generator, sigma: tuple[float, float]) -> dict[str, Any]:
+        """One order's kernel. A draw is skipped where its probability is 0, so the old draws stay."""
+        if self.sinc_prob > 0 and rng.random() < self.sinc_prob:
+            k = int(rng.integers(self.kernel_size[0] // 2, self.kernel_size[1] // 2 + 1)) * 2 + 1
+            return _sinc_op(rng, k, math.pi / 3 if k < 13 else math.pi / 5)
+        op = _blur_op(rng, self.kernel_size, sigma, self.aniso_prob)
+        if self.kernel_prob[0] < 1:
+            kind = int(rng.choice(3, p=list(self.kernel_prob)))
+            if kind:
+                op["kind"] = ("generalized", "plateau")[kind - 1]
+                op["beta"] = float(rng.uniform(*(self.betag if kind == 1 else self.betap)))
+        return op
 
     def draw(self, rng: np.random.Generator, size: tuple[int, int], scale: int) -> list[dict[str, Any]]:
         ops: list[dict[str, Any]] = []
@@ -141,7 +169,7 @@ class RealESRGANPreset:
             sigma, rs, ns, ps = ((self.sigma1, self.resize1, self.noise_sigma1, self.poisson1) if order == 1
                                  else (self.sigma2, self.resize2, self.noise_sigma2, self.poisson2))
             if order == 1 or rng.random() < self.blur2_prob:
-                ops.append(_blur_op(rng, self.kernel_size, sigma, self.aniso_prob))
+                ops.append(self._blur(rng, sigma))
             factor = _resize_factor(rng, rs, self.resize_prob)
             cur = (max(4, round(cur[0] * factor)), max(4, round(cur[1] * factor)))
             ops.append({"op": "resize", "size": list(cur), "interp": _choice(rng, _RANDOM_INTERPS)})
@@ -149,6 +177,9 @@ class RealESRGANPreset:
             if order == 1:
                 ops.append({"op": "jpeg", "quality": int(rng.integers(self.jpeg_range[0], self.jpeg_range[1] + 1))})
         ops.append(_resize_op(size, scale, _choice(rng, _RANDOM_INTERPS)))
+        if self.final_sinc_prob > 0 and rng.random() < self.final_sinc_prob:
+            k = int(rng.integers(self.kernel_size[0] // 2, self.kernel_size[1] // 2 + 1)) * 2 + 1
+            ops.append(_sinc_op(rng, k, math.pi / 3))
         return ops
 
 
@@ -341,6 +372,10 @@ def _blur_op(rng: np.random.Generator, ksize: tuple[int, int], sigma: tuple[floa
     return {"op": "blur", "ksize": k, "sigma_x": sx, "sigma_y": sx, "theta": 0.0}
 
 
+def _sinc_op(rng: np.random.Generator, ksize: int, omega_lo: float) -> dict[str, Any]:
+    return {"op": "blur", "kind": "sinc", "ksize": ksize, "omega": float(rng.uniform(omega_lo, math.pi))}
+
+
 def _noise_op(rng: np.random.Generator, gaussian_prob: float, gray_prob: float,
               sigma: tuple[float, float], poisson: tuple[float, float]) -> dict[str, Any]:
     gaussian = rng.random() < gaussian_prob
@@ -377,20 +412,40 @@ def _median(img: np.ndarray, op: dict[str, Any]) -> np.ndarray:
     return out
 
 
-def _kernel(ksize: int, sx: float, sy: float, theta: float) -> np.ndarray:
-    c = ksize // 2
+def blur_kernel(op: dict[str, Any]) -> np.ndarray:
+    """The normalised float32 kernel of a blur op, shared by the worker and device paths.
+
+    Kinds (Real-ESRGAN's): ``gaussian`` (records without ``kind``), ``generalized``
+    ``exp(-0.5 q^beta)``, ``plateau`` ``1 / (1 + q^beta)`` with ``q`` the rotated anisotropic
+    quadratic form, and ``sinc``: the circular low-pass ``omega J1(omega r) / (2 pi r)``.
+    """
+    c = op["ksize"] // 2
     yy, xx = np.mgrid[-c:c + 1, -c:c + 1].astype(np.float64)
-    cos, sin = math.cos(theta), math.sin(theta)
+    kind = op.get("kind", "gaussian")
+    if kind == "sinc":
+        w, r = op["omega"], np.hypot(xx, yy)
+        k = np.where(r > 0, w * _bessel_j1(w * r) / (2 * math.pi * np.where(r > 0, r, 1)), w * w / (4 * math.pi))
+        return (k / k.sum()).astype(np.float32)
+    cos, sin = math.cos(op["theta"]), math.sin(op["theta"])
     u, v = cos * xx + sin * yy, -sin * xx + cos * yy
-    k = np.exp(-0.5 * ((u / sx) ** 2 + (v / sy) ** 2))
+    q = (u / op["sigma_x"]) ** 2 + (v / op["sigma_y"]) ** 2
+    k = {"gaussian": lambda: np.exp(-0.5 * q), "generalized": lambda: np.exp(-0.5 * q ** op["beta"]),
+         "plateau": lambda: 1 / (1 + q ** op["beta"])}[kind]()
     return (k / k.sum()).astype(np.float32)
 
 
+def _bessel_j1(x: np.ndarray) -> np.ndarray:
+    """J1 by Bessel's integral (1/pi) int_0^pi cos(t - x sin t) dt: the midpoint rule on this
+    smooth periodic integrand is exact to ~1e-15 for |x| < 60 with 256 points (no SciPy needed)."""
+    t = (np.arange(256) + 0.5) * (math.pi / 256)
+    return np.cos(t - np.multiply.outer(x, np.sin(t))).mean(axis=-1)
+
+
 def _blur(img: np.ndarray, op: dict[str, Any]) -> np.ndarray:
-    k, sx, sy = op["ksize"], op["sigma_x"], op["sigma_y"]
-    if sx == sy:
+    k, sx, sy = op["ksize"], op.get("sigma_x"), op.get("sigma_y")
+    if op.get("kind", "gaussian") == "gaussian" and sx == sy:
         return cv2.GaussianBlur(img, (k, k), sx)
-    return cv2.filter2D(img, -1, _kernel(k, sx, sy, op["theta"]))
+    return cv2.filter2D(img, -1, blur_kernel(op))
 
 
 def _usm(img: np.ndarray, op: dict[str, Any]) -> np.ndarray:
