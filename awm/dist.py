@@ -63,8 +63,9 @@ def init() -> DistEnv:
     if not torch.cuda.is_available():
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")
     if d.world_size > 1 and not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29500")
+        addr, port = slurm_rendezvous() or ("127.0.0.1", "29500")
+        os.environ.setdefault("MASTER_ADDR", addr)
+        os.environ.setdefault("MASTER_PORT", port)
         os.environ.setdefault("RANK", str(d.rank))
         os.environ.setdefault("WORLD_SIZE", str(d.world_size))
         os.environ.setdefault("LOCAL_RANK", str(d.local_rank))
@@ -72,6 +73,30 @@ def init() -> DistEnv:
             torch.cuda.set_device(d.local_rank)
         dist.init_process_group(backend())
     return d
+
+
+def slurm_rendezvous() -> tuple[str, str] | None:
+    """MASTER_ADDR/PORT for tasks that ``srun`` started without a launcher: the job's first node
+    and a port from the job id, the same in every task of every node (127.0.0.1 would make each
+    node rendezvous with itself). None outside a SLURM job step of several tasks."""
+    e = os.environ
+    if "RANK" in e or int(e.get("SLURM_NTASKS", "1")) <= 1 or not e.get("SLURM_JOB_NODELIST"):
+        return None
+    return first_host(e["SLURM_JOB_NODELIST"]), str(20000 + int(e.get("SLURM_JOB_ID", "0")) % 40000)
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list: ``gpu[003-010,12],cpu1`` -> ``gpu003``."""
+    out, i = "", 0
+    while i < len(nodelist) and nodelist[i] != ",":
+        if nodelist[i] == "[":
+            end = nodelist.index("]", i)
+            out += nodelist[i + 1:end].split(",")[0].split("-")[0]
+            i = end + 1
+        else:
+            out += nodelist[i]
+            i += 1
+    return out
 
 
 def initialized() -> bool:

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -57,10 +58,49 @@ def _job_id() -> str:
 def export_rendezvous() -> None:
     """In a job of several tasks, export MASTER_ADDR/PORT, RANK, WORLD_SIZE from SLURM's environment.
 
-    Every task keeps all of its node's GPUs visible: LOCAL_RANK picks one (awm.dist.init).
+    RANK is SLURM_PROCID (numbered across nodes), MASTER_ADDR the first node of the job's node
+    list and MASTER_PORT a port derived from the job id, so every task of every node agrees on
+    them without talking. Every task keeps all of its node's GPUs visible: LOCAL_RANK picks one
+    (awm.dist.init). Also limits each task's CPU threads to its own cores (limit_threads).
     """
+    limit_threads()
     if submitit.JobEnvironment().num_tasks > 1:
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+
+
+def limit_threads() -> None:
+    """Use the task's ``--cpus-per-task`` cores for torch's CPU threads, as torchrun does with 1.
+
+    Otherwise every task of a node starts one thread per core of the whole node (8 ranks x 96
+    threads on an 8-GPU node), and a rank's floating-point results depend on the node's core count.
+    An OMP_NUM_THREADS set on purpose (the profile's ``setup`` lines) wins.
+    """
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+    if not cpus or "OMP_NUM_THREADS" in os.environ:
+        return
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = cpus
+    torch.set_num_threads(int(cpus))
+
+
+def rank_identity() -> dict[str, Any]:
+    """Where this task runs: rank, host and address, and the rendezvous it used (kept in results)."""
+    host = socket.gethostname()
+    out: dict[str, Any] = {"rank": int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))),
+                           "host": host, "address": _address(host)}
+    if "MASTER_ADDR" in os.environ:
+        out["master_addr"] = os.environ["MASTER_ADDR"]
+        out["master_address"] = _address(os.environ["MASTER_ADDR"])
+        out["master_port"] = int(os.environ.get("MASTER_PORT", "0"))
+    return out
+
+
+def _address(host: str) -> str | None:
+    try:
+        return socket.gethostbyname(host)
+    except OSError:
+        return None
 
 
 def run_stage(stage: str, args: list[str]) -> None:
@@ -86,7 +126,7 @@ class StageTask:
         export_rendezvous()
         run_stage(self.stage, self.args + extra)
         out = {"stage": self.stage, "part": str(self.part) if self.part else None, "exit": 0,
-               "job_id": _job_id(), "duration_s": round(time.time() - started, 3)}
+               "job_id": _job_id(), "host": socket.gethostname(), "duration_s": round(time.time() - started, 3)}
         if self.part is not None:
             out["index_extra"] = _index_extra(stage_output(self.stage, self.args, self.part.count))
         if self.part is not None and self.record_dir:
@@ -184,15 +224,19 @@ class TrainTask(submitit.helpers.Checkpointable):
 
         job = submitit.JobEnvironment()
         export_rendezvous()
-        dist.init()
+        d = dist.init()
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+        identity = {**rank_identity(), "world_size": d.world_size, "restarts": restarts}
+        log.info("job %s rank %d/%d on %s (%s), rendezvous %s (%s):%s, restart %d", job.job_id, d.rank,
+                 d.world_size, identity["host"], identity["address"], identity.get("master_addr"),
+                 identity.get("master_address"), identity.get("master_port"), restarts)
         signal.signal(_preempt_signal(), lambda *_: train.request_stop())
         cfg = train.load_config(self.config, self.overrides)
-        result = train.train(cfg)
+        result = {**train.train(cfg), **identity}
         if result.get("status") != "preempted" or job.cluster != "slurm":
             dist.destroy()
             return result
         dist.barrier()
-        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
         if job.global_rank == 0:
             if restarts >= self.max_requeue:
                 log.error("job %s preempted after %d requeues (max_requeue): not requeued; "

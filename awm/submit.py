@@ -150,12 +150,15 @@ def make_request(stage: str, profile: Profile, profile_name: str, args: argparse
     check(array >= 1, "--array", array, "an integer >= 1")
     check(array == 1 or mode in ("array", "ranks"), "--array", array, f"1 for '{stage}'; arrays are for {', '.join(DATA_STAGES)}")
     nodes = args.nodes if args.nodes is not None else (profile.nodes if mode == "train" else 1)
+    check(nodes >= 1, "--nodes", nodes, "an integer >= 1")
     if mode == "train":
         tasks = args.tasks_per_node or profile.tasks_per_node or max(
             args.gpus_per_node if args.gpus_per_node is not None else profile.gpus_per_node, 1)
         default_gpus = profile.gpus_per_node and tasks
     elif mode == "ranks":
-        tasks = args.tasks_per_node or array
+        check(array % nodes == 0, "--array", array, f"a multiple of --nodes ({nodes}): each node runs "
+              "the same number of ranks")
+        tasks = args.tasks_per_node or array // nodes
         default_gpus = tasks if stage in GPU_STAGES and profile.gpus_per_node else 0
     else:
         check(args.tasks_per_node in (None, 1), "--tasks-per-node", args.tasks_per_node,
@@ -171,8 +174,9 @@ def make_request(stage: str, profile: Profile, profile_name: str, args: argparse
         raise ConfigError("--tasks-per-node", tasks, f"{gpus} (one task per GPU)")
     if profile.max_nodes is not None and nodes > profile.max_nodes:
         raise ConfigError("--nodes", nodes, f"at most {profile.max_nodes} (max_nodes of profile '{profile_name}')")
-    if nodes > 1 and mode != "train":
-        raise ConfigError("--nodes", nodes, f"1 for '{stage}': data stages scale out with --array")
+    if nodes > 1 and mode not in ("train", "ranks"):
+        raise ConfigError("--nodes", nodes, f"1 for '{stage}': each part is one task and SLURM spreads "
+                          "the --array parts over nodes itself" if mode == "array" else f"1 for '{stage}'")
     if profile.cluster != "slurm" and nodes > 1:
         raise ConfigError("--nodes", nodes, f"1 with the {profile.cluster} backend (one machine)")
     return Request(stage=stage, mode=mode, nodes=nodes, tasks_per_node=tasks, gpus_per_node=gpus,
@@ -194,8 +198,10 @@ def sbatch_parameters(profile: Profile, req: Request) -> dict[str, Any]:
             params[key] = getattr(profile, key)
     if profile.setup:
         params["setup"] = list(profile.setup)
-    if profile.sbatch:
-        params["additional_parameters"] = dict(profile.sbatch)
+    extra = {"requeue": True} if req.mode == "train" else {}  # JobRequeue=0 sites refuse scontrol requeue otherwise
+    extra.update(profile.sbatch)
+    if extra:
+        params["additional_parameters"] = extra
     return params
 
 

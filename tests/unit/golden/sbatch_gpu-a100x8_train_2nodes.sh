@@ -15,6 +15,7 @@
 #SBATCH --output=/LOGS/jobs/%j_0_log.out
 #SBATCH --partition=gpu
 #SBATCH --qos=normal
+#SBATCH --requeue
 #SBATCH --signal=USR2@300
 #SBATCH --time=1440
 #SBATCH --wckey=awm
