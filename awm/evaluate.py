@@ -204,7 +204,8 @@ def score_rank(cfg: EvalConfig, d: dist.DistEnv) -> dict:
             t = time.perf_counter()
             row = {"index": gi, "model": up.name, "id": sample["__key__"]}
             for m in mets:
-                row[m.name] = m(sr, hr if m.full_reference else None)
+                row[m.name] = m(sr, hr if m.full_reference else None,
+                                image=f"sample {sample['__key__']} ({up.name})")
             t_metric += time.perf_counter() - t
             rows.append(row)
         if gi < cfg.grid:

@@ -1,6 +1,7 @@
 """Image-quality metrics by name, through pyiqa, with an offline-safe start-up.
 
-Names are pyiqa's (``psnry`` and ``ssim`` work on the Y channel, ``ms_ssim``, ``lpips``,
+Names are pyiqa's (``psnry`` and ``ssim`` work on BT.601 Y, 16..235 as in MATLAB's rgb2ycbcr, the SR
+convention; pyiqa's own default, YIQ's full-range Y, reads 20 log10(255/219) = 1.32 dB lower), ``ms_ssim``, ``lpips``,
 ``dists``; no-reference ``niqe``, ``maniqa``, ``clipiqa``, ``musiq``, ``piqe``, ...) plus
 ``niqe_anime``: pyiqa's NIQE with our pristine model fitted on anime images (awm.niqe).
 Whether higher or lower is better comes from pyiqa's own metric (``lower_better``).
@@ -29,8 +30,20 @@ DEFAULT_FULL_REFERENCE = ("psnry", "ssim", "niqe_anime")
 DEFAULT_NO_REFERENCE = ("niqe_anime", "piqe")
 
 
+# Smallest image side each metric can score (pyiqa 0.1.16, measured on generated images; NIQE
+# works on 96 px blocks, MS-SSIM downsamples 4 times under an 11 px window). A smaller image is
+# counted as failed for that metric: the one expected failure. Any other error stops the run.
+MIN_SIDE = {"ssim": 11, "ssimc": 11, "ms_ssim": 161, "cw_ssim": 64, "vif": 33, "gmsd": 2, "mad": 16,
+            "piqe": 8, "niqe": 96, "niqe_matlab": 96, "niqe_anime": 96}
+
+
 class MissingWeightsError(RuntimeError):
     """A metric's weight file is not in the cache and downloads are off (offline nodes)."""
+
+
+class MetricError(RuntimeError):
+    """A metric failed on an image for a reason other than its size (shape mismatch, out of memory,
+    a bug): a table with that image silently missing would mislead, so the run stops."""
 
 
 @dataclass
@@ -42,23 +55,31 @@ class Metric:
     lower_better: bool
     net: Any
 
-    def __call__(self, img: np.ndarray, ref: np.ndarray | None = None) -> float:
+    def __call__(self, img: np.ndarray, ref: np.ndarray | None = None, image: str = "an image") -> float:
+        """The score; NaN (counted as failed) only when ``img`` is below the metric's MIN_SIDE.
+
+        ``image`` names the image in a MetricError, raised for any other failure.
+        """
         import torch
 
         from awm.io import to_rgb8, to_tensor
 
-        device = next(iter(self.net.buffers()), torch.empty(0)).device
-        x = to_tensor(to_rgb8(img)).to(device)
         if self.full_reference and ref is None:
             raise ValueError(f"metric {self.name} needs a reference image")
+        h, w = img.shape[:2]
+        if min(h, w) < MIN_SIDE.get(self.name, 1):
+            get_logger("awm.metrics").warning("%s cannot score %s of %dx%d (needs >= %d px per side): counted "
+                                              "as failed", self.name, image, w, h, MIN_SIDE[self.name])
+            return float("nan")
+        device = next(iter(self.net.buffers()), torch.empty(0)).device
         try:
+            x = to_tensor(to_rgb8(img)).to(device)
             with torch.inference_mode():
                 out = self.net(x, to_tensor(to_rgb8(ref)).to(device)) if self.full_reference else self.net(x)
-        except (RuntimeError, ValueError, IndexError) as e:
-            # e.g. NIQE needs >= 192 px per side: the image is counted as failed for this metric only
-            get_logger("awm.metrics").warning("%s cannot score a %dx%d image (%s): counted as failed",
-                                              self.name, img.shape[1], img.shape[0], str(e).splitlines()[0][:120])
-            return float("nan")
+        except Exception as e:  # noqa: BLE001 - re-raised with the image and metric named
+            raise MetricError(f"metric {self.name} failed on {image} ({w}x{h}"
+                              + (f", reference {ref.shape[1]}x{ref.shape[0]}" if ref is not None else "")
+                              + f"): {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
         value = float(out.detach().double().reshape(-1)[0].cpu())
         return value if math.isfinite(value) else float("nan")
 
@@ -117,6 +138,8 @@ def create(name: str, device: str = "cpu", allow_download: bool = False,
         from awm.niqe import default_model_path
 
         pyiqa_name, kwargs["pretrained_model_path"] = "niqe", str(niqe_model or default_model_path())
+    elif name in ("psnry", "ssim"):  # BT.601 Y as in MATLAB/BasicSR and training validation; pyiqa's default is YIQ
+        kwargs["color_space"] = "ycbcr"
     elif name in ("niqe", "niqe_matlab") and not weights.missing_for(name):
         kwargs["pretrained_model_path"] = str(weights.location(weights.for_metric(name)[0]))
     net = pyiqa.create_metric(pyiqa_name, device=device, **kwargs)

@@ -74,7 +74,7 @@ def score_rank(cfg: ScoreConfig, items: list[tuple[str, Path]], d: dist.DistEnv)
             continue
         row = {"index": i, "input": source, "image": str(path)}
         for m in mets:
-            row[m.name] = m(img)
+            row[m.name] = m(img, image=str(path))
         rows.append(row)
     return {"rows": rows, "seen": mine, "skipped": dict(skipped),
             "lower_better": {m.name: m.lower_better for m in mets},
