@@ -22,6 +22,9 @@ Design (why it looks like this):
   replacement is drawn from the same generator, so the stream stays deterministic.
 - **Optional on-the-fly degradation** (``degrade`` preset, or shards with HR only): the HR patch
   is cut first and degraded in the worker with :mod:`awm.degrade`, so only the patch is processed.
+  With ``degrade_on=device`` (the default when training on a GPU) the worker only draws each
+  sample's params (the same draw) and ships them with the HR patch; the trainer degrades the whole
+  batch on its device (:func:`awm.degrade_device.degrade_batch`), where it is ~free next to a step.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from __future__ import annotations
 import tarfile
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +62,9 @@ class DataConfig:
     prefetch: int = field(default=4, metadata={"help": "batches prefetched per worker"})
     degrade: str | None = field(default=None, metadata={
         "help": "awm.degrade preset applied on the fly to HR patches (needed for HR-only shards)"})
+    degrade_on: str = field(default="auto", metadata={
+        "help": "where on-the-fly degradation runs: worker (loader processes), device (the training "
+                "device, batched), auto (device when training on a GPU)"})
     epoch_steps: int | None = field(default=None, metadata={
         "help": "optimizer steps per epoch (null: one pass over the index's samples)"})
     max_pixels: int = MAX_PIXELS_DEFAULT
@@ -74,6 +80,8 @@ class DataConfig:
               self.workers, f">= 0 and dividing data.streams ({self.streams}), so each worker keeps its groups")
         check(self.prefetch >= 1, "data.prefetch", self.prefetch, ">= 1")
         check(self.epoch_steps is None or self.epoch_steps >= 1, "data.epoch_steps", self.epoch_steps, ">= 1")
+        check(self.degrade_on in ("auto", "worker", "device"), "data.degrade_on", self.degrade_on,
+              "auto, worker or device")
 
 
 def shard_list(directory: str | Path, split: str = "train") -> list[tuple[Path, int]]:
@@ -195,13 +203,23 @@ class PairStream(torch.utils.data.IterableDataset):
         self.cum = np.cumsum([n for _, n in shards])
         self.preset = None
 
-    def _degrade(self, hr: np.ndarray, rng: np.random.Generator, key: str) -> np.ndarray:
+    def _draw(self, hr: np.ndarray, rng: np.random.Generator, key: str) -> dict[str, Any]:
+        """The sample's degradation params: one draw, whichever path applies them."""
         from awm import degrade
 
         if self.preset is None:
             self.preset = degrade.get_preset(self.cfg.degrade)
-        lr, _ = degrade.degrade(hr, self.cfg.scale, self.preset, int(rng.integers(2**31)), key)
-        return lr
+        return degrade.draw_params(self.preset, (hr.shape[1], hr.shape[0]), self.cfg.scale,
+                                   int(rng.integers(2**31)), key)
+
+    def _degrade(self, hr: np.ndarray, params: dict[str, Any]) -> np.ndarray:
+        """The worker path, storage codec included: the LR a shard made with these params would hold."""
+        from awm import degrade
+
+        lr = degrade.apply_params(hr, self.cfg.scale, params)
+        if params["codec"]["format"] == "png":
+            return lr
+        return to_rgb8(decode_image(degrade.encode_lr(lr, params)))
 
     def _group(self, stream: int, g: int, reader: TarReader, skipped: Counter) -> list[tuple]:
         """``batch_size`` decoded samples ``(key, hr, lr|None)`` shared by ``patches_per_image`` batches."""
@@ -232,7 +250,11 @@ class PairStream(torch.utils.data.IterableDataset):
 
     def make_batch(self, i: int, reader: TarReader, skipped: Counter,
                    cache: dict[int, tuple[int, list]] | None = None) -> dict[str, Any]:
-        """Micro-batch ``i``: uint8 NHWC ``lr``/``hr`` (not yet augmented) and per-sample ``aug`` codes."""
+        """Micro-batch ``i``: uint8 NHWC ``lr``/``hr`` (not yet augmented) and per-sample ``aug`` codes.
+
+        On-the-fly degradation adds ``degrade`` (each sample's params); with ``degrade_on=device``
+        there is no ``lr``: the trainer makes it from ``hr`` and those params.
+        """
         c = self.cfg
         p, s = c.patch, c.scale
         q = p // s
@@ -244,14 +266,24 @@ class PairStream(torch.utils.data.IterableDataset):
         rng = np.random.default_rng([self.seed, self.rank, i])
         hr_b = np.empty((c.batch_size, p, p, 3), np.uint8)
         lr_b = np.empty((c.batch_size, q, q, 3), np.uint8)
+        params: list[dict[str, Any]] = []
         for n, (key, hr, lr) in enumerate(cache[stream][1]):
             h, w = hr.shape[0] // s, hr.shape[1] // s
             y, x = int(rng.integers(h - q + 1)), int(rng.integers(w - q + 1))
             hr_b[n] = hr[y * s:(y + q) * s, x * s:(x + q) * s]
-            lr_b[n] = lr[y:y + q, x:x + q] if lr is not None else self._degrade(hr_b[n], rng, key)
+            if lr is not None:
+                lr_b[n] = lr[y:y + q, x:x + q]
+                continue
+            params.append(self._draw(hr_b[n], rng, key))
+            if c.degrade_on != "device":
+                lr_b[n] = self._degrade(hr_b[n], params[-1])
         codes = rng.integers(8, size=c.batch_size) if c.augment else np.zeros(c.batch_size, np.int64)
-        return {"lr": torch.from_numpy(lr_b), "hr": torch.from_numpy(hr_b), "aug": torch.from_numpy(codes),
-                "index": i}
+        batch = {"hr": torch.from_numpy(hr_b), "aug": torch.from_numpy(codes), "index": i}
+        if params:
+            batch["degrade"] = params
+        if not params or c.degrade_on != "device":
+            batch["lr"] = torch.from_numpy(lr_b)
+        return batch
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = torch.utils.data.get_worker_info()
@@ -268,13 +300,39 @@ class PairStream(torch.utils.data.IterableDataset):
             reader.close()
 
 
-def train_loader(cfg: DataConfig, seed: int, rank: int, start: int = 0,
-                 pin_memory: bool = False) -> torch.utils.data.DataLoader:
-    """The rank's DataLoader over ``cfg.train``, starting at micro-batch ``start`` (resume)."""
+def train_loader(cfg: DataConfig, seed: int, rank: int, start: int = 0, pin_memory: bool = False,
+                 device: torch.device | None = None) -> torch.utils.data.DataLoader:
+    """The rank's DataLoader over ``cfg.train``, starting at micro-batch ``start`` (resume).
+
+    ``device`` (the training device; default: CUDA when available) resolves ``degrade_on=auto``.
+    """
+    dev = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cfg = replace(cfg, degrade_on=resolve_degrade_on(cfg, dev))
     ds = PairStream(cfg, shard_list(cfg.train, "train"), seed, rank, start)
     kw: dict[str, Any] = {"prefetch_factor": cfg.prefetch} if cfg.workers else {}
     return torch.utils.data.DataLoader(ds, batch_size=None, num_workers=cfg.workers,
                                        pin_memory=pin_memory, worker_init_fn=ignore_stop_signals, **kw)
+
+
+def resolve_degrade_on(cfg: DataConfig, device: torch.device) -> str:
+    """``worker`` or ``device`` for this run: auto picks the device on a GPU; a preset with steps
+    that have no device implementation stays in the workers (logged once)."""
+    mode = cfg.degrade_on
+    if mode == "auto":
+        mode = "device" if device.type == "cuda" else "worker"
+    if cfg.degrade is None or mode == "worker":
+        return mode
+    from awm import degrade, degrade_device
+    from awm.log import get_logger
+
+    why = degrade_device.preset_unsupported(degrade.get_preset(cfg.degrade))
+    if why:
+        get_logger("awm.data").warning("data.degrade=%s has %s, which have no device implementation: "
+                                       "degrading in the loader workers", cfg.degrade, why)
+        return "worker"
+    get_logger("awm.data").info("degrading %s batches on %s (data.degrade_on=%s)", cfg.degrade, device,
+                                cfg.degrade_on)
+    return mode
 
 
 def ignore_stop_signals(_worker_id: int = 0) -> None:

@@ -1,0 +1,345 @@
+"""The :mod:`awm.degrade` chains replayed on a whole batch on the training device (GPU, or CPU).
+
+Why: random degradation per crop costs a CPU core ~10x more than cutting the crop (``realesrgan``
+at HR 256 is a few dozen pairs/s per core), so a GPU training at 1,000+ pairs/s would need dozens
+of loader cores. With ``data.degrade_on=device`` the loader ships HR crops plus each sample's
+params from the same draw (:func:`awm.degrade.draw_params`), and :func:`degrade_batch` runs them
+here, batched, with per-sample parameters.
+
+How: every sample keeps its own op list. Each round applies one op kind to the samples whose
+next op is that kind (the kind of the sample with the most ops left, so optional ops such as the
+second blur or the final sinc line up with the others). Images live in one zero-padded float32
+canvas with per-sample sizes on the host, so no size ever needs a device sync:
+
+- blur (Gaussian, generalised Gaussian, plateau, sinc; the kernels of :func:`awm.degrade.blur_kernel`)
+  and the unsharp mask's Gaussian: per-sample kernels in one grouped ``conv2d``, with OpenCV's
+  reflect-101 border gathered per sample;
+- resize: separable gathers of OpenCV's own taps and weights per sample (``cv2.resize``'s area,
+  bilinear, bicubic, Lanczos-4, including its area-upscale rule);
+- median 3x3/5x5 with OpenCV's replicated border; Gaussian/Poisson noise, colour or gray;
+- JPEG through real codecs: ``torchvision.io.encode_jpeg``/``decode_jpeg`` (nvJPEG on CUDA).
+
+Values are rounded to 0..255 after every op, as the worker path's uint8 images are, in fp32 with
+TF32 off (bf16/TF32 visibly change blur and sharpening). Noise comes from torch generators seeded
+by the samples' drawn noise seeds: deterministic for a batch (exact resume), statistically the
+same as the worker's numpy noise but not the same pixels. Not on the device: H.264/H.265 and WebP
+(``apisr``) and the edge-masked median (``seed-edgemask``); :func:`preset_unsupported` names them
+so those presets stay in the loader workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
+
+from awm import degrade
+
+Sizes = list[tuple[int, int]]
+_MODES = ("area", "bilinear", "bicubic", "lanczos")
+
+
+def unsupported(params: dict[str, Any]) -> str | None:
+    """Why this sample's params cannot run on the device (None: they can)."""
+    for op in params["ops"]:
+        if op["op"] not in _OPS:
+            return f"{op['op']} steps"
+        if op["op"] == "median" and op.get("edge_mask"):
+            return "the edge-masked median (Canny)"
+    if params["codec"]["format"] == "webp":
+        return "the WebP storage codec"
+    return None
+
+
+def preset_unsupported(preset: degrade.Preset) -> str | None:
+    """Why a preset's draws may hold steps without a device implementation (None: all run here)."""
+    if isinstance(preset, degrade.APISRPreset):
+        return "H.264/H.265 and WebP steps"
+    if isinstance(preset, degrade.SeedPreset) and preset.edge_mask and preset.median_ksize > 1:
+        return "the edge-masked median (Canny)"
+    if preset.lr_format == "webp":
+        return "the WebP storage codec"
+    return None
+
+
+def degrade_batch(hr: torch.Tensor, params: list[dict[str, Any]], scale: int) -> torch.Tensor:
+    """LR patches (uint8 NHWC, HR/scale, after the storage codec) of HR patches (uint8 NHWC) on
+    their device, each replaying its own params: what the worker path decodes from its LR bytes."""
+    b, h, w, c = hr.shape
+    if len(params) != b or c != 3 or hr.dtype != torch.uint8:
+        raise ValueError(f"need uint8 NHWC RGB patches and one params record each, got {tuple(hr.shape)} "
+                         f"{hr.dtype} and {len(params)} records")
+    for p in params:
+        why = unsupported(p)
+        if why:
+            raise ValueError(f"preset {p['preset']}: {why} have no device implementation")
+    chains = [_chain(p) for p in params]
+    pos = [0] * b
+    sizes: Sizes = [(h, w)] * b
+    with torch.no_grad(), torch.autocast(hr.device.type, enabled=False), _ieee_fp32(hr.device):
+        x = hr.permute(0, 3, 1, 2).float()
+        while True:
+            left = [len(ch) - k for ch, k in zip(chains, pos, strict=True)]
+            lead = max(range(b), key=left.__getitem__)
+            if left[lead] == 0:
+                break
+            kind = chains[lead][pos[lead]]["op"]
+            idx = [i for i in range(b) if left[i] and chains[i][pos[i]]["op"] == kind]
+            sub_sizes = [sizes[i] for i in idx]
+            sub = _take(x, idx, sub_sizes)
+            y, new_sizes = _OPS[kind](sub, sub_sizes, [chains[i][pos[i]] for i in idx])
+            x = _put(x, idx, y)
+            for i, s in zip(idx, new_sizes, strict=True):
+                sizes[i] = s
+                pos[i] += 1
+        want = (h // scale, w // scale)
+        if any(s != want for s in sizes):
+            raise ValueError(f"params give sizes {sorted(set(sizes))}, expected {want}")
+        return x[:, :, :want[0], :want[1]].to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def _chain(params: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ops, then the storage codec as a last op (png stores losslessly: nothing to do)."""
+    codec = params["codec"]
+    tail = [{"op": "jpeg", "quality": codec["quality"]}] if codec["format"] == "jpg" else []
+    return [*params["ops"], *tail]
+
+
+@contextlib.contextmanager
+def _ieee_fp32(device: torch.device) -> Iterator[None]:
+    """TF32 rounds matmul/conv inputs to 10 mantissa bits (~0.25 levels at 255): force IEEE fp32."""
+    if device.type != "cuda":
+        yield
+        return
+    m, c = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    old = (m.fp32_precision, c.fp32_precision)
+    m.fp32_precision = c.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        m.fp32_precision, c.fp32_precision = old
+
+
+def _take(x: torch.Tensor, idx: list[int], sizes: Sizes) -> torch.Tensor:
+    hm, wm = max(s[0] for s in sizes), max(s[1] for s in sizes)
+    sub = x if len(idx) == x.shape[0] else x[torch.tensor(idx, device=x.device)]
+    return sub[:, :, :hm, :wm]
+
+
+def _put(x: torch.Tensor, idx: list[int], y: torch.Tensor) -> torch.Tensor:
+    """``y`` (the processed samples ``idx``) written back into the canvas, grown if needed."""
+    if len(idx) == x.shape[0]:
+        return y
+    hm, wm = max(x.shape[2], y.shape[2]), max(x.shape[3], y.shape[3])
+    if (hm, wm) != x.shape[2:]:
+        grown = x.new_zeros(x.shape[0], x.shape[1], hm, wm)
+        grown[:, :, :x.shape[2], :x.shape[3]] = x
+        x = grown
+    x[torch.tensor(idx, device=x.device), :, :y.shape[2], :y.shape[3]] = y
+    return x
+
+
+def _half_up(x: torch.Tensor) -> torch.Tensor:
+    """uint8 rounding of OpenCV's fixed-point paths (and of the worker noise's ``+0.5`` then truncate)."""
+    return torch.floor(x + 0.5).clamp_(0, 255)
+
+
+def _border(n: int, r: int, sizes: list[int], reflect: bool, device: torch.device) -> torch.Tensor:
+    """(S, n + 2r) source indices of a padded axis: reflect-101 (filters) or replicate (median)."""
+    j = torch.arange(-r, n + r, device=device)[None, :]
+    size = torch.tensor(sizes, device=device)[:, None]
+    if not reflect:
+        return torch.minimum(j.clamp(min=0), size - 1)
+    period = (2 * size - 2).clamp(min=1)
+    j = j.abs() % period
+    return torch.where(j >= size, period - j, j)
+
+
+def _pad(x: torch.Tensor, r: int, sizes: Sizes, reflect: bool) -> torch.Tensor:
+    """Each sample padded by ``r`` around its own valid region (the canvas beyond it is never read)."""
+    s, c, h, w = x.shape
+    iy = _border(h, r, [z[0] for z in sizes], reflect, x.device)
+    ix = _border(w, r, [z[1] for z in sizes], reflect, x.device)
+    x = x.gather(2, iy[:, None, :, None].expand(s, c, h + 2 * r, w))
+    return x.gather(3, ix[:, None, None, :].expand(s, c, h + 2 * r, w + 2 * r))
+
+
+def _filter(x: torch.Tensor, sizes: Sizes, kernels: list[np.ndarray]) -> torch.Tensor:
+    """Per-sample 2-D correlation (cv2.filter2D, reflect-101 border) as one grouped conv2d."""
+    s, c, h, w = x.shape
+    k = max(kr.shape[0] for kr in kernels)
+    bank = np.zeros((s, k, k), np.float32)
+    for i, kr in enumerate(kernels):
+        o = (k - kr.shape[0]) // 2
+        bank[i, o:o + kr.shape[0], o:o + kr.shape[0]] = kr
+    weight = torch.from_numpy(bank).to(x.device).repeat_interleave(c, 0)[:, None]
+    xp = _pad(x, k // 2, sizes, reflect=True).reshape(1, s * c, h + k - 1, w + k - 1)
+    return F.conv2d(xp, weight, groups=s * c).reshape(s, c, h, w)
+
+
+def _blur(x: torch.Tensor, sizes: Sizes, ops: list[dict[str, Any]]) -> tuple[torch.Tensor, Sizes]:
+    return _half_up(_filter(x, sizes, [degrade.blur_kernel(op) for op in ops])), sizes
+
+
+def _usm(x: torch.Tensor, sizes: Sizes, ops: list[dict[str, Any]]) -> tuple[torch.Tensor, Sizes]:
+    """cv2 unsharp mask: uint8 Gaussian, addWeighted (round half to even), optional threshold."""
+    kernels = [degrade.blur_kernel({"ksize": op["ksize"], "sigma_x": op["sigma"], "sigma_y": op["sigma"],
+                                    "theta": 0.0}) for op in ops]
+    blurred = _half_up(_filter(x, sizes, kernels))
+    a = x.new_tensor([op["amount"] for op in ops])[:, None, None, None]
+    sharp = torch.round(x * (1 + a) - blurred * a).clamp_(0, 255)
+    thr = x.new_tensor([op["threshold"] for op in ops])[:, None, None, None]
+    mask = ((x - blurred).abs().amax(1, keepdim=True) > thr) | (thr <= 0)
+    return torch.where(mask, sharp, x), sizes
+
+
+def _median(x: torch.Tensor, sizes: Sizes, ops: list[dict[str, Any]]) -> tuple[torch.Tensor, Sizes]:
+    """cv2.medianBlur (replicated border), grouped by kernel size."""
+    out = torch.empty_like(x)
+    s, c, h, w = x.shape
+    for k in sorted({op["ksize"] for op in ops}):
+        ii = [i for i, op in enumerate(ops) if op["ksize"] == k]
+        t = torch.tensor(ii, device=x.device)
+        xp = _pad(x[t], k // 2, [sizes[i] for i in ii], reflect=False)
+        win = xp.unfold(2, k, 1).unfold(3, k, 1).reshape(len(ii), c, h, w, k * k)
+        out[t] = win.median(-1).values
+    return out, sizes
+
+
+def _resize(x: torch.Tensor, sizes: Sizes, ops: list[dict[str, Any]]) -> tuple[torch.Tensor, Sizes]:
+    """cv2.resize per sample, separably: each output row/column is a weighted sum of a few gathered
+    source rows/columns (OpenCV's own taps and weights), for every size and mode in one batch."""
+    new = [(int(op["size"][1]), int(op["size"][0])) for op in ops]
+    mode = [_MODES.index(op["interp"]) for op in ops]
+    down = [ho <= hi and wo <= wi for (hi, wi), (ho, wo) in zip(sizes, new, strict=True)]
+    s, c = x.shape[:2]
+    iy, wy = _resize_taps([z[0] for z in sizes], [z[0] for z in new], mode, down, x.device)
+    ix, wx = _resize_taps([z[1] for z in sizes], [z[1] for z in new], mode, down, x.device)
+    h, wo, ho = x.shape[2], ix.shape[1], iy.shape[1]
+    y = sum(x.gather(3, ix[:, None, None, :, t].expand(s, c, h, wo)) * wx[:, None, None, :, t]
+            for t in range(ix.shape[2]))
+    y = sum(y.gather(2, iy[:, None, :, None, t].expand(s, c, ho, wo)) * wy[:, None, :, None, t]
+            for t in range(iy.shape[2]))
+    return _half_up(y), new
+
+
+def _resize_taps(n_in: list[int], n_out: list[int], mode: list[int], area_down: list[bool],
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source indices and weights (S, max n_out, taps) of cv2.resize along one axis (weight 0 past
+    each sample's sizes).
+
+    OpenCV's INTER_AREA averages by overlap only when both axes shrink; otherwise it interpolates
+    linearly at ``floor(d * scale)`` with its own fraction rule (reproduced here). Coordinates are
+    float64 like OpenCV's; only the kinds present are built, decided on the host (no device sync).
+    """
+    present = {0 if (k == 0 and a) else 4 if k == 0 else k for k, a in zip(mode, area_down, strict=True)}
+    f64 = {"dtype": torch.float64, "device": device}
+    ni = torch.tensor(n_in, **f64)[:, None]
+    no = torch.tensor(n_out, **f64)[:, None]
+    inv = no / ni
+    sc = 1.0 / inv
+    d = torch.arange(max(n_out), **f64)[None, :]
+    m = torch.tensor(mode, device=device)[:, None]
+    ad = torch.tensor(area_down, device=device)[:, None]
+    x = (d + 0.5) * sc - 0.5
+    sx = torch.floor(x)
+    fx = x - sx
+    up_area = (m == 0) & ~ad
+    if 4 in present:
+        sxa = torch.floor(d * sc)
+        fxa = (d + 1) - (sxa + 1) * inv
+        sx = torch.where(up_area, sxa, sx)
+        fx = torch.where(up_area, torch.where(fxa <= 0, 0.0, fxa - torch.floor(fxa)), fx)
+    lin = (m == 1) | up_area
+    lo, hi = lin & (sx < 0), lin & (sx >= ni - 1)
+    sx = torch.where(lo, 0.0, torch.where(hi, ni - 1, sx))
+    fx = torch.where(lo | hi, 0.0, fx)
+    kinds: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (use, first tap, weights)
+    if present & {1, 4}:
+        kinds.append((lin, sx, torch.stack([1 - fx, fx], -1)))
+    if 2 in present:
+        kinds.append((m == 2, sx - 1, torch.stack(_cubic(fx), -1)))
+    if 3 in present:
+        kinds.append((m == 3, sx - 3, torch.stack(_lanczos4(fx), -1)))
+    if 0 in present:  # area, shrinking: overlap with each source pixel / cell width
+        f1 = d * sc
+        first = torch.floor(f1)
+        j = first[..., None] + torch.arange(math.ceil(max(i / o for i, o in zip(n_in, n_out, strict=True))) + 1,
+                                            **f64)
+        ov = (torch.minimum((f1 + sc)[..., None], j + 1) - torch.maximum(f1[..., None], j)).clamp(min=0)
+        cell = torch.minimum(sc, ni - f1).clamp(min=1e-9)[..., None]
+        kinds.append(((m == 0) & ad, first, torch.where((ov > 1e-3) & (j < ni[..., None]), ov, 0.0) / cell))
+    taps = max(k[2].shape[-1] for k in kinds)
+    idx = torch.zeros(len(n_in), d.shape[1], taps, dtype=torch.long, device=device)
+    w = torch.zeros(len(n_in), d.shape[1], taps, **f64)
+    for use, first, wt in kinds:
+        t = torch.arange(wt.shape[-1], **f64)
+        src = torch.minimum((first[..., None] + t).clamp(min=0), ni[..., None] - 1).long()
+        pad = taps - wt.shape[-1]
+        idx = torch.where(use[..., None], F.pad(src, (0, pad)), idx)
+        w = torch.where(use[..., None], F.pad(wt, (0, pad)), w)
+    return idx, torch.where((d < no)[..., None], w, 0.0).float()
+
+
+def _cubic(x: torch.Tensor) -> list[torch.Tensor]:
+    """OpenCV's bicubic coefficients (A = -0.75) for taps -1..2."""
+    a = -0.75
+    c0 = ((a * (x + 1) - 5 * a) * (x + 1) + 8 * a) * (x + 1) - 4 * a
+    c1 = ((a + 2) * x - (a + 3)) * x * x + 1
+    c2 = ((a + 2) * (1 - x) - (a + 3)) * (1 - x) * (1 - x) + 1
+    return [c0, c1, c2, 1 - c0 - c1 - c2]
+
+
+def _lanczos4(x: torch.Tensor) -> list[torch.Tensor]:
+    """OpenCV's Lanczos-4 coefficients for taps -3..4, normalised; a pulse at integer positions."""
+    t = [x + 3 - i for i in range(8)]
+    safe = [torch.where(v.abs() < 1e-7, 1.0, v) for v in t]
+    c = [torch.sin(math.pi * v) * torch.sin(math.pi * v / 4) / (v * v) for v in safe]
+    total = sum(c)
+    pulse = x < torch.finfo(torch.float32).eps
+    return [torch.where(pulse, float(i == 3), ci / total) for i, ci in enumerate(c)]
+
+
+def _noise(x: torch.Tensor, sizes: Sizes, ops: list[dict[str, Any]]) -> tuple[torch.Tensor, Sizes]:
+    """Gaussian (sigma in 0..255 units) or Poisson noise, colour or gray, as the worker's ``_noise``.
+
+    One generator per (kind, gray) group, seeded from the group's drawn seeds: one call per group.
+    """
+    out = x.clone()
+    s, c, h, w = x.shape
+    for kind, gray in sorted({(op["kind"], bool(op["gray"])) for op in ops}):
+        ii = [i for i, op in enumerate(ops) if op["kind"] == kind and bool(op["gray"]) == gray]
+        t = torch.tensor(ii, device=x.device)
+        g = torch.Generator(device=x.device)
+        g.manual_seed(int(np.random.SeedSequence([int(ops[i]["seed"]) for i in ii]).generate_state(1, np.uint64)[0]))
+        strength = x.new_tensor([ops[i]["strength"] for i in ii])[:, None, None, None]
+        sub = x[t]
+        if kind == "gaussian":
+            n = torch.randn(len(ii), 1 if gray else c, h, w, generator=g, device=x.device) * strength
+        else:
+            base = sub.mean(1, keepdim=True) if gray else sub
+            n = (torch.poisson(base, generator=g) - base) * strength
+        out[t] = _half_up(sub + n)
+    return out, sizes
+
+
+def _jpeg(x: torch.Tensor, sizes: Sizes, ops: list[dict[str, Any]]) -> tuple[torch.Tensor, Sizes]:
+    """A real JPEG round trip per sample (libjpeg-turbo on CPU, nvJPEG on CUDA), grouped by quality."""
+    imgs = [x[i, :, :h, :w].to(torch.uint8).contiguous() for i, (h, w) in enumerate(sizes)]
+    out = torch.zeros_like(x)
+    for q in sorted({int(op["quality"]) for op in ops}):
+        ii = [i for i, op in enumerate(ops) if int(op["quality"]) == q]
+        data = [e.cpu() for e in encode_jpeg([imgs[i] for i in ii], quality=q)]
+        for i, img in zip(ii, decode_jpeg(data, mode=ImageReadMode.RGB, device=x.device), strict=True):
+            out[i, :, :img.shape[1], :img.shape[2]] = img
+    return out, sizes
+
+
+_OPS: dict[str, Callable[[torch.Tensor, Sizes, list[dict[str, Any]]], tuple[torch.Tensor, Sizes]]] = {
+    "resize": _resize, "blur": _blur, "median": _median, "usm": _usm, "noise": _noise, "jpeg": _jpeg}
