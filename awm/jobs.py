@@ -87,7 +87,9 @@ def limit_threads() -> None:
 def rank_identity() -> dict[str, Any]:
     """Where this task runs: rank, host and address, and the rendezvous it used (kept in results)."""
     host = socket.gethostname()
-    out: dict[str, Any] = {"rank": int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))),
+    e = os.environ
+    out: dict[str, Any] = {"rank": int(e.get("RANK", e.get("SLURM_PROCID", "0"))),
+                           "local_rank": int(e.get("LOCAL_RANK", e.get("SLURM_LOCALID", "0"))),
                            "host": host, "address": _address(host)}
     if "MASTER_ADDR" in os.environ:
         out["master_addr"] = os.environ["MASTER_ADDR"]

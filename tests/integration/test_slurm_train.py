@@ -1,9 +1,12 @@
-"""Training through awm submit on the real one-node SLURM cluster: 2-rank DDP (gloo), preemption + requeue."""
+"""Training through awm submit on the real two-node SLURM cluster (n1, n2): DDP (gloo) across nodes, equal
+to torchrun on one host, preemption + requeue on one node and across both."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -48,18 +51,106 @@ def _weights(run: Path) -> dict:
     return load_file(run / "checkpoints" / "last" / "model.safetensors")
 
 
-def test_two_rank_ddp_training_job(slurm_cluster, pairs, tmp_path):
+def _results(record: dict) -> list[dict]:
+    """Every rank's return value (rank order), waiting for the job; a requeued job is the same job."""
+    import submitit
+
+    entry, req = record["jobs"][0], record["request"]
+    tasks = range(req["nodes"] * req["tasks_per_node"])
+    return submitit.SlurmJob(Path(entry["stdout"]).parent, entry["job_id"], tasks=tasks).results()
+
+
+def test_two_nodes_two_ranks_each_numbered_across_nodes(slurm_cluster, pairs, tmp_path):
     record = _submit(_train_args(pairs, tmp_path / "runs", "ddp", 6, 3), tmp_path / "logs",
-                     "--tasks-per-node", "2", "--wait")
-    assert record["request"]["tasks_per_node"] == 2
+                     "--nodes", "2", "--tasks-per-node", "2", "--wait")
+    assert record["request"]["nodes"] == 2 and record["request"]["tasks_per_node"] == 2
     run = tmp_path / "runs" / "ddp"
     stats = json.loads((run / "train_stats.json").read_text())
-    assert stats["status"] == "done" and stats["world_size"] == 2
+    assert stats["status"] == "done" and stats["world_size"] == 4
     assert (run / "checkpoints" / "last" / "model.safetensors").is_file()
     assert (run / "checkpoints" / "last" / "meta.json").is_file()
+    ranks = _results(record)
+    assert [(r["rank"], r["local_rank"], r["host"]) for r in ranks] == [
+        (0, 0, "n1"), (1, 1, "n1"), (2, 0, "n2"), (3, 1, "n2")]
+    assert {r["master_addr"] for r in ranks} == {"n1"} and {r["world_size"] for r in ranks} == {4}
     job = record["jobs"][0]["job_id"]
     logs = sorted(p.name for p in Path(record["jobs"][0]["stdout"]).parent.glob(f"{job}_*_log.out"))
-    assert logs == [f"{job}_0_log.out", f"{job}_1_log.out"]  # two ranks, one task each
+    assert logs == [f"{job}_{t}_log.out" for t in range(4)]  # four ranks, one task each
+
+
+# Long enough that a requeue lands mid-run (~0.3 s per 10 steps here), short enough for CI.
+STEPS = 300
+DETERMINISTIC = ["deterministic=true", "data.workers=1", "checkpoint.state_every=100000"]
+
+
+@pytest.fixture(scope="module")
+def torchrun_weights(pairs, tmp_path_factory) -> dict:
+    """The 2-process torchrun run on this host (loopback rendezvous) that every 2-node run must equal."""
+    runs = tmp_path_factory.mktemp("torchrun")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("ACCELERATE_USE_CPU", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    cmd = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--master_port", "29737",
+           "-m", "awm", *_train_args(pairs, runs, "torchrun", STEPS, 100000), *DETERMINISTIC]
+    r = subprocess.run(cmd, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return _weights(runs / "torchrun")
+
+
+def _assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].equal(b[k]), k
+
+
+def _submit_two_nodes(pairs, tmp_path, name: str, monkeypatch, *extra: str) -> dict:
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what torchrun gives each process; sbatch exports it
+    args = [*_train_args(pairs, tmp_path / "runs", name, STEPS, 100000), *DETERMINISTIC]
+    record = _submit(args, tmp_path / "logs", "--nodes", "2", *extra)
+    assert record["request"]["nodes"] == 2 and record["request"]["tasks_per_node"] == 1
+    return record
+
+
+def _assert_one_rank_per_node(ranks: list[dict]) -> None:
+    assert [(r["rank"], r["host"]) for r in ranks] == [(0, "n1"), (1, "n2")]
+    addresses = [r["address"] for r in ranks]
+    assert len(set(addresses)) == 2 and not any(a.startswith("127.") for a in addresses), addresses
+    for r in ranks:  # rendezvous at rank 0's node address, as seen from either node
+        assert (r["master_addr"], r["master_address"], r["world_size"]) == ("n1", addresses[0], 2)
+
+
+def test_two_node_training_equals_torchrun_on_one_host(slurm_cluster, pairs, torchrun_weights, tmp_path,
+                                                       monkeypatch):
+    record = _submit_two_nodes(pairs, tmp_path, "two-node", monkeypatch, "--wait")
+    ranks = _results(record)
+    _assert_one_rank_per_node(ranks)
+    assert {r["status"] for r in ranks} == {"done"} and {r["restarts"] for r in ranks} == {0}
+    _assert_same_weights(_weights(tmp_path / "runs" / "two-node"), torchrun_weights)
+
+
+def test_two_node_job_requeued_by_slurm_saves_and_resumes_on_both_nodes(slurm_cluster, pairs, torchrun_weights,
+                                                                        tmp_path, monkeypatch):
+    """``scontrol requeue`` = SLURM's preemption: SIGTERM to every task, then the job is queued again."""
+    record = _submit_two_nodes(pairs, tmp_path, "requeued", monkeypatch)
+    job_id, log0 = record["jobs"][0]["job_id"], Path(record["jobs"][0]["stderr"])
+    deadline = time.time() + 300
+    while "step 20/" not in (log0.read_text() if log0.is_file() else ""):  # training is under way
+        assert time.time() < deadline, "training never reached step 20"
+        time.sleep(0.1)
+    subprocess.run(["scontrol", "requeue", job_id], check=True, capture_output=True)
+    ranks = _results(record)
+    _assert_one_rank_per_node(ranks)
+    assert {r["status"] for r in ranks} == {"done"} and {r["restarts"] for r in ranks} == {1}
+    log = log0.read_text()
+    saved = int(log.split("saving the full state at step ")[1].split()[0])
+    assert 20 <= saved < STEPS and f"at step {saved}" in log.split("restart 1")[1], log[-3000:]
+    for _ in range(100):  # the result file is written a moment before SLURM records the job's end
+        history = subprocess.run(["sacct", "-n", "-D", "-X", "-P", "-o", "State,NodeList", "-j", job_id],
+                                 capture_output=True, text=True, check=True).stdout.split()
+        if history[-1:] == ["COMPLETED|n[1-2]"]:
+            break
+        time.sleep(0.3)
+    assert history == ["REQUEUED|n[1-2]", "COMPLETED|n[1-2]"], history
+    _assert_same_weights(_weights(tmp_path / "runs" / "requeued"), torchrun_weights)
 
 
 def test_preempted_training_requeues_and_matches_uninterrupted(slurm_cluster, pairs, tmp_path):
