@@ -20,7 +20,8 @@ canvas with per-sample sizes on the host, so no size ever needs a device sync:
 - JPEG through real codecs: ``torchvision.io.encode_jpeg``/``decode_jpeg`` (nvJPEG on CUDA).
 
 Values are rounded to 0..255 after every op, as the worker path's uint8 images are, in fp32 with
-TF32 off (bf16/TF32 visibly change blur and sharpening). Noise comes from torch generators seeded
+TF32 off (bf16/TF32 visibly change blur and sharpening). The Gaussian uses OpenCV's fixed-point
+uint8 kernel, so the ``seed`` chain is bit-exact with the worker path on CPU. Noise comes from torch generators seeded
 by the samples' drawn noise seeds: deterministic for a batch (exact resume), statistically the
 same as the worker's numpy noise but not the same pixels. Not on the device: H.264/H.265 and WebP
 (``apisr``) and the edge-masked median (``seed-edgemask``); :func:`preset_unsupported` names them
@@ -184,16 +185,35 @@ def _filter(x: torch.Tensor, sizes: Sizes, kernels: list[np.ndarray]) -> torch.T
 
 
 def _blur(x: torch.Tensor, sizes: Sizes, ops: list[dict[str, Any]]) -> tuple[torch.Tensor, Sizes]:
-    return _half_up(_filter(x, sizes, [degrade.blur_kernel(op) for op in ops])), sizes
+    kernels = [_gaussian_u8(op["ksize"], op["sigma_x"]) if op.get("kind", "gaussian") == "gaussian"
+               and op["sigma_x"] == op["sigma_y"] else degrade.blur_kernel(op) for op in ops]
+    return _half_up(_filter(x, sizes, kernels)), sizes
+
+
+def _gaussian_u8(ksize: int, sigma: float) -> np.ndarray:
+    """The kernel cv2.GaussianBlur really applies to uint8 images: its 1-D Gaussian quantised to
+    1/256 by error diffusion (symmetric, centre takes the rest), then separable in fixed point,
+    rounded half up. Its products are multiples of 2^-16 below 256, exact in fp32: bit-exact."""
+    c = ksize // 2
+    x = np.arange(-c, c + 1, dtype=np.float64)
+    g = np.exp(-x * x / (2 * sigma * sigma))
+    g /= g.sum()
+    q = np.zeros(ksize)
+    err = 0.0
+    for i in range(c):
+        v = g[i] * 256 + err
+        q[i] = q[-1 - i] = np.rint(v)
+        err = v - q[i]
+    q[c] = 256 - 2 * q[:c].sum()
+    return (np.outer(q, q) / 65536).astype(np.float32)
 
 
 def _usm(x: torch.Tensor, sizes: Sizes, ops: list[dict[str, Any]]) -> tuple[torch.Tensor, Sizes]:
     """cv2 unsharp mask: uint8 Gaussian, addWeighted (round half to even), optional threshold."""
-    kernels = [degrade.blur_kernel({"ksize": op["ksize"], "sigma_x": op["sigma"], "sigma_y": op["sigma"],
-                                    "theta": 0.0}) for op in ops]
-    blurred = _half_up(_filter(x, sizes, kernels))
-    a = x.new_tensor([op["amount"] for op in ops])[:, None, None, None]
-    sharp = torch.round(x * (1 + a) - blurred * a).clamp_(0, 255)
+    blurred = _half_up(_filter(x, sizes, [_gaussian_u8(op["ksize"], op["sigma"]) for op in ops]))
+    alpha = x.new_tensor([1.0 + op["amount"] for op in ops])[:, None, None, None]
+    beta = x.new_tensor([-op["amount"] for op in ops])[:, None, None, None]
+    sharp = torch.round(x * alpha + blurred * beta).clamp_(0, 255)
     thr = x.new_tensor([op["threshold"] for op in ops])[:, None, None, None]
     mask = ((x - blurred).abs().amax(1, keepdim=True) > thr) | (thr <= 0)
     return torch.where(mask, sharp, x), sizes
