@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import subprocess
 import sys
@@ -129,3 +130,25 @@ def test_channel_free_chains_run_on_bgr_with_identical_bytes(fmt):
     lr_bgr = degrade.apply_params(bgr, 2, params)
     assert np.array_equal(lr_bgr[..., ::-1], lr)
     assert degrade.encode_lr(lr_bgr, params, bgr=True) == degrade.encode_lr(lr, params)
+
+
+def test_realesrgan_kernels_generalised_plateau_and_sinc():
+    p = degrade.get_preset("realesrgan")
+    ops = [op for k in range(200) for op in degrade.draw_params(p, (96, 72), 2, 0, f"k{k}")["ops"]]
+    blurs = [op for op in ops if op["op"] == "blur"]
+    assert {op.get("kind", "gaussian") for op in blurs} == {"gaussian", "generalized", "plateau", "sinc"}
+    for op in blurs[:40]:
+        k = degrade.blur_kernel(op)
+        assert k.shape == (op["ksize"],) * 2 and abs(float(k.sum()) - 1) < 1e-5 and np.allclose(k, k[::-1, ::-1])
+    g = {"op": "blur", "ksize": 9, "sigma_x": 2.0, "sigma_y": 0.8, "theta": 0.4}
+    assert np.allclose(degrade.blur_kernel({**g, "kind": "generalized", "beta": 1.0}), degrade.blur_kernel(g))
+    sinc = degrade.blur_kernel({"op": "blur", "kind": "sinc", "ksize": 21, "omega": math.pi / 4})
+    assert sinc.min() < 0 < sinc[10, 10]  # a low-pass with ringing lobes, unlike any Gaussian
+    # J1 against its power series sum_m (-1)^m (x/2)^(2m+1) / (m! (m+1)!)
+    x = np.array([0.3, 2.0, 7.5, 15.0])
+    series = sum((-1) ** m * (x / 2) ** (2 * m + 1) / (math.factorial(m) * math.factorial(m + 1)) for m in range(60))
+    assert np.allclose(degrade._bessel_j1(x), series, atol=1e-10)
+    lr, _ = degrade.degrade(HR, 2, p, 0, "k3")
+    assert lr.shape == (36, 48, 3)
+    with pytest.raises(ConfigError, match="kernel_prob"):
+        degrade.get_preset("realesrgan", kernel_prob=[0.5, 0.5, 0.5])
