@@ -393,7 +393,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"config overrides, e.g. degrade.blur_sigma=0.8 (presets: {', '.join(PRESETS)})")
 
 
+def failure(summary: dict[str, Any]) -> str | None:
+    """Why a finished run must exit 1: an unexpected exception on some source (an ``error_*`` skip,
+    logged with its source) or a folder without a single sample. Expected skips are not failures."""
+    errors = {k: v for k, v in summary["skipped"].items() if k.startswith("error_")}
+    if errors:
+        return (f"unexpected errors on {sum(errors.values())} source(s) {errors}: see the warnings above "
+                "and skipped_ids in the shards' *_stats.json")
+    if summary["nsamples"] == 0:
+        return f"no sample written (skipped: {summary['skipped'] or 'nothing: no sources found'})"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = config.from_args(ShardConfig, args, args.overrides)
-    shard(cfg)
+    summary = shard(cfg)
+    if summary["skipped"]:
+        log.info("skipped %d source(s): %s", sum(summary["skipped"].values()), summary["skipped"])
+    why = failure(summary)
+    if why:
+        log.error("shard %s: %s", cfg.out, why)
+        return 1
     return 0

@@ -211,3 +211,38 @@ def test_output_folder_refuses_other_settings(good, tmp_path):
     assert _run("--in", good, "--out", out, "--shard-size", 3, "--preset", "realesrgan") == 2
     assert _run("--in", good, "--out", out, "--split", "eval", "--tile", 64) == 2
 
+
+
+def test_no_sample_written_exits_1(tmp_path):
+    import subprocess
+    import sys
+
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        (src / f"noise{k}.png").write_bytes(rng.integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    r = subprocess.run([sys.executable, "-m", "awm", "shard", "--in", str(src), "--out", str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stderr
+    assert "no sample written (skipped: {'not_an_image': 3})" in r.stderr
+
+
+def test_an_unexpected_error_on_one_source_exits_1(tmp_path):
+    """A source that fails outside the expected skip reasons (here: its file vanished after
+    listing) is recorded as error_<Exception> with its id, and the run reports a failure."""
+    from dataclasses import asdict
+
+    from awm import config
+    from awm.shard import ShardConfig, Source, failure, make_shard, write_index
+
+    good = tmp_path / "good.png"
+    good.write_bytes(_png(generate(1, 64, 64)))
+    cfg = ShardConfig(inp=tmp_path, out=tmp_path / "out")
+    items = [asdict(Source("good", "good.png", str(good))), asdict(Source("gone", "gone.png", str(tmp_path / "x")))]
+    stats = make_shard({"cfg": config.to_dict(cfg), "shard": 0, "items": items})
+    assert stats["skipped_ids"] == {"error_FileNotFoundError": ["gone"]} and stats["nsamples"] == 1
+    index = json.loads(write_index(cfg.out, "train-", {}).read_text())
+    why = failure({"skipped": index["skipped"], "nsamples": index["nsamples"]})
+    assert why is not None and "error_FileNotFoundError" in why
+    assert failure({"skipped": {"too_small": 2}, "nsamples": 1}) is None  # expected skips: exit 0
