@@ -345,4 +345,7 @@ def run(args: argparse.Namespace) -> int:
     if "error" in s:
         log.error("%s; re-run the same command to resume", s["error"])
         return 1
+    if s["kept"] == 0:  # unexpected exceptions are not caught as skips: they end the run with exit 1
+        log.error("crawl: no post kept (skipped: %s); check --tags, --rating and the size limits", s["skipped"])
+        return 1
     return 0

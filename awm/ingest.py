@@ -186,4 +186,7 @@ def run(args: argparse.Namespace) -> int:
     save_beside(cfg, cfg.out, "ingest")
     log.info("ingest: kept %d of %d files (%.1f MB) in %d shards, skipped %d %s, %.1f s", s["kept"],
              s["files"], s["bytes"] / 1e6, s["shards"], s["nskipped"], s["skipped"], s["seconds"])
+    if s["kept"] == 0:  # unexpected exceptions are not caught as skips: they end the run with exit 1
+        log.error("ingest: no image kept from %s (%d files; skipped: %s)", cfg.src, s["files"], s["skipped"])
+        return 1
     return 0

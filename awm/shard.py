@@ -56,7 +56,7 @@ from awm.io import (
     to_rgb8,
 )
 from awm.log import get_logger, progress
-from awm.shards import Part, ShardStats, check_key, shard_done, write_index, write_shard
+from awm.shards import Part, ShardStats, check_key, shard_done, stats_path, write_index, write_shard
 
 try:  # optional extra 'fast': libspng decodes 8-bit RGB PNGs 2-2.5x faster than OpenCV's libpng
     import pyspng as _spng
@@ -379,8 +379,12 @@ def shard(cfg: ShardConfig) -> dict[str, Any]:
     if errors:
         extra["input_errors"] = errors
     index = json.loads(write_index(cfg.out, f"{cfg.split}-", extra).read_text())
+    own = results + [json.loads(stats_path(shard_path(cfg, k)).read_text()) for k in mine if k not in todo]
+    part_skipped = sum((Counter(r["skipped"]) for r in own), Counter())
     summary = {"written": len(results), "already_done": len(mine) - len(todo), "nshards": index["nshards"],
                "expected_shards": nshards, "nsamples": index["nsamples"], "skipped": index["skipped"],
+               "part": {"shards": len(mine), "nsamples": sum(r["nsamples"] for r in own),
+                        "skipped": dict(sorted(part_skipped.items()))},
                "seconds": round(time.time() - started, 2)}
     log.info("done: %s", json.dumps(summary))
     return summary
@@ -394,22 +398,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def failure(summary: dict[str, Any]) -> str | None:
-    """Why a finished run must exit 1: an unexpected exception on some source (an ``error_*`` skip,
-    logged with its source) or a folder without a single sample. Expected skips are not failures."""
-    errors = {k: v for k, v in summary["skipped"].items() if k.startswith("error_")}
+    """Why a finished run must exit 1: an unexpected exception on one of this part's sources (an
+    ``error_*`` skip, logged with its source), no source at all, or none of this part's shards
+    holding a sample. Expected skips are not failures. Other parts' shards are theirs to judge."""
+    part = summary["part"]
+    errors = {k: v for k, v in part["skipped"].items() if k.startswith("error_")}
     if errors:
         return (f"unexpected errors on {sum(errors.values())} source(s) {errors}: see the warnings above "
                 "and skipped_ids in the shards' *_stats.json")
-    if summary["nsamples"] == 0:
-        return f"no sample written (skipped: {summary['skipped'] or 'nothing: no sources found'})"
+    if summary["expected_shards"] == 0:
+        return "no sources found"
+    if part["shards"] and part["nsamples"] == 0:
+        return f"no sample written (skipped: {part['skipped']})"
     return None
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = config.from_args(ShardConfig, args, args.overrides)
     summary = shard(cfg)
-    if summary["skipped"]:
-        log.info("skipped %d source(s): %s", sum(summary["skipped"].values()), summary["skipped"])
+    if summary["part"]["skipped"]:
+        skipped = summary["part"]["skipped"]
+        log.info("skipped %d source(s): %s", sum(skipped.values()), skipped)
     why = failure(summary)
     if why:
         log.error("shard %s: %s", cfg.out, why)

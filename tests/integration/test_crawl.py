@@ -182,3 +182,12 @@ def test_sigkill_mid_shard_then_resume_gives_exact_set(tmp_path):
     assert_clean(out)
     assert not any(cwd.iterdir())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cwd", "out"]
+
+
+def test_nothing_kept_exits_1(tmp_path):
+    with BooruServer() as srv:
+        for pid in (3, 2, 1):
+            srv.add_post(pid, png(pid), width=72, height=48)
+            srv.posts[pid].update(status="deleted", file_url=None)
+        assert main(crawl_args(srv, tmp_path / "out")) == 1  # every post listed is skipped
+        assert skip_reasons(tmp_path / "out") == {3: "deleted", 2: "deleted", 1: "deleted"}

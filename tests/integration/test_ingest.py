@@ -75,3 +75,12 @@ def test_ingest_bad_arguments(tmp_path):
     (tmp_path / "crawl").mkdir()
     (tmp_path / "crawl" / "crawl_state-0of1.sqlite").write_bytes(b"")
     assert main(["ingest", str(tmp_path), "--out", str(tmp_path / "crawl")]) == 2
+
+
+def test_nothing_kept_exits_1(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for k in range(3):
+        (src / f"noise{k}.png").write_bytes(bytes(range(256)) * (k + 1))
+    assert main(["ingest", str(src), "--out", str(tmp_path / "out"), "--no-progress"]) == 1
+    assert read_index(tmp_path / "out")["ingest"]["skipped"] == {"not_an_image": 3}

@@ -234,7 +234,7 @@ def test_an_unexpected_error_on_one_source_exits_1(tmp_path):
     from dataclasses import asdict
 
     from awm import config
-    from awm.shard import ShardConfig, Source, failure, make_shard, write_index
+    from awm.shard import ShardConfig, Source, failure, make_shard
 
     good = tmp_path / "good.png"
     good.write_bytes(_png(generate(1, 64, 64)))
@@ -242,7 +242,8 @@ def test_an_unexpected_error_on_one_source_exits_1(tmp_path):
     items = [asdict(Source("good", "good.png", str(good))), asdict(Source("gone", "gone.png", str(tmp_path / "x")))]
     stats = make_shard({"cfg": config.to_dict(cfg), "shard": 0, "items": items})
     assert stats["skipped_ids"] == {"error_FileNotFoundError": ["gone"]} and stats["nsamples"] == 1
-    index = json.loads(write_index(cfg.out, "train-", {}).read_text())
-    why = failure({"skipped": index["skipped"], "nsamples": index["nsamples"]})
+    why = failure({"expected_shards": 1, "part": {"shards": 1, **stats}})
     assert why is not None and "error_FileNotFoundError" in why
-    assert failure({"skipped": {"too_small": 2}, "nsamples": 1}) is None  # expected skips: exit 0
+    ok = {"shards": 1, "nsamples": 1, "skipped": {"too_small": 2}}
+    assert failure({"expected_shards": 1, "part": ok}) is None  # expected skips: exit 0
+    assert failure({"expected_shards": 2, "part": {"shards": 0, "nsamples": 0, "skipped": {}}}) is None
