@@ -1,5 +1,6 @@
 """Pieces of the training loop that are easier to test on their own: EMA, learning-rate schedules,
-Y-channel PSNR/SSIM in torch, image grids, and the atomic full-state directory.
+Y-channel PSNR/SSIM in torch, image grids, and the atomic full-state directory. Each config
+dataclass sits beside the code that uses it.
 """
 
 from __future__ import annotations
@@ -10,31 +11,89 @@ import math
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from awm.config import check
+
+
+@dataclass
+class EMAConfig:
+    enabled: bool = True
+    decay: float = field(default=0.999, metadata={"help": "per-step decay (applied as decay**every)"})
+    start: int = field(default=0, metadata={"help": "step from which EMA averages (copies before)"})
+    every: int = field(default=1, metadata={
+        "help": "update every N steps with decay**N: same horizon, 1/N of the memory traffic"})
+
+    def __post_init__(self) -> None:
+        check(0 <= self.decay < 1, "ema.decay", self.decay, "in [0, 1)")
+        check(self.every >= 1, "ema.every", self.every, ">= 1")
+        check(self.start >= 0, "ema.start", self.start, ">= 0")
+
 
 class EMA(nn.Module):
     """Exponential moving average of a model's parameters; buffers are copied as they are.
 
-    Kept in float32 whatever the training precision, so averaging small updates does not round away.
+    Kept in float32 whatever the training precision, so averaging small updates does not round
+    away. Updates are a handful of multi-tensor (``torch._foreach_*``) ops whatever the number of
+    parameter tensors; a step whose update was skipped on the device (``skipped`` = 1) leaves
+    the average unchanged without the host ever reading the flag.
     """
 
-    def __init__(self, model: nn.Module, decay: float):
+    def __init__(self, model: nn.Module, cfg: EMAConfig):
         super().__init__()
-        self.decay = decay
+        self.cfg = cfg
         self.module = copy.deepcopy(model).float().eval().requires_grad_(False)
+        # The source's tensors, bound once (plain lists: not part of this module's state_dict).
+        self._source = (list(model.parameters()), list(model.buffers()))
+        self._params = list(self.module.parameters())
+        self._buffers_ = list(self.module.buffers())
+        self._weight: torch.Tensor | None = None
 
     @torch.no_grad()
-    def update(self, model: nn.Module, copy_only: bool = False) -> None:
-        d = 0.0 if copy_only else self.decay
-        for e, p in zip(self.module.parameters(), model.parameters(), strict=True):
-            e.lerp_(p.detach().float(), 1.0 - d)
-        for e, b in zip(self.module.buffers(), model.buffers(), strict=True):
-            e.copy_(b)
+    def update(self, step: int, skipped: torch.Tensor | None = None) -> None:
+        """Average after optimizer step ``step`` (0-based); copies before ``cfg.start``."""
+        params, buffers = self._source
+        if self._buffers_:
+            torch._foreach_copy_(self._buffers_, buffers)
+        if step < self.cfg.start:
+            torch._foreach_copy_(self._params, params)
+            return
+        if (step + 1) % self.cfg.every:
+            return
+        weight = 1.0 - self.cfg.decay ** self.cfg.every
+        if skipped is None:
+            torch._foreach_lerp_(self._params, params, weight)
+            return
+        if self._weight is None:
+            self._weight = torch.empty((), device=skipped.device)
+        torch.mul(1.0 - skipped, weight, out=self._weight)  # 0 when the step was skipped
+        diff = torch._foreach_sub(params, self._params)
+        torch._foreach_mul_(diff, self._weight)
+        torch._foreach_add_(self._params, diff)
+
+
+@dataclass
+class ScheduleConfig:
+    kind: Literal["constant", "step", "multistep", "cosine"] = "step"
+    warmup_steps: int = 0
+    step_epochs: int = field(default=30, metadata={"help": "kind=step: decay every N epochs (the seed's)"})
+    milestones: list[int] = field(default_factory=list, metadata={"help": "kind=multistep: steps"})
+    gamma: float = 0.5
+    min_ratio: float = field(default=0.0, metadata={"help": "kind=cosine: final lr / base lr"})
+
+    def __post_init__(self) -> None:
+        check(self.warmup_steps >= 0, "schedule.warmup_steps", self.warmup_steps, ">= 0")
+        check(self.step_epochs >= 1, "schedule.step_epochs", self.step_epochs, ">= 1")
+        check(0 < self.gamma <= 1, "schedule.gamma", self.gamma, "in (0, 1]")
+
+    def factor(self, step: int, epoch_steps: int, total: int) -> float:
+        """The learning-rate multiplier at ``step`` (see :func:`lr_factor`)."""
+        return lr_factor(self.kind, step, warmup=self.warmup_steps, period=self.step_epochs * epoch_steps,
+                         milestones=self.milestones, gamma=self.gamma, total=total, min_ratio=self.min_ratio)
 
 
 def lr_factor(kind: str, step: int, *, warmup: int = 0, period: int = 1, milestones: list[int] | None = None,
@@ -107,6 +166,26 @@ def image_grid(lr: torch.Tensor, sr: torch.Tensor, hr: torch.Tensor, scale: int)
     near = F.interpolate(lr, scale_factor=scale, mode="nearest")
     tiles = torch.stack([near, bicubic(lr, scale), sr.clamp(0, 1), hr], 1).flatten(0, 1)
     return make_grid(tiles.float().cpu(), nrow=4, padding=2, pad_value=1.0)
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = field(default=5000, metadata={"help": "periodic checkpoints/step-%08d every N steps (0: off)"})
+    state_every: int = field(default=1000, metadata={"help": "full resume state every N steps"})
+    metric: str = field(default="psnr_y", metadata={"help": "validation metric that picks 'best'"})
+    mode: Literal["max", "min"] = "max"
+    resume: bool = field(default=True, metadata={"help": "resume from runs/<name>/state when present"})
+
+    def __post_init__(self) -> None:
+        check(self.every >= 0 and self.state_every >= 1, "checkpoint.every/state_every",
+              (self.every, self.state_every), "every >= 0, state_every >= 1")
+        check(self.metric in ("psnr_y", "ssim_y", "l1"), "checkpoint.metric", self.metric, "psnr_y, ssim_y or l1")
+
+    def better(self, value: float, best: float | None) -> bool:
+        """Whether ``value`` beats the best so far under ``mode``."""
+        if best is None:
+            return True
+        return value > best if self.mode == "max" else value < best
 
 
 @dataclass

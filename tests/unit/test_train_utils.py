@@ -10,7 +10,7 @@ from torch import nn
 
 from awm.config import ConfigError
 from awm.train import RECIPES, load_config
-from awm.train_utils import COMPLETE, EMA, latest_state, lr_factor, psnr_ssim_y, rgb_to_y, to_float
+from awm.train_utils import COMPLETE, EMA, EMAConfig, latest_state, lr_factor, psnr_ssim_y, rgb_to_y, to_float
 
 
 def test_every_recipe_loads_and_tiny_cpu_is_cheap():
@@ -60,16 +60,38 @@ def test_psnr_ssim_on_y():
 
 def test_ema_averages_parameters_and_copies_buffers():
     model = nn.BatchNorm2d(2)
-    ema = EMA(model, decay=0.9)
+    ema = EMA(model, EMAConfig(decay=0.9, start=1))
     with torch.no_grad():
         model.weight.fill_(2.0)
         model.running_mean.fill_(5.0)
-    ema.update(model)
-    assert torch.allclose(ema.module.weight, torch.full((2,), 1.1))
-    assert torch.equal(ema.module.running_mean, torch.full((2,), 5.0))
-    ema.update(model, copy_only=True)
+    ema.update(step=0)  # before ema.start: a copy
     assert torch.equal(ema.module.weight, model.weight.detach())
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    ema.update(step=1)
+    assert torch.allclose(ema.module.weight, torch.full((2,), 2.1))
+    assert torch.equal(ema.module.running_mean, torch.full((2,), 5.0))
     assert not any(p.requires_grad for p in ema.module.parameters())
+
+
+def test_ema_skipped_step_and_every_k():
+    model = nn.Linear(3, 2)
+    ema = EMA(model, EMAConfig(decay=0.9))
+    before = [p.clone() for p in ema.module.parameters()]
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(step=0, skipped=torch.tensor(1.0))  # a step skipped on the device: no change
+    assert all(torch.equal(a, b) for a, b in zip(before, ema.module.parameters(), strict=True))
+    ema.update(step=0, skipped=torch.tensor(0.0))
+    assert torch.allclose(ema.module.weight, before[0] + 0.1)
+    sparse = EMA(model, EMAConfig(decay=0.9, every=2))
+    start = sparse.module.weight.clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    sparse.update(step=0)  # (step + 1) % every != 0: nothing
+    assert torch.equal(sparse.module.weight, start)
+    sparse.update(step=1)  # decay**2 over two steps' worth
+    assert torch.allclose(sparse.module.weight, start + (1 - 0.81))
 
 
 def test_latest_state_only_trusts_complete_dirs(tmp_path):
