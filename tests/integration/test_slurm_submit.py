@@ -1,9 +1,13 @@
-"""awm submit against the project's real one-node SLURM cluster: array jobs, merge, retry."""
+"""awm submit against the project's real two-node SLURM cluster (n1, n2): array jobs spread over both
+nodes, merge, retry, rank-split stages across nodes, srun rendezvous, a node that dies mid-job."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,7 +25,7 @@ def images(tmp_path_factory) -> Path:
     from awm.synth import write_dataset
 
     d = tmp_path_factory.mktemp("img")
-    write_dataset(d, 6, seed=5, long_side=(64, 112))  # 3 shards of 2
+    write_dataset(d, 8, seed=5, long_side=(64, 112))  # 4 shards of 2
     return d
 
 
@@ -46,32 +50,46 @@ def _submit(*argv: str, logs: Path) -> int:
     return cli.main(["submit", *argv, "--profile", "cpu-test", "--set", f"log_dir={logs}"])
 
 
-def _states(job_ids: list[str]) -> dict[str, str]:
+def _states(job_ids: list[str], timeout: float = 30) -> dict[str, str]:
     """Final SLURM states (a job's result file is written a moment before SLURM records its end)."""
-    for _ in range(100):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
         out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],
                              capture_output=True, text=True, check=True).stdout
         states = dict(line.split("|")[:2] for line in out.splitlines() if "|" in line)
-        settled = not {"PENDING", "RUNNING", "COMPLETING"} & set(states.values())
+        settled = not {"PENDING", "RUNNING", "COMPLETING", "REQUEUED"} & set(states.values())
         if settled and set(job_ids) <= set(states):  # slurmdbd may record array tasks a moment later
             return states
         time.sleep(0.3)
     return states
 
 
-def test_shard_array_merges_to_one_process_output(slurm_cluster, images, one_process, tmp_path, capsys):
+def _nodes(job_ids: list[str]) -> dict[str, str]:
+    """The node (list) SLURM ran each job on."""
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,NodeList", "-j", ",".join(job_ids)],
+                         capture_output=True, text=True, check=True).stdout
+    return dict(line.split("|")[:2] for line in out.splitlines() if "|" in line)
+
+
+def test_shard_array_spreads_over_both_nodes_and_merges_to_one_process_output(slurm_cluster, images, one_process,
+                                                                              tmp_path, capsys):
     out, logs = tmp_path / "many", tmp_path / "logs"
-    assert _submit("shard", "--in", str(images), "--out", str(out), *SHARD_ARGS, "--array", "2", "--wait",
+    assert _submit("shard", "--in", str(images), "--out", str(out), *SHARD_ARGS, "--array", "4", "--wait",
                    logs=logs) == 0
     printed = capsys.readouterr().out
     assert "squeue -j" in printed and "_log.out" in printed
     _assert_same_shards(one_process, out)
-    record = json.loads(next(logs.glob("shard-*/submission.json")).read_text())
+    record_dir = next(logs.glob("shard-*"))
+    record = json.loads((record_dir / "submission.json").read_text())
     kinds = [j["kind"] for j in record["jobs"]]
-    assert kinds == ["part", "part", "merge"]
-    states = _states([j["job_id"] for j in record["jobs"]])
+    assert kinds == ["part"] * 4 + ["merge"]
+    ids = [j["job_id"] for j in record["jobs"]]
+    states = _states(ids)
     assert set(states.values()) == {"COMPLETED"}, states
-    assert len(states) == 3  # two array tasks and the dependent merge job
+    assert len(states) == 5  # four array tasks and the dependent merge job
+    hosts = [json.loads((record_dir / "parts" / f"part-{i:05d}.json").read_text())["host"] for i in range(4)]
+    assert sorted(hosts) == ["n1", "n1", "n2", "n2"], hosts
+    assert [_nodes(ids)[i] for i in ids[:4]] == hosts  # what each part recorded is where SLURM ran it
 
 
 def test_failed_part_is_retried_without_redoing_finished_parts(slurm_cluster, images, one_process, tmp_path,
@@ -112,5 +130,122 @@ def test_rank_split_stage_runs_as_one_job_of_ranks(slurm_cluster, images, tmp_pa
     record = json.loads(next(logs.glob("score-*/submission.json")).read_text())
     assert record["request"]["mode"] == "ranks" and [j["kind"] for j in record["jobs"]] == ["score"]
     stats = json.loads((out / "score_stats.json").read_text())
-    assert stats["world_size"] == 2 and [r["images"] for r in stats["ranks"]] == [3, 3]
-    assert len((out / "per_image.csv").read_text().splitlines()) == 1 + 6
+    assert stats["world_size"] == 2 and [r["images"] for r in stats["ranks"]] == [4, 4]
+    assert len((out / "per_image.csv").read_text().splitlines()) == 1 + 8
+
+
+def test_eval_ranks_across_two_nodes_equal_one_process(slurm_cluster, images, tmp_path):
+    """eval --array 2 --nodes 2: one rank per node, gathered over the nodes' network; same rows as 1 process."""
+    data = tmp_path / "eval-shards"
+    assert cli.main(["shard", "--in", str(images), "--out", str(data), "--split", "eval", *SHARD_ARGS]) == 0
+    common = ["--data", str(data), "--scale", "2", "--models", "bicubic,lanczos", "--metrics", "psnry,ssim"]
+    assert cli.main(["eval", *common, "--out", str(tmp_path / "one")]) == 0
+    logs = tmp_path / "logs"
+    assert _submit("eval", *common, "--out", str(tmp_path / "two"), "--array", "2", "--nodes", "2", "--wait",
+                   logs=logs) == 0
+    record = json.loads(next(logs.glob("eval-*/submission.json")).read_text())
+    assert (record["request"]["nodes"], record["request"]["tasks_per_node"]) == (2, 1)
+    job = record["jobs"][0]["job_id"]
+    assert _states([job]) == {job: "COMPLETED"} and _nodes([job]) == {job: "n[1-2]"}
+    n = _index(data)["nsamples"]  # 7: one generated image is too small for the eval split
+    stats = json.loads((tmp_path / "two" / "eval_stats.json").read_text())
+    assert stats["world_size"] == 2 and sorted(r["samples"] for r in stats["ranks"]) == [n // 2, n - n // 2]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert (one / "per_image.csv").read_text() == (two / "per_image.csv").read_text()
+    assert len((one / "per_image.csv").read_text().splitlines()) == 1 + 2 * n
+    s1, s2 = (json.loads((d / "summary.json").read_text()) for d in (one, two))
+    assert s1["models"] == s2["models"] and s1["skipped"] == s2["skipped"]
+
+
+def test_srun_ranks_find_the_first_node_without_a_launcher(slurm_cluster, tmp_path):
+    """Plain ``srun python`` on 2 nodes: awm.dist takes MASTER_ADDR from the node list, not 127.0.0.1."""
+    code = ("import os, socket; from awm import dist; d = dist.init(); "
+            "print(d.rank, d.world_size, os.environ['MASTER_ADDR'], dist.gather_objects(socket.gethostname()))")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "ACCELERATE_USE_CPU")}
+    r = subprocess.run(["srun", "-N2", "--ntasks-per-node=1", "-c1", "-t", "5", sys.executable, "-c", code],
+                       capture_output=True, text=True, timeout=300, env={**env, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(r.stdout.splitlines()) == ["0 2 n1 ['n1', 'n2']", "1 2 n1 ['n1', 'n2']"], r.stdout
+
+
+def _node_pids(node: str) -> list[int]:
+    """Every process running "on" a test-cluster node: those in its network namespace."""
+    ns = os.stat(f"/run/netns/awm-slurm-{node}").st_ino
+    pids = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and os.stat(d / "ns" / "net").st_ino == ns:
+                pids.append(int(d.name))
+        except OSError:  # the process ended meanwhile
+            pass
+    return pids
+
+
+@pytest.fixture
+def node_n2_dies(slurm_cluster):
+    """Kills n2 (its slurmd, job steps and tasks: a power loss) when called; boots it again afterwards."""
+    def die() -> None:
+        pids = _node_pids("n2")
+        for pid in pids:  # freeze first, so that nothing on the node finishes while it is being killed
+            os.kill(pid, signal.SIGSTOP)
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        subprocess.run(["scontrol", "update", "NodeName=n2", "State=DOWN", "Reason=test: node died"], check=True)
+
+    yield die
+    up = subprocess.run([str(Path(__file__).parent / "slurm_up.sh")], capture_output=True, text=True, timeout=300)
+    assert up.returncode == 0, up.stdout + up.stderr
+
+
+def _history(job: str) -> list[tuple[str, str]]:
+    """Every run of one job or array task: (state, node), requeues included."""
+    out = subprocess.run(["sacct", "-n", "-D", "-X", "-P", "-o", "State,NodeList", "-j", job],
+                         capture_output=True, text=True, check=True).stdout
+    return [tuple(line.split("|")) for line in out.splitlines() if "|" in line]
+
+
+@pytest.mark.parametrize("requeue", [True, False], ids=["requeued-by-slurm", "no-requeue-then-retry"])
+def test_node_dying_mid_array_loses_and_duplicates_nothing(slurm_cluster, images, one_process, node_n2_dies,
+                                                           tmp_path, capsys, requeue):
+    out, logs = tmp_path / "many", tmp_path / "logs"
+    extra = [] if requeue else ["--set", "sbatch={no-requeue: true}"]  # as on a site with JobRequeue=0
+    assert _submit("shard", "--in", str(images), "--out", str(out), *SHARD_ARGS, "--array", "4", *extra,
+                   logs=logs) == 0
+    record_dir = next(logs.glob("shard-*"))
+    jobs = json.loads((record_dir / "submission.json").read_text())["jobs"]
+    parts = [j["job_id"] for j in jobs if j["kind"] == "part"]
+    deadline = time.time() + 300
+    while True:  # until a part runs its python on n2 (started, not finished)
+        on_n2 = [i for i, job in enumerate(parts) if _nodes([job]).get(job) == "n2"]
+        started = [pid for pid in _node_pids("n2") if b"submitit.core._submit" in Path(f"/proc/{pid}/cmdline")
+                   .read_bytes()] if on_n2 else []
+        if started:
+            break
+        assert time.time() < deadline, "no part ever ran on n2"
+        time.sleep(0.1)
+    node_n2_dies()
+    unfinished = [i for i in on_n2 if not (record_dir / "parts" / f"part-{i:05d}.json").exists()]
+    assert unfinished, "the parts on n2 finished before the node died"
+
+    states = _states([j["job_id"] for j in jobs], timeout=300)
+    capsys.readouterr()
+    if requeue:  # SLURM ran the parts of the dead node again on the other one; the merge found them all
+        for i in unfinished:
+            assert _history(parts[i]) == [("NODE_FAIL", "n2"), ("COMPLETED", "n1")], (i, states)
+        assert set(states.values()) == {"COMPLETED"}, states
+        assert cli.main(["submit", "--retry", str(record_dir), "--wait"]) == 0
+        assert "nothing to retry" in capsys.readouterr().out
+    else:  # the parts failed clearly, the merge names them and the retry command; retry runs only those
+        for i in unfinished:
+            assert _history(parts[i]) == [("NODE_FAIL", "n2")], (i, states)
+        assert states[jobs[-1]["job_id"]] == "FAILED", states
+        merge_err = Path(jobs[-1]["stderr"]).read_text()
+        assert f"awm submit --retry {record_dir}" in merge_err
+        assert all(f"{i}/4" in merge_err for i in unfinished), merge_err[-2000:]
+        assert cli.main(["submit", "--retry", str(record_dir), "--wait"]) == 0
+        missing = ", ".join(f"{i}/4" for i in unfinished)
+        assert f"retrying {len(unfinished)} of 4 parts: {missing}" in capsys.readouterr().out
+    _assert_same_shards(one_process, out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in one_process.iterdir())
+    assert len(list((record_dir / "parts").iterdir())) == 4
