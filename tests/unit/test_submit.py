@@ -112,3 +112,13 @@ def test_debug_cluster_array_merges_like_one_process(tmp_path, capsys):
         assert (tmp_path / "one" / entry["url"]).read_bytes() == (tmp_path / "many" / entry["url"]).read_bytes()
     record = next((tmp_path / "logs").glob("shard-*"))
     assert sorted(p.name for p in (record / "parts").iterdir()) == ["part-00000.json", "part-00001.json"]
+
+
+def test_rank_stages_split_their_ranks_over_nodes_and_array_parts_stay_one_task():
+    name, profile = submit.load_profile("gpu-a100x8")
+    req = submit.make_request("eval", profile, name, _args(array=16, nodes=2))
+    assert (req.nodes, req.tasks_per_node, req.gpus_per_node) == (2, 8, 8)
+    with pytest.raises(ConfigError, match="a multiple of --nodes"):
+        submit.make_request("eval", profile, name, _args(array=3, nodes=2))
+    with pytest.raises(ConfigError, match="spreads the --array parts over nodes"):
+        submit.make_request("shard", profile, name, _args(array=4, nodes=2))
