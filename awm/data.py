@@ -29,8 +29,7 @@ Design (why it looks like this):
 
 from __future__ import annotations
 
-import tarfile
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -41,15 +40,18 @@ import torch
 
 from awm.config import check
 from awm.io import MAX_PIXELS_DEFAULT, ImageError, decode_image, to_rgb8
-from awm.shards import iter_tar, read_index
+from awm.shardio import TarReader, iter_tar, resolve
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 
 
 @dataclass
 class DataConfig:
-    train: str = field(default="shards", metadata={"help": "folder of train-*.tar pair shards with index.json"})
-    eval: str | None = field(default=None, metadata={"help": "folder of eval-*.tar shards (null: train folder)"})
+    train: str = field(default="shards", metadata={
+        "help": "train-*.tar pair shards: a folder with index.json, an index.json URL, a brace pattern "
+                "(https://host/train-{000000..000099}.tar) or pipe:COMMAND (awm.shardio)"})
+    eval: str | None = field(default=None, metadata={
+        "help": "eval-*.tar shards, any location data.train accepts (null: data.train)"})
     scale: int = field(default=4, metadata={"help": "upscaling factor; shards must hold lr_x{scale}"})
     patch: int = field(default=256, metadata={"help": "HR patch size in pixels (LR patch = patch / scale)"})
     batch_size: int = field(default=16, metadata={"help": "micro-batch per process"})
@@ -84,61 +86,20 @@ class DataConfig:
               "auto, worker or device")
 
 
-def shard_list(directory: str | Path, split: str = "train") -> list[tuple[Path, int]]:
-    """``(path, nsamples)`` of a split's shards from the folder's ``index.json``."""
-    d = Path(directory)
-    index = read_index(d)
-    shards = [(d / s["url"], int(s["nsamples"])) for s in index["shardlist"]
-              if Path(s["url"]).name.startswith(split + "-") and int(s["nsamples"]) > 0]
+def shard_list(location: str | Path, split: str = "train") -> list[tuple[str, int]]:
+    """``(url, nsamples)`` of a split's shards at a location (folder, index URL, brace pattern, pipe:)."""
+    refs = [s for s in resolve(location).shards if s.name.startswith(split + "-")]
+    shards = [(s.url, int(s.nsamples)) for s in resolve_counts(refs) if s.nsamples]
     if not shards:
-        raise FileNotFoundError(f"no non-empty {split}-*.tar shards listed in {d / 'index.json'}")
+        raise FileNotFoundError(f"no non-empty {split}-*.tar shards at {location}")
     return shards
 
 
-class TarReader:
-    """Random access to the samples of local tar shards: headers scanned once, then seek + read.
+def resolve_counts(refs: list) -> list:
+    """The refs with sample counts (shards of a brace pattern are fetched and indexed)."""
+    from awm.shardio import ShardSet
 
-    Keeps at most ``max_open`` files open (least recently used closed first).
-    """
-
-    def __init__(self, max_open: int = 64):
-        self.max_open = max_open
-        self._open: OrderedDict[Path, tuple[Any, list[dict[str, tuple[int, int]]], list[str]]] = OrderedDict()
-
-    def _index(self, path: Path):
-        if path in self._open:
-            self._open.move_to_end(path)
-            return self._open[path]
-        members: list[dict[str, tuple[int, int]]] = []
-        keys: list[str] = []
-        with tarfile.open(path, mode="r:") as tar:
-            for m in tar:
-                if not m.isfile():
-                    continue
-                key, _, ext = Path(m.name).name.partition(".")
-                if not keys or keys[-1] != key:
-                    keys.append(key)
-                    members.append({})
-                members[-1][ext] = (m.offset_data, m.size)
-        entry = (open(path, "rb"), members, keys)  # noqa: SIM115 - kept open for random access
-        self._open[path] = entry
-        while len(self._open) > self.max_open:
-            self._open.popitem(last=False)[1][0].close()
-        return entry
-
-    def read(self, path: Path, i: int) -> dict[str, Any]:
-        """Sample ``i`` of the shard as ``{"__key__", ext: bytes}``; IndexError if there is none."""
-        f, members, keys = self._index(path)
-        out: dict[str, Any] = {"__key__": keys[i]}
-        for ext, (offset, size) in members[i].items():
-            f.seek(offset)
-            out[ext] = f.read(size)
-        return out
-
-    def close(self) -> None:
-        for f, _, _ in self._open.values():
-            f.close()
-        self._open.clear()
+    return ShardSet("", refs).counted().shards
 
 
 def _find(sample: dict[str, Any], stem: str) -> bytes | None:

@@ -2,25 +2,24 @@
 
 A shard is the unit of work. It exists under its final name only once complete (written as a
 temp file, then renamed); its ``<shard>_stats.json`` is written after it and doubles as the
-resume marker. Tar members carry fixed metadata (mtime 0, uid 0) so the same samples always
-give byte-identical shards, which webdataset's own writer (wall-clock mtime) does not.
+resume marker. Tars are written by ``webdataset.TarWriter`` with fixed member metadata (mtime 0,
+uid/gid 0, empty user/group, mode 644, sorted extensions), so the same samples always give
+byte-identical shards. Reading (local folders, URLs, pipe:, the cache) is :mod:`awm.shardio`.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import tarfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from awm.io import atomic_write_text
+from awm.shardio import iter_tar  # noqa: F401 - re-exported: the reader every stage imports from here
 
 INDEX_FORMAT = "wids-shard-index-v1"
 _KEY_RE = re.compile(r"^[^./\\\s][^.\\/\s]*$")
@@ -58,23 +57,25 @@ class Part:
 
 
 def tar_bytes(samples: list[dict[str, Any]]) -> bytes:
-    """A tar of samples (``{"__key__": k, "ext": bytes|str|dict, ...}``) with fixed member metadata."""
+    """A tar of samples (``{"__key__": k, "ext": bytes|str|dict, ...}``) with fixed member metadata.
+
+    dicts/lists become JSON with sorted keys, str becomes UTF-8, so equal samples give equal bytes.
+    """
+    import webdataset
+
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+    with webdataset.TarWriter(buf, user="", group="", mode=0o644, mtime=0, encoder=False) as tar:
         for s in samples:
-            key = check_key(str(s["__key__"]))
-            for ext in sorted(k for k in s if not k.startswith("__")):
-                value = s[ext]
+            out: dict[str, Any] = {"__key__": check_key(str(s["__key__"]))}
+            for ext, value in s.items():
+                if ext.startswith("__"):
+                    continue
                 if isinstance(value, (dict, list)):
                     value = json.dumps(value, sort_keys=True).encode()
                 elif isinstance(value, str):
                     value = value.encode()
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size = len(value)
-                info.mtime = 0
-                info.mode = 0o644
-                info.uname = info.gname = ""
-                tar.addfile(info, io.BytesIO(value))
+                out[ext] = value
+            tar.write(out)
     return buf.getvalue()
 
 
@@ -119,26 +120,6 @@ def shard_done(path: Path) -> bool:
     return path.is_file() and stats_path(path).is_file()
 
 
-def iter_tar(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Samples of a tar shard as dicts of raw bytes keyed by extension, plus ``__key__``/``__url__``."""
-    current: dict[str, Any] | None = None
-    with tarfile.open(path, mode="r|*") as tar:
-        for m in tar:
-            if not m.isfile():
-                continue
-            name = os.path.basename(m.name)
-            key, _, ext = name.partition(".")
-            if current is not None and current["__key__"] != key:
-                yield current
-                current = None
-            if current is None:
-                current = {"__key__": key, "__url__": str(path)}
-            f = tar.extractfile(m)
-            current[ext] = f.read() if f else b""
-    if current is not None:
-        yield current
-
-
 def list_shards(directory: str | Path, prefix: str = "") -> list[Path]:
     """Complete shards in a folder, sorted by name (temp files and partial names excluded)."""
     d = Path(directory)
@@ -157,7 +138,7 @@ def write_index(directory: str | Path, prefix: str = "", extra: dict[str, Any] |
         if not sp.is_file():
             continue
         st = json.loads(sp.read_text())
-        shardlist.append({"url": p.name, "nsamples": st["nsamples"]})
+        shardlist.append({"url": p.name, "nsamples": st["nsamples"], "filesize": p.stat().st_size})
         skipped.update(st.get("skipped", {}))
         total += st["nsamples"]
     index = {"__kind__": INDEX_FORMAT, "wids_version": 1, "shardlist": shardlist,

@@ -89,10 +89,10 @@ def test_uneven_shards_are_all_sampled(shards):
     stream = PairStream(cfg(shards, batch_size=4, patches_per_image=4), shard_list(shards), 0, 0)
     reader, seen = TarReader(), set()
     real = reader.read
-    reader.read = lambda path, i: (seen.add((path.name, i)), real(path, i))[1]
+    reader.read = lambda path, i: (seen.add((Path(path).name, i)), real(path, i))[1]
     for i in range(60):
         stream.make_batch(i, reader, Counter())
-    assert seen == {(p.name, i) for p, n in shard_list(shards) for i in range(n)}
+    assert seen == {(Path(p).name, i) for p, n in shard_list(shards) for i in range(n)}
 
 
 def test_tar_reader_matches_streaming_reader(shards):
@@ -131,7 +131,7 @@ def test_groups_are_decoded_once_and_batches_need_no_history(shards):
     stream, reader, cache = PairStream(c, shard_list(shards), 0, 0), TarReader(), {}
     reads = []
     real = reader.read
-    reader.read = lambda path, i: (reads.append((path.name, i)), real(path, i))[1]
+    reader.read = lambda path, i: (reads.append((Path(path).name, i)), real(path, i))[1]
     skipped = Counter()
     for i in range(12):  # 2 streams x 2 groups x 3 batches
         stream.make_batch(i, reader, skipped, cache)

@@ -13,7 +13,7 @@ def test_tar_is_deterministic_and_readable(tmp_path):
     assert [g["__key__"] for g in got] == ["12", "13"] and json.loads(got[0]["json"]) == {"id": 12}
     assert shards.shard_done(p)
     idx = json.loads(shards.write_index(tmp_path, "raw-").read_text())
-    assert idx["nsamples"] == 2 and idx["shardlist"] == [{"url": "raw-000000.tar", "nsamples": 2}]
+    assert idx["nsamples"] == 2 and idx["shardlist"] == [{"url": "raw-000000.tar", "nsamples": 2, "filesize": p.stat().st_size}]
 
 
 def test_keys_and_parts():
