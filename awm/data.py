@@ -70,6 +70,9 @@ class DataConfig:
     epoch_steps: int | None = field(default=None, metadata={
         "help": "optimizer steps per epoch (null: one pass over the index's samples)"})
     max_pixels: int = MAX_PIXELS_DEFAULT
+    max_bad_in_a_row: int = field(default=1000, metadata={
+        "help": "stop with an error after this many unusable samples in a row (undecodable, too small): "
+                "shards of only bad samples would otherwise keep the loader searching forever"})
 
     def __post_init__(self) -> None:
         check(self.scale in (1, 2, 3, 4, 8), "data.scale", self.scale, "1, 2, 3, 4 or 8")
@@ -81,6 +84,7 @@ class DataConfig:
         check(self.workers >= 0 and (self.workers == 0 or self.streams % self.workers == 0), "data.workers",
               self.workers, f">= 0 and dividing data.streams ({self.streams}), so each worker keeps its groups")
         check(self.prefetch >= 1, "data.prefetch", self.prefetch, ">= 1")
+        check(self.max_bad_in_a_row >= 1, "data.max_bad_in_a_row", self.max_bad_in_a_row, ">= 1")
         check(self.epoch_steps is None or self.epoch_steps >= 1, "data.epoch_steps", self.epoch_steps, ">= 1")
         check(self.degrade_on in ("auto", "worker", "device"), "data.degrade_on", self.degrade_on,
               "auto, worker or device")
@@ -187,22 +191,33 @@ class PairStream(torch.utils.data.IterableDataset):
         c, s, q = self.cfg, self.cfg.scale, self.cfg.patch // self.cfg.scale
         rng = np.random.default_rng([self.seed, self.rank, stream, g, 1])
         out: list[tuple] = []
+        bad: Counter = Counter()  # reasons of the unusable samples since the last usable one
+        bad_shards: set[str] = set()
         while len(out) < c.batch_size:
+            if sum(bad.values()) >= c.max_bad_in_a_row:
+                raise RuntimeError(f"{sum(bad.values())} unusable samples in a row ({dict(bad)}) from shards "
+                                   f"{', '.join(sorted(bad_shards))}: check them (their *_stats.json, or re-run "
+                                   "awm shard); data.max_bad_in_a_row sets this limit")
             u = int(rng.integers(self.cum[-1]))
             j = int(np.searchsorted(self.cum, u, side="right"))
             path, first = self.shards[j][0], int(self.cum[j - 1]) if j else 0
+            reason = None
             try:
                 sample = reader.read(path, u - first)
                 hr, lr = decode_pair(sample, s, c.degrade is None, c.max_pixels)
+                if hr.shape[0] // s < q or hr.shape[1] // s < q:
+                    reason = "too_small"
             except IndexError:
-                skipped["missing_sample"] += 1
-                continue
+                reason = "missing_sample"
             except ImageError as e:
-                skipped[e.reason] += 1
+                reason = e.reason
+            if reason:
+                skipped[reason] += 1
+                bad[reason] += 1
+                bad_shards.add(Path(path).name)
                 continue
-            if hr.shape[0] // s < q or hr.shape[1] // s < q:
-                skipped["too_small"] += 1
-                continue
+            bad.clear()
+            bad_shards.clear()
             if lr is None and c.degrade is None:
                 raise ValueError(f"sample {sample['__key__']} in {path} has no lr_x{s}: "
                                  "set data.degrade=PRESET to degrade HR patches on the fly")

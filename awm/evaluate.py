@@ -31,7 +31,9 @@ BASELINES = ("bicubic", "lanczos")
 
 @dataclass
 class EvalConfig:
-    data: str = field(default="", metadata={"help": "folder of eval pair shards (index.json)", "metavar": "DIR"})
+    data: str = field(default="", metadata={
+        "help": "eval pair shards: a folder with index.json, an index.json URL, a brace pattern of .tar URLs "
+                "or pipe:COMMAND (awm.shardio)", "metavar": "LOCATION"})
     scale: int = field(default=2, metadata={"help": "upscaling factor (an LR scale in the shards)"})
     models: list[str] = field(default_factory=lambda: list(BASELINES), metadata={
         "help": "bicubic, lanczos, checkpoint dirs, run dirs or foreign .pth/.safetensors (comma-separated)"})
@@ -95,23 +97,29 @@ class Upscaler:
 
 
 def iter_samples(data: str | Path, limit: int = 0):
-    """(global index, sample) over the shards in index.json order; index = position in the set."""
-    from awm.shards import iter_tar, read_index
+    """(global index, sample) over the shards in index order; index = position in the set.
 
-    index = read_index(data)
+    A shard holding fewer samples than its index entry says stops the run: the coverage check
+    would otherwise report the missing ones as lost by the ranks.
+    """
+    from awm.shardio import iter_tar, resolve
+
     gi = 0
-    for entry in index["shardlist"]:
-        for sample in iter_tar(Path(data) / entry["url"]):
+    for ref in resolve(data).counted().shards:
+        first = gi
+        for sample in iter_tar(ref):
             if limit and gi >= limit:
                 return
             yield gi, sample
             gi += 1
+        if gi - first != ref.nsamples:
+            raise RuntimeError(f"{ref.url}: {gi - first} samples, the index says {ref.nsamples}")
 
 
 def count_samples(data: str | Path, limit: int = 0) -> int:
-    from awm.shards import read_index
+    from awm.shardio import resolve
 
-    n = int(read_index(data)["nsamples"])
+    n = sum(s.nsamples for s in resolve(data).counted().shards)
     return min(n, limit) if limit else n
 
 
