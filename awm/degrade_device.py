@@ -234,19 +234,38 @@ def _median(x: torch.Tensor, sizes: Sizes, ops: list[dict[str, Any]]) -> tuple[t
 
 def _resize(x: torch.Tensor, sizes: Sizes, ops: list[dict[str, Any]]) -> tuple[torch.Tensor, Sizes]:
     """cv2.resize per sample, separably: each output row/column is a weighted sum of a few gathered
-    source rows/columns (OpenCV's own taps and weights), for every size and mode in one batch."""
+    source rows/columns (OpenCV's own taps and weights). Samples are grouped by tap count (linear
+    2, cubic 4, Lanczos 8, area ~scale + 1), each group one batched pass."""
     new = [(int(op["size"][1]), int(op["size"][0])) for op in ops]
     mode = [_MODES.index(op["interp"]) for op in ops]
     down = [ho <= hi and wo <= wi for (hi, wi), (ho, wo) in zip(sizes, new, strict=True)]
-    s, c = x.shape[:2]
-    iy, wy = _resize_taps([z[0] for z in sizes], [z[0] for z in new], mode, down, x.device)
-    ix, wx = _resize_taps([z[1] for z in sizes], [z[1] for z in new], mode, down, x.device)
-    h, wo, ho = x.shape[2], ix.shape[1], iy.shape[1]
-    y = sum(x.gather(3, ix[:, None, None, :, t].expand(s, c, h, wo)) * wx[:, None, None, :, t]
-            for t in range(ix.shape[2]))
-    y = sum(y.gather(2, iy[:, None, :, None, t].expand(s, c, ho, wo)) * wy[:, None, :, None, t]
-            for t in range(iy.shape[2]))
-    return _half_up(y), new
+    group = [1 if (m == 0 and not a) else m for m, a in zip(mode, down, strict=True)]
+    out = x.new_zeros(x.shape[0], x.shape[1], max(z[0] for z in new), max(z[1] for z in new))
+    for g in sorted(set(group)):
+        ii = [i for i, k in enumerate(group) if k == g]
+        sub_sizes = [sizes[i] for i in ii]
+        sub = _take(x, ii, sub_sizes)
+        iy, wy = _resize_taps([z[0] for z in sub_sizes], [new[i][0] for i in ii], [mode[i] for i in ii],
+                              [down[i] for i in ii], x.device)
+        ix, wx = _resize_taps([z[1] for z in sub_sizes], [new[i][1] for i in ii], [mode[i] for i in ii],
+                              [down[i] for i in ii], x.device)
+        y = _apply_taps(_apply_taps(sub, ix, wx, 3), iy, wy, 2)
+        if len(ii) == len(ops):
+            return _half_up(y), new
+        out[torch.tensor(ii, device=x.device), :, :y.shape[2], :y.shape[3]] = y
+    return _half_up(out), new
+
+
+def _apply_taps(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, dim: int) -> torch.Tensor:
+    """Along ``dim`` (2: rows, 3: columns): out[d] = sum_t w[d, t] * x[idx[d, t]], per sample."""
+    shape = list(x.shape)
+    shape[dim] = idx.shape[1]
+    view = (x.shape[0], 1, -1, 1) if dim == 2 else (x.shape[0], 1, 1, -1)
+    out = None
+    for t in range(idx.shape[2]):
+        g = x.gather(dim, idx[..., t].reshape(view).expand(shape)).mul_(w[..., t].reshape(view))
+        out = g if out is None else out.add_(g)
+    return out
 
 
 def _resize_taps(n_in: list[int], n_out: list[int], mode: list[int], area_down: list[bool],
