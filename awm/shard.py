@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 import yaml
 
-from awm import config, dist
+from awm import config, dist, shardio
 from awm.config import ConfigError, check
 from awm.degrade import (
     PRESETS,
@@ -72,8 +72,9 @@ CONFIG_NAME = "shard_config.yaml"
 class ShardConfig:
     """What ``awm shard`` does; everything that changes the bytes of a sample lives here."""
 
-    inp: Path | None = field(default=None, metadata={"flag": "--in", "metavar": "SRC",
-                                                     "help": "folder of raw-*.tar shards or of images"})
+    inp: str | None = field(default=None, metadata={"flag": "--in", "metavar": "SRC", "help":
+                            "folder of raw-*.tar shards or of images; or raw shards elsewhere: an index.json "
+                            "URL, a brace pattern of .tar URLs, pipe:COMMAND (awm.shardio)"})
     out: Path = field(default=Path("shards/pairs"), metadata={"help": "output folder (one split per folder)"})
     scales: list[int] = field(default_factory=lambda: [2, 4], metadata={"help": "LR scales, e.g. 2,4"})
     preset: Literal["seed", "seed-edgemask", "realesrgan", "apisr"] = field(
@@ -158,14 +159,26 @@ def _sanitize(stem: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", stem) or "_"
 
 
-def list_sources(src: Path) -> tuple[list[Source], list[str]]:
+def _raw_tars(src: str) -> list[tuple[Path, str]]:
+    """``(local file, shown name)`` of the raw shards at a location; remote ones are fetched to the cache."""
+    if not shardio.is_remote(src) and Path(src).is_dir():
+        return [(p, p.name) for p in sorted(Path(src).glob("raw-*.tar"))]
+    try:
+        refs = shardio.resolve(src).shards
+    except (OSError, ValueError) as e:
+        raise ConfigError("in", src, f"a folder of raw-*.tar shards or of images, or a shard location ({e})") from None
+    return [(shardio.local_path(r), r.name) for r in refs]
+
+
+def list_sources(src: str | Path) -> tuple[list[Source], list[str]]:
     """Stable, complete list of sources (raw-*.tar first if any) and unreadable-input messages."""
-    if not src.is_dir():
-        raise ConfigError("in", str(src), "an existing folder of raw-*.tar shards or of images")
-    tars = sorted(src.glob("raw-*.tar"))
-    items, errors = ([], []) if not tars else _list_raw(tars, src)
+    src = str(src)
+    if not shardio.is_remote(src) and not shardio.has_braces(src) and not Path(src).is_dir():
+        raise ConfigError("in", src, "an existing folder of raw-*.tar shards or of images, or a shard location")
+    tars = _raw_tars(src)
+    items, errors = ([], []) if not tars else _list_raw(tars)
     if not tars:
-        for p in list_images([src]):
+        for p in list_images([Path(src)]):
             items.append(Source(_sanitize(p.stem), str(p.relative_to(src)), str(p)))
     seen: set[str] = set()
     out = []
@@ -179,29 +192,24 @@ def list_sources(src: Path) -> tuple[list[Source], list[str]]:
     return out, errors
 
 
-def _list_raw(tars: list[Path], root: Path) -> tuple[list[Source], list[str]]:
+def _list_raw(tars: list[tuple[Path, str]]) -> tuple[list[Source], list[str]]:
     items: list[Source] = []
     errors: list[str] = []
-    for tp in tars:
-        groups: dict[str, dict[str, tarfile.TarInfo]] = {}
+    for tp, name in tars:
+        groups: list[tuple[str, dict[str, tuple[int, int]]]] = []
         try:
-            with tarfile.open(tp, "r:") as tar:
-                for m in tar:
-                    if m.isfile():
-                        key, _, ext = Path(m.name).name.partition(".")
-                        groups.setdefault(key, {})[ext.lower()] = m
+            groups.extend(shardio.group_members(shardio.tar_members(tp), name))
         except (tarfile.TarError, OSError) as e:
-            errors.append(f"{tp.name}: {type(e).__name__}: {e} (samples listed before the error are kept)")
-        for key, members in groups.items():
+            errors.append(f"{name}: {type(e).__name__}: {e} (samples listed before the error are kept)")
+        for key, members in groups:
             ext = next((e for e in RAW_IMAGE_EXTS if e in members), None)
             try:
                 check_key(key)
                 bad = None if ext else "no_image"
             except ValueError:
                 bad = "bad_key"
-            m = members[ext] if ext else next(iter(members.values()))
-            items.append(Source(_sanitize(key), f"{tp.relative_to(root)}/{key}.{ext}", str(tp),
-                                m.offset_data, m.size, bad))
+            offset, size = members[ext] if ext else next(iter(members.values()))
+            items.append(Source(_sanitize(key), f"{name}/{key}.{ext}", str(tp), offset, size, bad))
     return items, errors
 
 
@@ -347,7 +355,7 @@ def shard(cfg: ShardConfig) -> dict[str, Any]:
     started = time.time()
     require_video(cfg.preset_config())  # validate preset overrides (and PyAV if needed) before any work
     _check_out(cfg)
-    sources, errors = list_sources(Path(cfg.inp))
+    sources, errors = list_sources(cfg.inp)
     for e in errors:
         log.warning("unreadable input: %s", e)
     nshards = math.ceil(len(sources) / cfg.shard_size)
