@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,67 @@ def test_rank_stages_split_their_ranks_over_nodes_and_array_parts_stay_one_task(
         submit.make_request("eval", profile, name, _args(array=3, nodes=2))
     with pytest.raises(ConfigError, match="spreads the --array parts over nodes"):
         submit.make_request("shard", profile, name, _args(array=4, nodes=2))
+
+
+# sbatch options and their value syntax as SLURM 22.05 documents them (`sbatch --help` of
+# slurm-wlm 22.05.8 and `man sbatch`), written out here, not derived from awm or submitit.
+_NAME = r"[A-Za-z0-9_.+-]+"
+_FILENAME = r"[^\s%]*(?:%(?:%|A|a|J|j|N|n|s|t|u|x|\d?[Aa]|\d?[jJ]|\d?[ts])[^\s%]*)*"  # man sbatch: filename pattern
+_TIME = (r"(?:\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d{1,2}|\d+-\d{1,2}:\d{1,2}|\d+-\d{1,2}:\d{1,2}:\d{1,2})")
+_SIG = r"(?:\d+|(?:SIG)?(?:HUP|INT|QUIT|KILL|USR1|USR2|TERM|CONT|STOP|ALRM|URG|XCPU))"
+SBATCH_SYNTAX = {
+    "account": _NAME, "array": r"\d+(?:-\d+)?(?::\d+)?(?:,\d+(?:-\d+)?(?::\d+)?)*(?:%\d+)?",
+    "begin": r"\S+", "chdir": r"\S+", "comment": r".+", "constraint": r"[A-Za-z0-9_.&|,!\[\]*()-]+",
+    "cpus-per-gpu": r"[1-9]\d*", "cpus-per-task": r"[1-9]\d*", "dependency": r"[a-z]+(?::\d+)+(?:[,?][a-z]+(?::\d+)+)*",
+    "error": _FILENAME, "exclude": r"\S+", "exclusive": r"(?:|user|mcs)", "export": r"\S+",
+    "gpus": r"(?:" + _NAME + r":)?[1-9]\d*", "gpus-per-node": r"(?:" + _NAME + r":)?[1-9]\d*",
+    "gpus-per-task": r"(?:" + _NAME + r":)?[1-9]\d*", "gres": r"\S+", "job-name": r"\S+",
+    "mail-type": r"[A-Z_,0-9]+", "mail-user": r"\S+", "mem": r"\d+[KMGT]?", "mem-per-cpu": r"\d+[KMGT]?",
+    "mem-per-gpu": r"\d+[KMGT]?", "nice": r"-?\d*", "no-requeue": "", "nodelist": r"\S+",
+    "nodes": r"[1-9]\d*(?:-[1-9]\d*)?", "ntasks": r"[1-9]\d*", "ntasks-per-node": r"[1-9]\d*",
+    "open-mode": r"append|truncate", "output": _FILENAME, "partition": _NAME + r"(?:," + _NAME + r")*",
+    "qos": _NAME, "requeue": "", "reservation": _NAME,
+    "signal": r"(?:(?:R|B|RB|BR):)?" + _SIG + r"(?:@\d+)?", "time": _TIME, "time-min": _TIME,
+    "tmp": r"\d+[KMGT]?", "wckey": _NAME,
+}
+
+
+def _check_sbatch_script(text: str) -> list[str]:
+    """Problems of a batch script against SBATCH_SYNTAX; empty when sbatch would take every line."""
+    problems, seen, body = [], set(), False
+    for line in text.splitlines():
+        if line.startswith("#SBATCH"):
+            if body:  # sbatch stops reading directives at the first command line
+                problems.append(f"{line!r} after the first command: sbatch ignores it")
+            opt = line.removeprefix("#SBATCH").strip()
+            if not opt.startswith("--"):
+                problems.append(f"{line!r}: not a long option")
+                continue
+            name, _, value = opt[2:].partition("=")
+            if name not in SBATCH_SYNTAX:
+                problems.append(f"{line!r}: --{name} is not an sbatch option")
+            elif not re.fullmatch(SBATCH_SYNTAX[name], value):
+                problems.append(f"{line!r}: value {value!r} is not valid for --{name}")
+            if name in seen:
+                problems.append(f"{line!r}: --{name} given twice")
+            seen.add(name)
+        elif line.strip() and not line.startswith("#"):
+            body = True
+    return problems
+
+
+def test_golden_and_rendered_scripts_use_only_documented_sbatch_syntax():
+    scripts = {p.name: p.read_text() for p in sorted(GOLDEN.glob("*.sh"))}
+    assert len(scripts) >= 2
+    for profile in ("gpu-a100x8", "cpu-test"):
+        for stage, kw in (("train", {"nodes": 2}), ("shard", {"array": 4}), ("eval", {}), ("upscale", {})):
+            scripts[f"{profile}/{stage}"] = _sbatch(profile, stage, **kw)
+    problems = {name: _check_sbatch_script(text) for name, text in scripts.items()}
+    assert not any(problems.values()), {k: v for k, v in problems.items() if v}
+
+
+@pytest.mark.parametrize("bad", ["#SBATCH --gpus_per_node=8", "#SBATCH --time=1h", "#SBATCH --signal=USR2@5m",
+                                 "#SBATCH --array=0-15%", "#SBATCH --mem=900GB", "#SBATCH --output=/x/%q.out",
+                                 "srun true\n#SBATCH --nodes=1", "#SBATCH --nodes=1\n#SBATCH --nodes=2"])
+def test_the_syntax_check_rejects_what_sbatch_would(bad):
+    assert _check_sbatch_script(f"#!/bin/bash\n{bad}\n")
