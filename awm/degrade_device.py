@@ -114,22 +114,31 @@ def _chain(params: dict[str, Any]) -> list[dict[str, Any]]:
 
 @contextlib.contextmanager
 def _ieee_fp32(device: torch.device) -> Iterator[None]:
-    """TF32 rounds matmul/conv inputs to 10 mantissa bits (~0.25 levels at 255): force IEEE fp32."""
+    """TF32 rounds conv inputs to 10 mantissa bits (~0.25 levels at 255): IEEE fp32 here. The
+    legacy flag, as the trainer sets it (torch refuses reads after mixing it with the new API)."""
     if device.type != "cuda":
         yield
         return
-    m, c = torch.backends.cuda.matmul, torch.backends.cudnn.conv
-    old = (m.fp32_precision, c.fp32_precision)
-    m.fp32_precision = c.fp32_precision = "ieee"
+    old = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
     try:
         yield
     finally:
-        m.fp32_precision, c.fp32_precision = old
+        torch.backends.cudnn.allow_tf32 = old
+
+
+def _dev(values: Any, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Host values on the device without a sync: a copy from pageable memory would wait for the
+    stream, so CUDA copies go through pinned memory, asynchronously."""
+    t = torch.from_numpy(values) if isinstance(values, np.ndarray) else torch.tensor(values, dtype=dtype)
+    if device.type != "cuda":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def _take(x: torch.Tensor, idx: list[int], sizes: Sizes) -> torch.Tensor:
     hm, wm = max(s[0] for s in sizes), max(s[1] for s in sizes)
-    sub = x if len(idx) == x.shape[0] else x[torch.tensor(idx, device=x.device)]
+    sub = x if len(idx) == x.shape[0] else x[_dev(idx, x.device)]
     return sub[:, :, :hm, :wm]
 
 
@@ -142,7 +151,7 @@ def _put(x: torch.Tensor, idx: list[int], y: torch.Tensor) -> torch.Tensor:
         grown = x.new_zeros(x.shape[0], x.shape[1], hm, wm)
         grown[:, :, :x.shape[2], :x.shape[3]] = x
         x = grown
-    x[torch.tensor(idx, device=x.device), :, :y.shape[2], :y.shape[3]] = y
+    x[_dev(idx, x.device), :, :y.shape[2], :y.shape[3]] = y
     return x
 
 
@@ -154,7 +163,7 @@ def _half_up(x: torch.Tensor) -> torch.Tensor:
 def _border(n: int, r: int, sizes: list[int], reflect: bool, device: torch.device) -> torch.Tensor:
     """(S, n + 2r) source indices of a padded axis: reflect-101 (filters) or replicate (median)."""
     j = torch.arange(-r, n + r, device=device)[None, :]
-    size = torch.tensor(sizes, device=device)[:, None]
+    size = _dev(sizes, device)[:, None]
     if not reflect:
         return torch.minimum(j.clamp(min=0), size - 1)
     period = (2 * size - 2).clamp(min=1)
@@ -179,7 +188,7 @@ def _filter(x: torch.Tensor, sizes: Sizes, kernels: list[np.ndarray]) -> torch.T
     for i, kr in enumerate(kernels):
         o = (k - kr.shape[0]) // 2
         bank[i, o:o + kr.shape[0], o:o + kr.shape[0]] = kr
-    weight = torch.from_numpy(bank).to(x.device).repeat_interleave(c, 0)[:, None]
+    weight = _dev(bank, x.device).repeat_interleave(c, 0)[:, None]
     xp = _pad(x, k // 2, sizes, reflect=True).reshape(1, s * c, h + k - 1, w + k - 1)
     return F.conv2d(xp, weight, groups=s * c).reshape(s, c, h, w)
 
@@ -211,10 +220,10 @@ def _gaussian_u8(ksize: int, sigma: float) -> np.ndarray:
 def _usm(x: torch.Tensor, sizes: Sizes, ops: list[dict[str, Any]]) -> tuple[torch.Tensor, Sizes]:
     """cv2 unsharp mask: uint8 Gaussian, addWeighted (round half to even), optional threshold."""
     blurred = _half_up(_filter(x, sizes, [_gaussian_u8(op["ksize"], op["sigma"]) for op in ops]))
-    alpha = x.new_tensor([1.0 + op["amount"] for op in ops])[:, None, None, None]
-    beta = x.new_tensor([-op["amount"] for op in ops])[:, None, None, None]
+    alpha = _dev([1.0 + op["amount"] for op in ops], x.device, torch.float32)[:, None, None, None]
+    beta = _dev([-op["amount"] for op in ops], x.device, torch.float32)[:, None, None, None]
     sharp = torch.round(x * alpha + blurred * beta).clamp_(0, 255)
-    thr = x.new_tensor([op["threshold"] for op in ops])[:, None, None, None]
+    thr = _dev([op["threshold"] for op in ops], x.device, torch.float32)[:, None, None, None]
     mask = ((x - blurred).abs().amax(1, keepdim=True) > thr) | (thr <= 0)
     return torch.where(mask, sharp, x), sizes
 
@@ -225,7 +234,7 @@ def _median(x: torch.Tensor, sizes: Sizes, ops: list[dict[str, Any]]) -> tuple[t
     s, c, h, w = x.shape
     for k in sorted({op["ksize"] for op in ops}):
         ii = [i for i, op in enumerate(ops) if op["ksize"] == k]
-        t = torch.tensor(ii, device=x.device)
+        t = _dev(ii, x.device)
         xp = _pad(x[t], k // 2, [sizes[i] for i in ii], reflect=False)
         win = xp.unfold(2, k, 1).unfold(3, k, 1).reshape(len(ii), c, h, w, k * k)
         out[t] = win.median(-1).values
@@ -252,7 +261,7 @@ def _resize(x: torch.Tensor, sizes: Sizes, ops: list[dict[str, Any]]) -> tuple[t
         y = _apply_taps(_apply_taps(sub, ix, wx, 3), iy, wy, 2)
         if len(ii) == len(ops):
             return _half_up(y), new
-        out[torch.tensor(ii, device=x.device), :, :y.shape[2], :y.shape[3]] = y
+        out[_dev(ii, x.device), :, :y.shape[2], :y.shape[3]] = y
     return _half_up(out), new
 
 
@@ -279,13 +288,13 @@ def _resize_taps(n_in: list[int], n_out: list[int], mode: list[int], area_down: 
     """
     present = {0 if (k == 0 and a) else 4 if k == 0 else k for k, a in zip(mode, area_down, strict=True)}
     f64 = {"dtype": torch.float64, "device": device}
-    ni = torch.tensor(n_in, **f64)[:, None]
-    no = torch.tensor(n_out, **f64)[:, None]
+    ni = _dev(n_in, device, torch.float64)[:, None]
+    no = _dev(n_out, device, torch.float64)[:, None]
     inv = no / ni
     sc = 1.0 / inv
     d = torch.arange(max(n_out), **f64)[None, :]
-    m = torch.tensor(mode, device=device)[:, None]
-    ad = torch.tensor(area_down, device=device)[:, None]
+    m = _dev(mode, device)[:, None]
+    ad = _dev(area_down, device)[:, None]
     x = (d + 0.5) * sc - 0.5
     sx = torch.floor(x)
     fx = x - sx
@@ -354,10 +363,10 @@ def _noise(x: torch.Tensor, sizes: Sizes, ops: list[dict[str, Any]]) -> tuple[to
     s, c, h, w = x.shape
     for kind, gray in sorted({(op["kind"], bool(op["gray"])) for op in ops}):
         ii = [i for i, op in enumerate(ops) if op["kind"] == kind and bool(op["gray"]) == gray]
-        t = torch.tensor(ii, device=x.device)
+        t = _dev(ii, x.device)
         g = torch.Generator(device=x.device)
         g.manual_seed(int(np.random.SeedSequence([int(ops[i]["seed"]) for i in ii]).generate_state(1, np.uint64)[0]))
-        strength = x.new_tensor([ops[i]["strength"] for i in ii])[:, None, None, None]
+        strength = _dev([ops[i]["strength"] for i in ii], x.device, torch.float32)[:, None, None, None]
         sub = x[t]
         if kind == "gaussian":
             n = torch.randn(len(ii), 1 if gray else c, h, w, generator=g, device=x.device) * strength
