@@ -66,6 +66,11 @@ def is_remote(location: str) -> bool:
     return location.startswith(("http://", "https://", "pipe:"))
 
 
+def has_braces(location: str) -> bool:
+    """A brace pattern (``{000000..000099}`` or ``{a,b}``), expanded as WebDataset does."""
+    return bool(_BRACES.search(location))
+
+
 # ---------------------------------------------------------------- sample grouping (the one place)
 
 def split_name(name: str) -> tuple[str, str]:
@@ -146,7 +151,7 @@ def resolve(location: str | Path) -> ShardSet:
     loc = str(location).strip()
     if not loc:
         raise ValueError("empty shard location")
-    if _BRACES.search(loc):
+    if has_braces(loc):
         urls = _expand(loc)
         return ShardSet(loc, [ShardRef(u if is_remote(u) else str(Path(u).resolve()), _name_of(u)) for u in urls],
                         {"shardlist": [{"url": u} for u in urls]})
