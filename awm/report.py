@@ -16,9 +16,12 @@ from typing import Any
 
 import yaml
 
-from awm import results
+from awm import results, shardio
 from awm.config import check, from_args
 from awm.io import atomic_write_text
+from awm.log import get_logger
+
+log = get_logger("awm.report")
 
 BASE_COLUMNS = ["run", "arch", "preset", "scale", "data_size", "steps", "loss", "status", "eval_data"]
 
@@ -38,6 +41,22 @@ def _yaml(path: Path) -> dict[str, Any]:
 
 def _json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _train_index(location: str) -> dict[str, Any]:
+    """The index of a run's training shards: a local folder's index.json, or a remote index.json
+    (fetched, not the shards). A brace pattern or single .tar has none; an unreachable index is
+    logged and its columns stay empty, so one moved dataset does not hide the other runs."""
+    if not (shardio.is_remote(location) or shardio.has_braces(location) or location.endswith(".tar")):
+        p = Path(location)
+        return _json(p if p.suffix == ".json" else p / shardio.INDEX_NAME)
+    if shardio.has_braces(location) or location.endswith(".tar"):
+        return {}
+    try:
+        return shardio.resolve(location).index
+    except (shardio.ShardFetchError, ValueError) as e:
+        log.warning("training data index of a run not readable, preset/data_size left empty: %s", e)
+        return {}
 
 
 def _loss_summary(loss: dict[str, Any], prefix: str = "") -> list[str]:
@@ -80,7 +99,7 @@ def run_row(run: Path) -> tuple[dict[str, Any], dict[str, bool]]:
     cfg = _yaml(run / "config.yaml")
     data, model = cfg.get("data") or {}, cfg.get("model") or {}
     meta = next((_json(p) for p in sorted(run.glob("checkpoints/*/meta.json"))), {})
-    index = _json(Path(data["train"]) / "index.json") if data.get("train") else {}
+    index = _train_index(str(data["train"])) if data.get("train") else {}
     stats = _json(run / "train_stats.json")
     means, lower, eval_data = _eval(run)
     row = {"run": run.name, "arch": model.get("arch") or meta.get("arch", ""),
