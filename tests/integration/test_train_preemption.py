@@ -1,0 +1,63 @@
+"""Preemption as clusters do it, on 2-process CPU runs with a loader worker per rank.
+
+SIGTERM to the launcher (`torchrun`, `accelerate launch`) and SIGTERM to every process of the
+run at once (launcher, ranks, loader workers: what SLURM does at preemption and time limit).
+Each time the state is saved, the re-run resumes from it, and the final weights, discriminator
+and EMA equal an uninterrupted run's bitwise (deterministic CPU settings).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pairs import make_pair_shards  # noqa: E402
+from train_runs import ROOT, accelerate_launch, assert_same_state, env, run_and_signal, tiny, torchrun  # noqa: E402
+
+pytestmark = pytest.mark.slow
+STEPS, GAN_START = 20, 10
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("preempt_data")
+    make_pair_shards(d / "train", [3, 5], size=(96, 64))
+    make_pair_shards(d / "eval", [2], size=(64, 64), split="eval", seed=5)
+    return d
+
+
+@pytest.fixture(scope="module")
+def straight(data, tmp_path_factory) -> Path:
+    """The uninterrupted run every interrupted one must reproduce."""
+    runs = tmp_path_factory.mktemp("straight")
+    r = subprocess.run(torchrun(29741, tiny(data, runs, "straight", steps=STEPS, gan_start=GAN_START)),
+                       env=env(), capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return runs / "straight" / "state"
+
+
+@pytest.mark.parametrize("launcher,everyone,port", [
+    ("torchrun", False, 29743), ("accelerate", False, 29745), ("torchrun", True, 29747)],
+    ids=["sigterm-torchrun", "sigterm-accelerate-launch", "sigterm-every-process"])
+def test_sigterm_saves_state_and_the_rerun_matches_an_uninterrupted_run(data, straight, tmp_path, launcher,
+                                                                       everyone, port):
+    args = tiny(data, tmp_path, "interrupted", steps=STEPS, gan_start=GAN_START)
+    cmd = torchrun(port, args) if launcher == "torchrun" else accelerate_launch(port, args)
+    code, err = run_and_signal(cmd, f"step 6/{STEPS}", everyone)
+    assert code != 0, err[-3000:]  # the launcher reports its ranks' "preempted" (75) exit
+    assert "stop requested: saving the full state" in err, err[-3000:]
+    assert "killed by signal" not in err, err[-3000:]  # no loader worker died with the signal
+    state = tmp_path / "interrupted" / "state"
+    stopped = json.loads((state / "complete.json").read_text())["step"]
+    assert 6 <= stopped < STEPS
+    again = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resumed from {state} at step {stopped}" in again.stderr
+    assert json.loads((tmp_path / "interrupted" / "train_stats.json").read_text())["step"] == STEPS
+    assert_same_state(straight, state)
