@@ -1,7 +1,8 @@
 """Image-quality metrics by name, through pyiqa, with an offline-safe start-up.
 
-Names are pyiqa's (``psnry`` and ``ssim`` work on BT.601 Y, 16..235 as in MATLAB's rgb2ycbcr, the SR
-convention; pyiqa's own default, YIQ's full-range Y, reads 20 log10(255/219) = 1.32 dB lower), ``ms_ssim``, ``lpips``,
+Names are pyiqa's (``psnry`` works on BT.601 Y, 16..235 as in MATLAB's rgb2ycbcr, the SR convention
+and training validation's; pyiqa's own default, YIQ's full-range Y, reads 20 log10(255/219) = 1.32 dB
+lower; ``ssim`` is pyiqa's, on YIQ's Y rounded to 8 bits, as in its published calibration), ``ms_ssim``, ``lpips``,
 ``dists``; no-reference ``niqe``, ``maniqa``, ``clipiqa``, ``musiq``, ``piqe``, ...) plus
 ``niqe_anime``: pyiqa's NIQE with our pristine model fitted on anime images (awm.niqe).
 Whether higher or lower is better comes from pyiqa's own metric (``lower_better``).
@@ -138,7 +139,7 @@ def create(name: str, device: str = "cpu", allow_download: bool = False,
         from awm.niqe import default_model_path
 
         pyiqa_name, kwargs["pretrained_model_path"] = "niqe", str(niqe_model or default_model_path())
-    elif name in ("psnry", "ssim"):  # BT.601 Y as in MATLAB/BasicSR and training validation; pyiqa's default is YIQ
+    elif name == "psnry":  # BT.601 Y as in MATLAB/BasicSR and training validation; pyiqa's default is YIQ
         kwargs["color_space"] = "ycbcr"
     elif name in ("niqe", "niqe_matlab") and not weights.missing_for(name):
         kwargs["pretrained_model_path"] = str(weights.location(weights.for_metric(name)[0]))

@@ -1,6 +1,8 @@
-"""Metric failures: an image below a metric's size floor is a counted failure, anything else stops."""
+"""Metrics: size-floor failures vs errors, and expectations computed independently of awm (by hand, published)."""
 
 import math
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,3 +45,36 @@ def test_psnr_y_is_bt601_by_hand():
     assert metrics.create("psnry")(a, b) == pytest.approx(39.9393, abs=2e-3)  # pyiqa computes in float32
     t = [torch.from_numpy(x).permute(2, 0, 1)[None].double() / 255 for x in (a, b)]
     assert float(psnr_ssim_y(t[0], t[1], border=0)[0]) == pytest.approx(39.9393, abs=1e-4)
+
+
+# pyiqa's published values on the five image pairs it ships (IQA-PyTorch, ResultsCalibra/
+# calibration_summary.csv, rows "psnr(ours)", "ssim(ours)", "niqe(ours)"; images I03, I04, I06, I08, I19)
+CALIBRATION = {"psnr": (21.1136, 20.9872, 27.0139, 23.3002, 21.6186),
+               "ssim": (0.6997, 0.9978, 0.9989, 0.9671, 0.6522),
+               "niqe": (15.6538, 3.6549, 3.2342, 3.1921, 9.0722)}
+SHARED_WEIGHTS = Path(__file__).resolve().parents[3] / "shared" / "data" / "weights"
+
+
+def _calibration_pairs() -> list[tuple[np.ndarray, np.ndarray]]:
+    import pyiqa
+
+    from awm.io import read_image
+
+    d = Path(pyiqa.__file__).resolve().parent.parent / "ResultsCalibra"
+    names = ("I03.bmp", "I04.bmp", "I06.bmp", "I08.bmp", "I19.bmp")
+    return [(read_image(d / "dist_dir" / n), read_image(d / "ref_dir" / n)) for n in names]
+
+
+@pytest.mark.parametrize("name", ["psnr", "ssim", "niqe"])
+def test_published_calibration_values(name, tmp_path, monkeypatch):
+    """awm's metric plumbing (decode, RGB order, scaling) reproduces pyiqa's published numbers; niqe
+    with the standard pristine model staged from ../shared/data/weights (staging it is tested too)."""
+    if name == "niqe":
+        if not (SHARED_WEIGHTS / "niqe_modelparameters.mat").is_file():
+            pytest.skip(f"{SHARED_WEIGHTS} is absent")
+        monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+        (tmp_path / "hub" / "pyiqa").mkdir(parents=True)
+        shutil.copy(SHARED_WEIGHTS / "niqe_modelparameters.mat", tmp_path / "hub" / "pyiqa")
+    m = metrics.create(name)
+    got = [m(dist, ref if m.full_reference else None) for dist, ref in _calibration_pairs()]
+    assert got == pytest.approx(CALIBRATION[name], abs=5e-3 if name == "niqe" else 5e-4)
