@@ -38,7 +38,7 @@ def test_two_process_run_degrades_on_the_device_and_resumes_exactly(data, tmp_pa
     straight = subprocess.run(torchrun(29761, args(data, tmp_path, "straight")), env=env(), capture_output=True,
                               text=True, timeout=600, cwd=ROOT)
     assert straight.returncode == 0, straight.stderr[-3000:]
-    assert "degrading realesrgan batches on cpu (data.degrade_on=device)" in straight.stderr
+    assert "degrading realesrgan batches on cpu" in straight.stderr
     stats = json.loads((tmp_path / "straight" / "train_stats.json").read_text())
     assert stats["status"] == "done" and stats["world_size"] == 2 and stats["step"] == STEPS
 
