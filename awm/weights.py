@@ -194,7 +194,9 @@ def _install(src: Path, w: WeightFile) -> Path:
 def stage(source: str | Path, entries: tuple[WeightFile, ...] | None = None) -> list[dict]:
     """Copy every registered file found (by name, anywhere) under ``source`` to its cache location.
 
-    A file whose checksum does not match is refused, never installed.
+    A file whose checksum does not match is refused, never installed. Files without a known digest
+    (pyiqa's own, which pyiqa itself downloads unchecked, the timm ViT, the Danbooru ResNet50) are
+    copied with a reason saying so: only their names were checked.
     """
     src_dir = Path(source)
     if not src_dir.is_dir():
@@ -216,7 +218,8 @@ def stage(source: str | Path, entries: tuple[WeightFile, ...] | None = None) -> 
         if reason:
             rows.append({"file": w.filename, "status": "refused", "path": str(src), "reason": reason})
             continue
-        rows.append({"file": w.filename, "status": "staged", "path": str(_install(src, w)), "reason": ""})
+        unchecked = "" if w.sha256 or w.sha256_prefix else "no published sha256: copied unchecked"
+        rows.append({"file": w.filename, "status": "staged", "path": str(_install(src, w)), "reason": unchecked})
     return rows
 
 
@@ -229,7 +232,8 @@ def _print_rows(rows: list[dict], cols: tuple[str, ...]) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     sub.add_parser("list", help="every known file, who uses it and where it belongs")
-    st = sub.add_parser("stage", help="copy files from a folder into the caches (sha256-checked)")
+    st = sub.add_parser("stage", help="copy files from a folder into the caches (sha256-checked where a "
+                                      "digest is known: torchvision backbones, CLIP RN50)")
     st.add_argument("--from", dest="source", required=True, metavar="DIR",
                     help="folder holding downloaded files under their original names")
     sub.add_parser("verify", help="present / missing / mismatch for every known file")

@@ -74,3 +74,18 @@ def test_check_names_and_weights(caches) -> None:
     dst.parent.mkdir(parents=True)
     dst.write_bytes(b"x")
     metrics.check(["niqe"])
+
+
+def test_files_without_a_known_digest_are_exactly_pyiqas_timms_and_danbooru(caches) -> None:
+    """The README names these as unchecked: keep the claim and the registry in step."""
+    unchecked = {w.key for w in weights.registry() if not (w.sha256 or w.sha256_prefix)}
+    assert unchecked == {w.key for w in weights.registry() if w.cache == "pyiqa" or w.cache.startswith("hf:timm/")
+                         or "danbooru-pretrained" in w.url}
+    assert all(w.sha256_prefix for w in weights.registry() if w.url.startswith("https://download.pytorch.org/"))
+    src = caches / "downloads"
+    src.mkdir()
+    (src / "niqe_modelparameters.mat").write_bytes(b"params")
+    niqe = next(w for w in weights.registry() if w.filename == "niqe_modelparameters.mat")
+    [row] = weights.stage(src, (niqe,))
+    assert row["status"] == "staged" and row["reason"] == "no published sha256: copied unchecked"
+    assert next(r for r in weights.verify((niqe,)))["checksum"] == "none"
