@@ -3,7 +3,8 @@
 ``slurm_cluster`` (session scope) brings the cluster up once when the tests run as root on a
 Debian machine with apt (as ``make test`` does in CI; ~35 s on a fresh machine, ~0 s when it is
 already up), exports SLURM_CONF so that sbatch/sacct and the jobs find it, and stops the daemons
-it started at the end. Set AWM_SKIP_SLURM=1 to skip the SLURM tests.
+it started at the end. Set AWM_SKIP_SLURM=1 to skip the SLURM tests locally; under CI=true every
+skip, this one included, is a failure (tests/conftest.py).
 """
 
 from __future__ import annotations
