@@ -142,13 +142,14 @@ def losses_and_backward(c: Components, lr: torch.Tensor, hr: torch.Tensor, gan: 
         else:
             terms = {"pixel": c.pixel_loss(sr, hr)}
         loss = sum(terms.values())
+    if not gan:
+        backward(loss)  # only the generator is in the graph (and DeepSpeed's backward takes no inputs=)
+        return terms
     backward(loss, inputs=c.generator_params)
-    if gan:
-        with autocast():
-            d_terms = c.discriminator_loss(c.discriminator(torch.cat([hr, sr.detach()])))
-        backward(sum(d_terms.values()))
-        terms.update(d_terms)
-    return terms
+    with autocast():
+        d_terms = c.discriminator_loss(c.discriminator(torch.cat([hr, sr.detach()])))
+    backward(sum(d_terms.values()))
+    return {**terms, **d_terms}
 
 
 def flops_per_pair(c: Components, patch: int, scale: int, gan: bool) -> int:

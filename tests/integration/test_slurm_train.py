@@ -158,8 +158,9 @@ def test_preempted_training_requeues_and_matches_uninterrupted(slurm_cluster, pa
 
     steps, state_every = 24, 6
     logs, runs = tmp_path / "logs", tmp_path / "runs"
-    straight = _submit(_train_args(pairs, runs, "straight", steps, state_every), logs)
-    preempted = _submit(_train_args(pairs, runs, "preempted", steps, state_every), logs)
+    workers = ["data.workers=1"]  # SLURM signals the loader workers too: they must survive it
+    straight = _submit(_train_args(pairs, runs, "straight", steps, state_every) + workers, logs)
+    preempted = _submit(_train_args(pairs, runs, "preempted", steps, state_every) + workers, logs)
     entry = preempted["jobs"][0]
     job = submitit.SlurmJob(Path(entry["stdout"]).parent, entry["job_id"])
     deadline = time.time() + 300

@@ -56,7 +56,8 @@ def scalars(tb: Path) -> dict[str, list[tuple[int, float]]]:
 
 def test_two_process_torchrun_trains_and_logs(data, tmp_path):
     cmd = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29731", "-m", "awm", "train",
-           "--config", "tiny-cpu", *overrides(data, tmp_path, steps=36, gan_start=28)]
+           "--config", "tiny-cpu", *overrides(data, tmp_path, steps=36, gan_start=28,
+                                                                   **{"perf.peak_tflops": 0.05})]
     r = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     run = tmp_path / "tiny-cpu"
@@ -64,7 +65,8 @@ def test_two_process_torchrun_trains_and_logs(data, tmp_path):
     pixel = [v for step, v in s["loss/pixel"] if step <= 28]
     assert sum(pixel[-6:]) / 6 < sum(pixel[:6]) / 6
     for tag in ("loss/total", "loss/gan", "loss/d_real", "loss/d_fake", "lr/g", "lr/d", "grad_norm/g",
-                "grad_norm/d", "perf/samples_per_s", "perf/data_wait_fraction", "val/psnr_y", "val/ssim_y",
+                "grad_norm/d", "perf/samples_per_s", "perf/data_wait_fraction", "perf/tflops", "perf/mfu",
+                "val/psnr_y", "val/ssim_y",
                 "data/skipped", "train/nan_skips"):
         assert tag in s, tag
     assert s["__images__"] == ["val/lr_bicubic_sr_hr"]
@@ -75,6 +77,10 @@ def test_two_process_torchrun_trains_and_logs(data, tmp_path):
         assert m.arch == "compact" and m.scale == 2
     stats = json.loads((run / "train_stats.json").read_text())
     assert stats["status"] == "done" and stats["world_size"] == 2 and stats["step"] == 36
+    assert 0 < stats["flops_per_pair"]["l1"] < stats["flops_per_pair"]["gan"]  # recounted for the GAN stage
+    tflops = dict(s["perf/tflops"])
+    assert all(v > 0 for v in tflops.values())
+    assert dict(s["perf/mfu"])[36] == pytest.approx(tflops[36] / 0.05)
 
 
 def test_resume_after_sigterm_is_bitwise_exact(data, tmp_path):
