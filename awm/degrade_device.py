@@ -181,13 +181,22 @@ def _pad(x: torch.Tensor, r: int, sizes: Sizes, reflect: bool) -> torch.Tensor:
 
 
 def _filter(x: torch.Tensor, sizes: Sizes, kernels: list[np.ndarray]) -> torch.Tensor:
-    """Per-sample 2-D correlation (cv2.filter2D, reflect-101 border) as one grouped conv2d."""
+    """Per-sample 2-D correlation (cv2.filter2D, reflect-101 border): one grouped conv2d per
+    kernel size (padding a 7x7 kernel to 21x21 would cost 9x its work)."""
+    ks = sorted({kr.shape[0] for kr in kernels})
+    if len(ks) == 1:
+        return _conv(x, sizes, np.stack(kernels))
+    out = torch.empty_like(x)
+    for k in ks:
+        ii = [i for i, kr in enumerate(kernels) if kr.shape[0] == k]
+        t = _dev(ii, x.device)
+        out[t] = _conv(x[t], [sizes[i] for i in ii], np.stack([kernels[i] for i in ii]))
+    return out
+
+
+def _conv(x: torch.Tensor, sizes: Sizes, bank: np.ndarray) -> torch.Tensor:
     s, c, h, w = x.shape
-    k = max(kr.shape[0] for kr in kernels)
-    bank = np.zeros((s, k, k), np.float32)
-    for i, kr in enumerate(kernels):
-        o = (k - kr.shape[0]) // 2
-        bank[i, o:o + kr.shape[0], o:o + kr.shape[0]] = kr
+    k = bank.shape[1]
     weight = _dev(bank, x.device).repeat_interleave(c, 0)[:, None]
     xp = _pad(x, k // 2, sizes, reflect=True).reshape(1, s * c, h + k - 1, w + k - 1)
     return F.conv2d(xp, weight, groups=s * c).reshape(s, c, h, w)
