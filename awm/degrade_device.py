@@ -79,7 +79,7 @@ def degrade_batch(hr: torch.Tensor, params: list[dict[str, Any]], scale: int) ->
     for p in params:
         why = unsupported(p)
         if why:
-            raise ValueError(f"preset {p['preset']}: {why} have no device implementation")
+            raise ValueError(f"preset {p['preset']}: no device implementation of {why}")
     chains = [_chain(p) for p in params]
     pos = [0] * b
     sizes: Sizes = [(h, w)] * b
