@@ -358,7 +358,7 @@ def eval_pairs(directory: str | Path, scale: int, rank: int, world: int, limit: 
     Samples ``n`` with ``n % world == rank`` go to ``rank``; ``crop`` takes a centred HR crop
     (a multiple of ``scale``) to bound validation cost on wallpapers.
     """
-    d = Path(directory)
+    d = str(directory)  # a location: Path() would fold the // of a URL
     try:
         paths = [p for p, _ in shard_list(d, "eval")]
     except FileNotFoundError:
