@@ -415,6 +415,8 @@ def _submit_parts(profile: Profile, req: Request, record: dict[str, Any], record
 
 def _wait(jobs: list) -> int:
     """Block until the jobs end; 0 if all succeeded, else 1 with each failure logged."""
+    import submitit
+
     failed = 0
     for j in jobs:
         try:
@@ -424,7 +426,21 @@ def _wait(jobs: list) -> int:
             failed = 1
             first = str(e).strip().splitlines()
             log.error("job %s failed: %s", j.job_id, first[-1] if first else type(e).__name__)
+    _settle(sorted({j.job_id.split("_")[0] for j in jobs if isinstance(j, submitit.SlurmJob)}))
     return failed
+
+
+def _settle(job_ids: list[str], timeout: float = 60) -> None:
+    """Wait until SLURM has ended the jobs too: a task writes its result just before it exits, and
+    a ``--retry`` right after ``--wait`` would otherwise find them still running."""
+    import subprocess
+
+    deadline = time.time() + timeout
+    try:
+        while _active_jobs(job_ids) and time.time() < deadline:
+            time.sleep(0.5)
+    except (OSError, subprocess.SubprocessError) as e:  # no sacct (no accounting): nothing to wait for
+        log.warning("sacct: %s", e)
 
 
 ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED")
