@@ -230,6 +230,7 @@ def _http_get(url: str, out) -> None:
 def _pipe_get(url: str, out) -> None:
     from webdataset.gopen import gopen
 
+    stream = None
     try:
         stream = gopen(url, "rb")
         try:
@@ -238,7 +239,8 @@ def _pipe_get(url: str, out) -> None:
         finally:
             stream.close()  # raises when the command's exit status is not 0
     except Exception as e:  # noqa: BLE001 - any failure of the command is worth a retry
-        raise _Retry(f"{type(e).__name__}: {e}") from None
+        status = getattr(stream, "status", None)
+        raise _Retry(f"command exited with status {status}" if status else f"{type(e).__name__}: {e}") from None
 
 
 def _check_tar(path: Path, url: str, filesize: int | None) -> None:
