@@ -40,7 +40,7 @@ import torch
 
 from awm.config import check
 from awm.io import MAX_PIXELS_DEFAULT, ImageError, decode_image, to_rgb8
-from awm.shardio import TarReader, iter_tar, resolve
+from awm.shardio import ShardSet, TarReader, iter_tar, resolve
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 
@@ -93,17 +93,11 @@ class DataConfig:
 def shard_list(location: str | Path, split: str = "train") -> list[tuple[str, int]]:
     """``(url, nsamples)`` of a split's shards at a location (folder, index URL, brace pattern, pipe:)."""
     refs = [s for s in resolve(location).shards if s.name.startswith(split + "-")]
-    shards = [(s.url, int(s.nsamples)) for s in resolve_counts(refs) if s.nsamples]
+    counted = ShardSet(str(location), refs).counted().shards  # a brace pattern's shards: fetched, counted
+    shards = [(s.url, int(s.nsamples)) for s in counted if s.nsamples]
     if not shards:
         raise FileNotFoundError(f"no non-empty {split}-*.tar shards at {location}")
     return shards
-
-
-def resolve_counts(refs: list) -> list:
-    """The refs with sample counts (shards of a brace pattern are fetched and indexed)."""
-    from awm.shardio import ShardSet
-
-    return ShardSet("", refs).counted().shards
 
 
 def _find(sample: dict[str, Any], stem: str) -> bytes | None:
@@ -264,7 +258,7 @@ class PairStream(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = torch.utils.data.get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        reader, skipped, cache = TarReader(), Counter(), {}
+        reader, skipped, cache = TarReader(nsamples=dict(self.shards)), Counter(), {}
         try:
             i = self.start + wid
             while True:

@@ -360,11 +360,14 @@ class TarReader:
     """Random access to shard samples (local, or remote through the cache) on wids' memory-mapped
     tar index: members indexed once per shard, then sample ``i`` is a few slices of the mapping.
 
-    Keeps at most ``max_open`` shards mapped (least recently used closed first).
+    Keeps at most ``max_open`` shards mapped (least recently used closed first). ``nsamples``
+    (url -> the index's count) makes a shard holding another number of samples an error naming
+    it, rather than samples that silently go missing from an epoch.
     """
 
-    def __init__(self, max_open: int = 64):
+    def __init__(self, max_open: int = 64, nsamples: dict[str, int] | None = None):
         self.max_open = max_open
+        self.nsamples = nsamples or {}
         self._open: OrderedDict[str, tuple[Any, list[tuple[str, dict[str, tuple[int, int]]]]]] = OrderedDict()
 
     def _shard(self, url: str):
@@ -383,6 +386,10 @@ class TarReader:
                 tar.close()
                 raise tarfile.ReadError(f"{url}: member {name} runs past the end of the file (truncated)")
         samples = list(group_members(((n, (o + 512, s)) for n, o, s in tar.by_index), url))
+        want = self.nsamples.get(url)
+        if want is not None and len(samples) != want:
+            tar.close()
+            raise ShardFetchError(f"{url}: {len(samples)} samples, the index says {want} (shard changed?)")
         self._open[url] = (tar, samples)
         while len(self._open) > self.max_open:
             self._open.popitem(last=False)[1][0].close()

@@ -115,3 +115,11 @@ def test_readme_interop_snippet_runs(tmp_path):
     scope: dict = {}
     exec(compile(snippet, "shards/README.md", "exec"), scope)  # noqa: S102 - the documented snippet itself
     assert len(scope["ours"]) == 5 and len(scope["ds"]) == 5
+
+
+def test_shard_with_other_sample_count_than_its_index_is_an_error(tmp_path):
+    d = make_pair_shards(tmp_path / "d", [3])
+    url = str(d / "train-000000.tar")
+    assert shardio.TarReader(nsamples={url: 3}).read(url, 2)["__key__"] == "img00002"
+    with pytest.raises(shardio.ShardFetchError, match="3 samples, the index says 4"):
+        shardio.TarReader(nsamples={url: 4}).read(url, 0)
