@@ -387,14 +387,18 @@ def _noise(x: torch.Tensor, sizes: Sizes, ops: list[dict[str, Any]]) -> tuple[to
 
 
 def _jpeg(x: torch.Tensor, sizes: Sizes, ops: list[dict[str, Any]]) -> tuple[torch.Tensor, Sizes]:
-    """A real JPEG round trip per sample (libjpeg-turbo on CPU, nvJPEG on CUDA), grouped by quality."""
+    """A real JPEG round trip per sample (libjpeg-turbo on CPU, nvJPEG on CUDA): one encode call
+    per quality (the codec takes one), then one batched decode of them all."""
     imgs = [x[i, :, :h, :w].to(torch.uint8).contiguous() for i, (h, w) in enumerate(sizes)]
-    out = torch.zeros_like(x)
+    data: list[torch.Tensor] = [torch.empty(0)] * len(ops)
     for q in sorted({int(op["quality"]) for op in ops}):
         ii = [i for i, op in enumerate(ops) if int(op["quality"]) == q]
-        data = [e.cpu() for e in encode_jpeg([imgs[i] for i in ii], quality=q)]
-        for i, img in zip(ii, decode_jpeg(data, mode=ImageReadMode.RGB, device=x.device), strict=True):
-            out[i, :, :img.shape[1], :img.shape[2]] = img
+        for i, e in zip(ii, encode_jpeg([imgs[i] for i in ii], quality=q), strict=True):
+            data[i] = e
+    out = torch.zeros_like(x)
+    decoded = decode_jpeg([d.cpu() for d in data], mode=ImageReadMode.RGB, device=x.device)
+    for i, img in enumerate(decoded):
+        out[i, :, :img.shape[1], :img.shape[2]] = img
     return out, sizes
 
 
