@@ -228,7 +228,10 @@ class TrainTask(submitit.helpers.Checkpointable):
         export_rendezvous()
         d = dist.init()
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
-        identity = {**rank_identity(), "world_size": d.world_size, "restarts": restarts}
+        import torch
+
+        identity = {**rank_identity(), "world_size": d.world_size, "restarts": restarts,
+                    "threads": torch.get_num_threads()}
         log.info("job %s rank %d/%d on %s (%s), rendezvous %s (%s):%s, restart %d", job.job_id, d.rank,
                  d.world_size, identity["host"], identity["address"], identity.get("master_addr"),
                  identity.get("master_address"), identity.get("master_port"), restarts)

@@ -60,7 +60,8 @@ def _results(record: dict) -> list[dict]:
     return submitit.SlurmJob(Path(entry["stdout"]).parent, entry["job_id"], tasks=tasks).results()
 
 
-def test_two_nodes_two_ranks_each_numbered_across_nodes(slurm_cluster, pairs, tmp_path):
+def test_two_nodes_two_ranks_each_numbered_across_nodes(slurm_cluster, pairs, tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # each rank must then use its --cpus-per-task (1)
     record = _submit(_train_args(pairs, tmp_path / "runs", "ddp", 6, 3), tmp_path / "logs",
                      "--nodes", "2", "--tasks-per-node", "2", "--wait")
     assert record["request"]["nodes"] == 2 and record["request"]["tasks_per_node"] == 2
@@ -73,6 +74,7 @@ def test_two_nodes_two_ranks_each_numbered_across_nodes(slurm_cluster, pairs, tm
     assert [(r["rank"], r["local_rank"], r["host"]) for r in ranks] == [
         (0, 0, "n1"), (1, 1, "n1"), (2, 0, "n2"), (3, 1, "n2")]
     assert {r["master_addr"] for r in ranks} == {"n1"} and {r["world_size"] for r in ranks} == {4}
+    assert {r["threads"] for r in ranks} == {1}  # not one per core of the node, in each of its ranks
     job = record["jobs"][0]["job_id"]
     logs = sorted(p.name for p in Path(record["jobs"][0]["stdout"]).parent.glob(f"{job}_*_log.out"))
     assert logs == [f"{job}_{t}_log.out" for t in range(4)]  # four ranks, one task each
