@@ -14,6 +14,10 @@ themselves run on the training device, awm.data.augment; their CPU cost is repor
   images, reuse ``ppi``) splits it into the reuse part and the tile part.
 - ``tiling_offline``: the one-off cost of ``awm shard --tile`` (degrade, encode, write), paid
   before training and not part of any pairs/s figure.
+- ``remote``: the same shards served over HTTP on loopback (a real server in this process) and
+  read through awm.shardio's cache, cold (emptied before each repeat) and warm, beside the local
+  folder: steady pairs/s in process, plus the set-up seconds before the first batch (index fetch,
+  shard downloads when cold, tar indexing).
 
 Run by hand: .venv/bin/python tests/benchmarks/bench_loader.py [--images 8 --tile 512 --ppi 8]
 Prints one JSON object last (medians over --repeats, interleaved runs).
@@ -22,11 +26,15 @@ Prints one JSON object last (medians over --repeats, interleaved runs).
 from __future__ import annotations
 
 import argparse
+import functools
+import http.server
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -40,6 +48,7 @@ from awm.data import DataConfig, PairStream, TarReader, augment, shard_list, tra
 from awm.degrade import degrade, encode_lr, get_preset  # noqa: E402
 from awm.io import encode_image  # noqa: E402
 from awm.shard import ShardConfig, shard  # noqa: E402
+from awm.shardio import CACHE_ENV  # noqa: E402
 from awm.shards import iter_tar, list_shards  # noqa: E402
 from awm.synth import generate  # noqa: E402
 
@@ -106,6 +115,36 @@ def shard_pairs_in_process(cfg: DataConfig, seconds: float) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def shard_pairs_timed_setup(cfg: DataConfig, seconds: float) -> tuple[float, float]:
+    """(pairs/s after set-up, set-up seconds): index, fetch (remote, cold cache) and index every shard."""
+    t0 = time.perf_counter()
+    shards = shard_list(cfg.train)
+    stream = PairStream(cfg, shards, seed=0, rank=0)
+    reader, skipped, cache, n, i = TarReader(), Counter(), {}, 0, 0
+    for path, _ in shards:
+        reader.read(path, 0)
+    setup = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        n += stream.make_batch(i, reader, skipped, cache)["hr"].shape[0]
+        i += 1
+    reader.close()
+    assert not skipped, skipped
+    return n / (time.perf_counter() - t0), setup
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+def remote_side(cfg: DataConfig, url: str, cache: Path, cold: bool, seconds: float) -> tuple[float, float]:
+    if cold:
+        shutil.rmtree(cache, ignore_errors=True)
+    os.environ[CACHE_ENV] = str(cache)
+    return shard_pairs_timed_setup(DataConfig(**{**cfg.__dict__, "train": url}), seconds)
+
+
 def shard_pairs_one_worker(cfg: DataConfig, seconds: float) -> float:
     it = iter(train_loader(cfg, seed=0, rank=0))
     next(it)
@@ -161,12 +200,27 @@ def main() -> int:
                                                               a.seconds),
             "augment_on_cpu": lambda: augment_on_cpu(cfg, a.seconds / 3),
         }
+        handler = functools.partial(QuietHandler, directory=str(root / "shards"))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_address[1]}/index.json"
+        remote = {"local_folder": lambda: shard_pairs_timed_setup(cfg, a.seconds),
+                  "http_cold_cache": lambda: remote_side(cfg, url, root / "cache", True, a.seconds),
+                  "http_warm_cache": lambda: remote_side(cfg, url, root / "cache", False, a.seconds)}
         runs: dict[str, list[float]] = {k: [] for k in sides}
+        remote_runs: dict[str, list[tuple[float, float]]] = {k: [] for k in remote}
         for _ in range(a.repeats):
             for k, f in sides.items():
                 runs[k].append(f())
-            print({k: round(v[-1], 1) for k, v in runs.items()}, file=sys.stderr)
+            for k, f in remote.items():
+                remote_runs[k].append(f())
+            print({k: round(v[-1], 1) for k, v in runs.items()},
+                  {k: [round(x, 2) for x in v[-1]] for k, v in remote_runs.items()}, file=sys.stderr)
+        server.shutdown()
+        server.server_close()
     med = {k: round(statistics.median(v), 1) for k, v in runs.items()}
+    remote_med = {k: {"pairs_per_s": round(statistics.median(x for x, _ in v), 1),
+                      "setup_s": round(statistics.median(t for _, t in v), 3)} for k, v in remote_runs.items()}
     print(json.dumps({
         "benchmark": "loader", "unit": "(LR, HR) pairs/s on one core (shards_1_worker: one loader process)",
         "hr_patch": a.patch, "scale": a.scale, "batch": a.batch, "images": a.images, "repeats": a.repeats,
@@ -178,7 +232,14 @@ def main() -> int:
                        "ratio_1_worker": round(med["shards_1_worker"] / med["whole_images_reuse_1"], 1),
                        "of_which_reuse": round(med["whole_images_same_reuse"] / med["whole_images_reuse_1"], 1)},
         "tiling_offline": {"images": a.images, "tiles": tiles, "seconds": round(tiling_s, 2),
-                           "s_per_image": round(tiling_s / a.images, 3), "workers": 1}}))
+                           "s_per_image": round(tiling_s / a.images, 3), "workers": 1},
+        "remote": {"settings": "the same shards: local folder vs HTTP on 127.0.0.1 through the shard cache, "
+                               "in process (one core); setup_s = index + fetch (cold) + tar indexing",
+                   **remote_med,
+                   "ratio_http_warm_vs_local": round(remote_med["http_warm_cache"]["pairs_per_s"]
+                                                     / remote_med["local_folder"]["pairs_per_s"], 2),
+                   "ratio_http_cold_vs_local": round(remote_med["http_cold_cache"]["pairs_per_s"]
+                                                     / remote_med["local_folder"]["pairs_per_s"], 2)}}))
     return 0
 
 
