@@ -182,6 +182,17 @@ def _node_pids(node: str) -> list[int]:
     return pids
 
 
+def _python_on(node: str) -> bool:
+    """Whether a submitit task (the job's python) runs on the node."""
+    for pid in _node_pids(node):
+        try:
+            if b"submitit.core._submit" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return True
+        except OSError:  # the process ended meanwhile
+            pass
+    return False
+
+
 @pytest.fixture
 def node_n2_dies(slurm_cluster):
     """Kills n2 (its slurmd, job steps and tasks: a power loss) when called; boots it again afterwards."""
@@ -218,11 +229,10 @@ def test_node_dying_mid_array_loses_and_duplicates_nothing(slurm_cluster, images
     deadline = time.time() + 300
     while True:  # until a part runs its python on n2 (started, not finished)
         on_n2 = [i for i, job in enumerate(parts) if _nodes([job]).get(job) == "n2"]
-        started = [pid for pid in _node_pids("n2") if b"submitit.core._submit" in Path(f"/proc/{pid}/cmdline")
-                   .read_bytes()] if on_n2 else []
-        if started:
+        if on_n2 and _python_on("n2"):
             break
-        assert time.time() < deadline, "no part ever ran on n2"
+        assert time.time() < deadline and len(list((record_dir / "parts").glob("*.json"))) < 4, \
+            "no part ran on n2 before they all finished"
         time.sleep(0.1)
     node_n2_dies()
     unfinished = [i for i in on_n2 if not (record_dir / "parts" / f"part-{i:05d}.json").exists()]
