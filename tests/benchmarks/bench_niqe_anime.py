@@ -5,7 +5,10 @@ For each image (../shared/data/real, skipped when absent, and generated awm.synt
 seeds never used for the packaged fit), HR is downscaled x2 (INTER_AREA) and brought back to HR
 size by bicubic, lanczos and bicubic + unsharp mask; HR itself is the sharpest. A metric that
 suits anime should score HR best and bicubic worst. Standard NIQE needs
-../shared/data/weights/niqe_modelparameters.mat. The JSON line printed last holds the means.
+../shared/data/weights/niqe_modelparameters.mat. The JSON line printed last holds the means and,
+per set, how many images support the ranking: the packaged niqe_anime model was fitted on
+awm.synth images, so the "generated" set (other seeds of the same generator) is not an
+independent check; only the "real" set is, and it is small (the images >= 192 px).
 """
 
 from __future__ import annotations
@@ -51,7 +54,9 @@ def main() -> None:
 
         net = pyiqa.create_metric("niqe", device="cpu", pretrained_model_path=str(std_mat))
         mets["niqe"] = metrics.Metric("niqe", False, True, net)
-    out: dict = {}
+    fit = json.loads((REPO / "awm" / "assets" / "niqe_anime.json").read_text())
+    out: dict = {"niqe_anime_fitted_on": {"synth_images": fit["synth"], "synth_first_seed": fit["synth_seed"],
+                                          "real_folders": len(fit["data"])}}
     for set_name, items in sets.items():
         per: dict[str, dict[str, list[float]]] = {m: {} for m in mets}
         for name, hr in items:
@@ -60,7 +65,8 @@ def main() -> None:
                     v = m(img)
                     per[mname].setdefault(vname, []).append(v)
                     print(f"{set_name} {name} {vname} {mname}={v:.4f}", file=sys.stderr)
-        out[set_name] = {"images": [n for n, _ in items]}
+        out[set_name] = {"images": [n for n, _ in items], "count": len(items),
+                         "independent_of_the_fit": set_name == "real"}
         for mname, d in per.items():
             means = {k: float(np.mean([x for x in v if math.isfinite(x)])) for k, v in d.items()}
             out[set_name][mname] = {"mean": {k: round(v, 4) for k, v in means.items()},
