@@ -1,7 +1,7 @@
 """Distributed details in one place: who am I, how many are we, and collectives that work on CPU.
 
 Rank and world size come from torchrun/accelerate (RANK, WORLD_SIZE, LOCAL_RANK) or SLURM
-(SLURM_PROCID, SLURM_NTASKS). Without a GPU the process group uses gloo automatically.
+(SLURM_PROCID, SLURM_STEP_NUM_TASKS). Without a GPU the process group uses gloo automatically.
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ def env() -> DistEnv:
     e = os.environ
     if "RANK" in e and "WORLD_SIZE" in e:
         return DistEnv(int(e["RANK"]), int(e["WORLD_SIZE"]), int(e.get("LOCAL_RANK", 0)))
-    if "SLURM_PROCID" in e and "SLURM_NTASKS" in e and int(e["SLURM_NTASKS"]) > 1:
-        return DistEnv(int(e["SLURM_PROCID"]), int(e["SLURM_NTASKS"]), int(e.get("SLURM_LOCALID", 0)))
+    # the step's task count, set by srun only: a batch script of an N-task job also has SLURM_NTASKS=N
+    # and SLURM_PROCID=0, and a process it starts without srun is alone (it would wait for N-1 peers)
+    if "SLURM_PROCID" in e and int(e.get("SLURM_STEP_NUM_TASKS", 1)) > 1:
+        return DistEnv(int(e["SLURM_PROCID"]), int(e["SLURM_STEP_NUM_TASKS"]), int(e.get("SLURM_LOCALID", 0)))
     return DistEnv(0, 1, 0)
 
 
@@ -76,13 +78,18 @@ def init() -> DistEnv:
 
 
 def slurm_rendezvous() -> tuple[str, str] | None:
-    """MASTER_ADDR/PORT for tasks that ``srun`` started without a launcher: the job's first node
-    and a port from the job id, the same in every task of every node (127.0.0.1 would make each
-    node rendezvous with itself). None outside a SLURM job step of several tasks."""
+    """MASTER_ADDR/PORT for tasks that ``srun`` started without a launcher: the step's first node
+    (where its task 0 runs) and a port from the job and step ids, the same in every task of every
+    node (127.0.0.1 would make each node rendezvous with itself). None outside a SLURM job step of
+    several tasks."""
     e = os.environ
-    if "RANK" in e or int(e.get("SLURM_NTASKS", "1")) <= 1 or not e.get("SLURM_JOB_NODELIST"):
+    nodes = e.get("SLURM_STEP_NODELIST") or e.get("SLURM_JOB_NODELIST")
+    if "RANK" in e or int(e.get("SLURM_STEP_NUM_TASKS", "1")) <= 1 or not nodes:
         return None
-    return first_host(e["SLURM_JOB_NODELIST"]), str(20000 + int(e.get("SLURM_JOB_ID", "0")) % 40000)
+    import random
+
+    port = random.Random(f"{e.get('SLURM_JOB_ID')}.{e.get('SLURM_STEP_ID')}").randint(20000, 60000)
+    return first_host(nodes), str(port)
 
 
 def first_host(nodelist: str) -> str:

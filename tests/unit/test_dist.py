@@ -13,15 +13,31 @@ def test_first_host_of_a_slurm_node_list(nodelist, first):
     assert dist.first_host(nodelist) == first
 
 
-def test_srun_tasks_rendezvous_at_the_first_node(monkeypatch):
-    for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+def test_srun_tasks_rendezvous_at_the_first_node_of_their_step(monkeypatch):
+    for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "SLURM_STEP_NODELIST"):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("SLURM_JOB_NODELIST", "gpu[07-08]")
     monkeypatch.setenv("SLURM_JOB_ID", "123456")
+    monkeypatch.setenv("SLURM_STEP_ID", "0")
+    monkeypatch.setenv("SLURM_PROCID", "9")
     monkeypatch.setenv("SLURM_NTASKS", "16")
-    assert dist.slurm_rendezvous() == ("gpu07", str(20000 + 123456 % 40000))
-    monkeypatch.setenv("SLURM_NTASKS", "1")
-    assert dist.slurm_rendezvous() is None  # one task: no process group
-    monkeypatch.setenv("SLURM_NTASKS", "16")
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "16")
+    assert dist.env() == dist.DistEnv(9, 16, 0)
+    addr, port = dist.slurm_rendezvous()
+    assert addr == "gpu07" and 20000 <= int(port) <= 60000 and dist.slurm_rendezvous() == (addr, port)
+    monkeypatch.setenv("SLURM_STEP_ID", "1")  # a second step of the same job may run meanwhile
+    assert dist.slurm_rendezvous() != (addr, port)
+    monkeypatch.setenv("SLURM_STEP_NODELIST", "gpu08")  # srun -w gpu08 inside the 2-node job
+    assert dist.slurm_rendezvous()[0] == "gpu08"
     monkeypatch.setenv("RANK", "3")
     assert dist.slurm_rendezvous() is None  # a launcher (torchrun, submitit) already set the rendezvous
+
+
+def test_a_batch_script_without_srun_is_one_process(monkeypatch):
+    """The batch step of a 16-task job has SLURM_NTASKS=16 and SLURM_PROCID=0 but no step task count."""
+    for k in ("RANK", "WORLD_SIZE", "SLURM_STEP_NUM_TASKS"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    monkeypatch.setenv("SLURM_NTASKS", "16")
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "gpu[07-08]")
+    assert dist.env() == dist.DistEnv(0, 1, 0) and dist.slurm_rendezvous() is None
