@@ -222,14 +222,14 @@ class TrainTask(submitit.helpers.Checkpointable):
         self.config, self.overrides, self.max_requeue = config, list(overrides), max_requeue
 
     def __call__(self) -> dict[str, Any]:
+        import torch
+
         from awm import dist, train
 
         job = submitit.JobEnvironment()
         export_rendezvous()
         d = dist.init()
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
-        import torch
-
         identity = {**rank_identity(), "world_size": d.world_size, "restarts": restarts,
                     "threads": torch.get_num_threads()}
         log.info("job %s rank %d/%d on %s (%s), rendezvous %s (%s):%s, restart %d", job.job_id, d.rank,
