@@ -277,3 +277,28 @@ def test_concurrent_processes_share_one_download(served, tmp_path, monkeypatch):
     assert {p.read_bytes() for p in got} == {(d / path).read_bytes()}
     assert server.hits[path] - before == 2  # the reset attempt and its retry, for all four processes
     assert_cache_clean(tmp_path / "cache", _originals(d))
+
+
+def test_upscale_and_report_from_url_equal_local(served, tmp_path):
+    from awm.checkpoint import save_checkpoint
+    from awm.models import build_model
+    from awm.report import run_row
+
+    d, server = served
+    ckpt = save_checkpoint(tmp_path / "ckpt", build_model("compact-tiny", 2), "compact-tiny", {}, 2, step=0)
+    outs = {}
+    for name, location in (("local", str(d / "eval")), ("url", server.url("eval/index.json"))):
+        r = subprocess.run([sys.executable, "-m", "awm", "upscale", "--model", str(ckpt), location,
+                            "--out", str(tmp_path / name), "--tile", "32", "--tile-pad", "8"],
+                           env=env(tmp_path / "cache"), capture_output=True, text=True, timeout=600, cwd=ROOT)
+        assert r.returncode == 0, (name, r.stderr[-3000:])
+        outs[name] = {p.name: p.read_bytes() for p in (tmp_path / name).iterdir() if p.suffix == ".png"}
+    assert len(outs["local"]) == 5 and outs["url"] == outs["local"]
+    rows = {}
+    for name, location in (("local", str(d / "train")), ("url", server.url("train/index.json"))):
+        run = tmp_path / "runs" / name
+        run.mkdir(parents=True)
+        (run / "config.yaml").write_text(json.dumps({"data": {"train": location, "scale": 2}}))
+        rows[name] = run_row(run)[0]
+    assert rows["url"]["data_size"] == rows["local"]["data_size"] == 11
+    assert rows["url"]["preset"] == rows["local"]["preset"] == "test"
