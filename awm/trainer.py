@@ -104,7 +104,8 @@ def build_components(cfg: TrainConfig, precision: str) -> Components:
     q = cfg.data.patch // scale
     check(q % info.size_multiple == 0 and q >= info.size_min, "data.patch", cfg.data.patch,
           f"an HR patch whose LR side is a multiple of {info.size_multiple} and >= {info.size_min} for {m.arch}")
-    channels_last = channels_last_for(get_spec(m.arch).spandrel_id, m.channels_last)
+    # DeepSpeed flattens parameters into contiguous buffers (a channels_last weight cannot be viewed so)
+    channels_last = channels_last_for(get_spec(m.arch).spandrel_id, m.channels_last) and not deepspeed
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     generator = build_model(m.arch, scale, **m.hparams).to(acc.device, memory_format=fmt)
     ema = EMA(generator, cfg.ema) if cfg.ema.enabled else None
@@ -211,7 +212,7 @@ def apply_update(c: Components, gan: bool, grad_clip: float, step_loss: torch.Te
     found_inf = non_finite_flag([step_loss, *norms], world_size)
     for opt in c.optimizers(gan):
         inner = opt.optimizer if hasattr(opt, "optimizer") else opt
-        if inner.defaults.get("fused"):
+        if isinstance(inner, torch.optim.Optimizer) and inner.defaults.get("fused"):  # not DeepSpeed's wrapper
             inner.found_inf = found_inf  # read by the fused kernel on the device (as GradScaler does)
         opt.step()
         opt.zero_grad(set_to_none=True)
