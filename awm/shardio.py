@@ -51,6 +51,7 @@ BACKOFF_ENV = "AWM_SHARD_BACKOFF"
 INDEX_NAME = "index.json"
 _TIMEOUT_S = 60
 _BRACES = re.compile(r"\{[^{}]*\.\.[^{}]*\}|\{[^{}]*,[^{}]*\}")
+_PLAIN_PATH = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/-]*$")
 T = TypeVar("T")
 
 
@@ -173,10 +174,18 @@ def resolve(location: str | Path) -> ShardSet:
 
 
 def _join(index_url: str, url: str) -> str:
-    """A shard url from an index fetched at ``index_url``."""
+    """A shard url from an index fetched at ``index_url``.
+
+    The index is data from elsewhere: it may name http(s) shards, but never a command (a pipe:
+    url) and, for a pipe: index, only plain relative paths, which go into the user's command.
+    """
+    if url.startswith("pipe:"):
+        raise ValueError(f"{index_url}: a fetched index may not name pipe: urls ({url!r})")
     if is_remote(url):
         return url
     if index_url.startswith("pipe:"):
+        if not _PLAIN_PATH.match(url):
+            raise ValueError(f"{index_url}: shard url {url!r} is not a plain relative path")
         names = [os.path.basename(t) for t in index_url[5:].split() if t.endswith(".json")]
         head, sep, tail = index_url.rpartition(names[-1]) if names else ("", "", "")
         if not sep:

@@ -73,6 +73,11 @@ def test_locations_resolve_to_the_same_shards(tmp_path):
     pipe = shardio.resolve(f"pipe:cat {d}/index.json")
     assert [s.url for s in pipe.shards] == [f"pipe:cat {d}/train-000000.tar", f"pipe:cat {d}/train-000001.tar"]
     assert shardio._join("https://h/x/index.json", "train-000000.tar") == "https://h/x/train-000000.tar"
+    for bad in ("pipe:rm -rf ~", "x.tar; rm -rf ~", "$(reboot).tar"):  # an index is data, never a command
+        with pytest.raises(ValueError, match="pipe:|plain relative"):
+            shardio._join("pipe:cat /d/index.json", bad)
+    with pytest.raises(ValueError, match="pipe:"):
+        shardio._join("https://h/x/index.json", "pipe:curl evil")
     with pytest.raises(FileNotFoundError, match="nowhere"):
         shardio.resolve(tmp_path / "nowhere")
 
