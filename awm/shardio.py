@@ -156,12 +156,17 @@ def resolve(location: str | Path) -> ShardSet:
         urls = _expand(loc)
         return ShardSet(loc, [ShardRef(u if is_remote(u) else str(Path(u).resolve()), _name_of(u)) for u in urls],
                         {"shardlist": [{"url": u} for u in urls]})
-    if loc.endswith(".tar"):
+    names_index = (any(t.endswith(".json") for t in loc[5:].split()) if loc.startswith("pipe:")
+                   else not loc.endswith(".tar"))
+    if not names_index:
         url = loc if is_remote(loc) else str(Path(loc).resolve())
         return ShardSet(loc, [ShardRef(url, _name_of(loc))], {"shardlist": [{"url": url}]})
     if is_remote(loc):
         index_url = loc if loc.endswith(".json") or loc.startswith("pipe:") else loc.rstrip("/") + "/" + INDEX_NAME
-        index = json.loads(fetch_bytes(index_url).decode())
+        try:
+            index = json.loads(fetch_bytes(index_url).decode())
+        except ValueError as e:
+            raise ValueError(f"{index_url}: not a JSON shard index ({e})") from None
         return _from_index(loc, index, lambda u: _join(index_url, u))
     p = Path(loc)
     index_path = p if p.suffix == ".json" else p / INDEX_NAME

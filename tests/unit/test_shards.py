@@ -62,7 +62,8 @@ def test_grouping_is_consecutive_and_refuses_repeated_members():
         list(shardio.group_members([("x.png", 1), ("x.png", 2)], "s.tar"))
 
 
-def test_locations_resolve_to_the_same_shards(tmp_path):
+def test_locations_resolve_to_the_same_shards(tmp_path, monkeypatch):
+    monkeypatch.setenv(shardio.CACHE_ENV, str(tmp_path / "cache"))
     d = make_pair_shards(tmp_path / "d", [2, 1])
     folder = shardio.resolve(d)
     assert [(s.name, s.nsamples) for s in folder.shards] == [("train-000000.tar", 2), ("train-000001.tar", 1)]
@@ -72,6 +73,9 @@ def test_locations_resolve_to_the_same_shards(tmp_path):
     assert [(s.url, s.nsamples) for s in brace.shards] == [(s.url, s.nsamples) for s in folder.shards]
     pipe = shardio.resolve(f"pipe:cat {d}/index.json")
     assert [s.url for s in pipe.shards] == [f"pipe:cat {d}/train-000000.tar", f"pipe:cat {d}/train-000001.tar"]
+    one = shardio.resolve(f"pipe:cat {d}/train-000001.tar | cat -")
+    assert [(s.url, s.name) for s in one.shards] == [(f"pipe:cat {d}/train-000001.tar | cat -", "train-000001.tar")]
+    assert shardio.resolve(one.location).counted().shards[0].nsamples == 1
     assert shardio._join("https://h/x/index.json", "train-000000.tar") == "https://h/x/train-000000.tar"
     for bad in ("pipe:rm -rf ~", "x.tar; rm -rf ~", "$(reboot).tar"):  # an index is data, never a command
         with pytest.raises(ValueError, match="pipe:|plain relative"):
