@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 import re
+import struct
 import tarfile
 import time
 import uuid
@@ -393,7 +394,10 @@ class TarReader:
         path = local_path(url)
         if path.stat().st_size == 0:
             raise tarfile.ReadError(f"{url}: empty file")
-        tar = MMIndexedTar(str(path), verbose=False)
+        try:
+            tar = MMIndexedTar(str(path), verbose=False)
+        except (ValueError, UnicodeDecodeError, struct.error) as e:
+            raise tarfile.ReadError(f"{url}: not a readable tar ({type(e).__name__}: {e})") from None
         end = len(tar.mmapped_file)
         for name, offset, size in tar.by_index:
             if offset + 512 + size > end:

@@ -110,6 +110,9 @@ def test_truncated_local_shard_is_an_error_not_fewer_samples(tmp_path):
     p.write_bytes(p.read_bytes()[:3000])
     with pytest.raises(tarfile.ReadError, match="train-000000.tar"):
         shardio.TarReader().read(str(p), 0)
+    p.write_bytes(b"\xff" * 2048)
+    with pytest.raises(tarfile.ReadError, match="train-000000.tar: not a readable tar"):
+        shardio.TarReader().read(str(p), 0)
 
 
 def test_readme_interop_snippet_runs(tmp_path):
