@@ -4,6 +4,8 @@ generate -> ingest -> shard (2x, seed preset, train and eval) -> train ``tiny-cp
 -> eval bicubic vs the trained model with 2 processes -> upscale a few eval images -> report.md.
 Each stage runs as its real CLI in a child process (``torchrun`` for the multi-process ones), so
 the demo exercises exactly what users run. A stage whose output is complete is reused on re-runs.
+Each stage's wall time and CPU time (user + sys of the stage's processes) go to
+``demo_timings.json``: on a shared or slower machine the CPU seconds say what the work costs.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
+import resource
 import subprocess
 import sys
 import time
@@ -38,6 +42,8 @@ class DemoConfig:
     steps: int | None = field(default=None, metadata={"help": "training steps (default: the recipe's)"})
     processes: int = field(default=2, metadata={"help": "processes for training and evaluation"})
     upscale_count: int = field(default=3, metadata={"help": "eval images to upscale as files"})
+    train_overrides: list[str] = field(default_factory=list, metadata={
+        "help": "extra key=value overrides for `awm train`, comma-separated (e.g. optim.lr_g=1e-3)"})
 
     def __post_init__(self):
         check(self.n_train >= 2, "n_train", self.n_train, ">= 2")
@@ -46,6 +52,8 @@ class DemoConfig:
               self.long_side, "two integers lo,hi with 128 <= lo <= hi")
         check(self.processes >= 1, "processes", self.processes, ">= 1")
         check(self.steps is None or self.steps >= 1, "steps", self.steps, ">= 1 or null")
+        check(all("=" in o for o in self.train_overrides), "train_overrides", self.train_overrides,
+              "key=value items")
 
 
 def _awm(*args: str, processes: int = 1) -> list[str]:
@@ -55,18 +63,56 @@ def _awm(*args: str, processes: int = 1) -> list[str]:
     return [sys.executable, "-m", "awm", *args]
 
 
-def _stage(n: int, title: str, cmd: list[str], done: bool) -> None:
+def _cpu_seconds(who: int) -> float:
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+class Timings:
+    """Wall and CPU seconds per stage (CPU: user + sys of the stage's processes).
+
+    A re-run keeps the figures of the stages it reuses, so the file always describes the output.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.stages: dict[str, dict[str, float]] = {}
+        if path.is_file():
+            self.stages = json.loads(path.read_text()).get("stages", {})
+
+    def add(self, title: str, wall: float, cpu: float) -> None:
+        self.stages[title] = {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1)}
+
+    def write(self) -> Path:
+        total = {k: round(sum(s[k] for s in self.stages.values()), 1) for k in ("wall_s", "cpu_s")}
+        doc = {"machine": {"cpu": _cpu_model(), "cores": os.cpu_count()}, "stages": self.stages, "total": total}
+        return io.atomic_write_text(self.path, json.dumps(doc, indent=1))
+
+
+def _stage(n: int, title: str, cmd: list[str], done: bool, timings: Timings) -> None:
     """Run one stage's real CLI unless its output is already complete."""
     if done:
         log.info("[demo %d/7] %s: reusing finished output", n, title)
         return
     log.info("[demo %d/7] %s", n, title)
-    t = time.time()
+    t, c = time.perf_counter(), _cpu_seconds(resource.RUSAGE_CHILDREN)
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     result = subprocess.run(cmd, env=env)
     if result.returncode != 0:
         raise RuntimeError(f"stage '{title}' failed (exit {result.returncode}): {' '.join(cmd)}")
-    log.info("[demo %d/7] %s: done in %.0f s", n, title, time.time() - t)
+    wall, cpu = time.perf_counter() - t, _cpu_seconds(resource.RUSAGE_CHILDREN) - c
+    timings.add(title, wall, cpu)
+    log.info("[demo %d/7] %s: done in %.0f s (CPU %.0f s)", n, title, wall, cpu)
 
 
 def _user_split(src: Path, dst: Path) -> None:
@@ -113,43 +159,57 @@ def demo(cfg: DemoConfig) -> Path:
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
     config.save(cfg, out / "demo_config.yaml")
+    timings = Timings(out / "demo_timings.json")
     data = out / "data"
+    t, c = time.perf_counter(), _cpu_seconds(resource.RUSAGE_SELF)
     if cfg.data is not None:
         _user_split(cfg.data, data)
     else:
         _generate(cfg, data)
+    if not timings.stages:
+        timings.add("generate" if cfg.data is None else "link images", time.perf_counter() - t,
+                    _cpu_seconds(resource.RUSAGE_SELF) - c)
     for part in ("train", "eval"):
         _stage(1 if part == "train" else 2, f"ingest {part} images",
                _awm("ingest", str(data / part), "--out", str(out / "raw" / part)),
-               (out / "raw" / part / "index.json").is_file())
+               (out / "raw" / part / "index.json").is_file(), timings)
     for part in ("train", "eval"):
         extra = ["--tile", "192"] if part == "train" else []
         _stage(3, f"shard {part} split (2x, seed preset)",
                _awm("shard", "--in", str(out / "raw" / part), "--out", str(out / "shards" / part),
                     "--split", part, "--scales", "2", "--preset", "seed", "--seed", str(cfg.seed), *extra),
-               (out / "shards" / part / "index.json").is_file())
+               (out / "shards" / part / "index.json").is_file(), timings)
     steps = _recipe_steps(cfg)
     run = out / "run"
     overrides = [f"name={run.name}", f"runs={out}", f"data.train={out / 'shards' / 'train'}",
-                 f"data.eval={out / 'shards' / 'eval'}", f"steps={steps}", f"seed={cfg.seed}"]
+                 f"data.eval={out / 'shards' / 'eval'}", f"steps={steps}", f"seed={cfg.seed}", *cfg.train_overrides]
     _stage(4, f"train {cfg.recipe} ({steps} steps, {cfg.processes} processes)",
            _awm("train", "--config", cfg.recipe, *overrides, processes=cfg.processes),
-           _trained_step(run) >= steps)
+           _trained_step(run) >= steps, timings)
     metrics = ["psnry", "ssim", "niqe_anime"] + (["niqe"] if _niqe_staged() else [])
     summary = out / "eval" / "summary.json"
     fresh = summary.is_file() and summary.stat().st_mtime > (run / "checkpoints" / "last" / "meta.json").stat().st_mtime
     _stage(5, f"evaluate bicubic vs the trained model ({', '.join(metrics)})",
            _awm("eval", "--data", str(out / "shards" / "eval"), "--scale", "2", "--models", f"bicubic,{run}",
                 "--metrics", ",".join(metrics), "--out", str(out / "eval"), processes=cfg.processes),
-           fresh)
+           fresh, timings)
     lr_files = _export_lr(out, cfg.upscale_count)
     _stage(6, f"upscale {len(lr_files)} eval images",
            _awm("upscale", "--model", str(run), *map(str, lr_files), "--out", str(out / "upscaled")),
-           all(any((out / "upscaled").glob(f"{p.stem}*")) for p in lr_files))
+           all(any((out / "upscaled").glob(f"{p.stem}*")) for p in lr_files), timings)
     log.info("[demo 7/7] writing the report")
     report = write_report(out, run, lr_files)
+    timings.write()
+    log.info("PSNR-Y on the eval split: %s", headline(out / "eval" / "summary.json", run))
     print(f"\nAWM demo report: {report.resolve()}")
     return report
+
+
+def headline(summary: Path, run: Path) -> str:
+    """The demo's claim in one line: the trained model's PSNR-Y against bicubic's."""
+    models = json.loads(summary.read_text())["models"]
+    bic, sr = models["bicubic"]["psnry"]["mean"], models[str(run)]["psnry"]["mean"]
+    return f"model {sr:.2f} dB, bicubic {bic:.2f} dB ({sr - bic:+.2f} dB)"
 
 
 def _export_lr(out: Path, n: int) -> list[Path]:
