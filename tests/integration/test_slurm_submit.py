@@ -227,35 +227,34 @@ def test_node_dying_mid_array_loses_and_duplicates_nothing(slurm_cluster, images
     jobs = json.loads((record_dir / "submission.json").read_text())["jobs"]
     parts = [j["job_id"] for j in jobs if j["kind"] == "part"]
     deadline = time.time() + 300
-    while True:  # until a part runs its python on n2 (started, not finished)
-        on_n2 = [i for i, job in enumerate(parts) if _nodes([job]).get(job) == "n2"]
-        if on_n2 and _python_on("n2"):
-            break
+    while not _python_on("n2"):  # until a part runs its python on n2 (started, not finished)
         assert time.time() < deadline and len(list((record_dir / "parts").glob("*.json"))) < 4, \
             "no part ran on n2 before they all finished"
         time.sleep(0.1)
     node_n2_dies()
-    unfinished = [i for i in on_n2 if not (record_dir / "parts" / f"part-{i:05d}.json").exists()]
-    assert unfinished, "the parts on n2 finished before the node died"
+    finished = {i for i in range(4) if (record_dir / "parts" / f"part-{i:05d}.json").exists()}
 
     states = _states([j["job_id"] for j in jobs], timeout=300)
+    died = [i for i, job in enumerate(parts) if ("NODE_FAIL", "n2") in _history(job)]
+    lost = [i for i in died if i not in finished]  # killed mid-run, before its marker
+    assert lost, (died, finished, states)
     capsys.readouterr()
     if requeue:  # SLURM ran the parts of the dead node again on the other one; the merge found them all
-        for i in unfinished:
+        for i in died:
             assert _history(parts[i]) == [("NODE_FAIL", "n2"), ("COMPLETED", "n1")], (i, states)
         assert set(states.values()) == {"COMPLETED"}, states
         assert cli.main(["submit", "--retry", str(record_dir), "--wait"]) == 0
         assert "nothing to retry" in capsys.readouterr().out
     else:  # the parts failed clearly, the merge names them and the retry command; retry runs only those
-        for i in unfinished:
+        for i in died:
             assert _history(parts[i]) == [("NODE_FAIL", "n2")], (i, states)
         assert states[jobs[-1]["job_id"]] == "FAILED", states
         merge_err = Path(jobs[-1]["stderr"]).read_text()
         assert f"awm submit --retry {record_dir}" in merge_err
-        assert all(f"{i}/4" in merge_err for i in unfinished), merge_err[-2000:]
+        assert all(f"{i}/4" in merge_err for i in lost), merge_err[-2000:]
         assert cli.main(["submit", "--retry", str(record_dir), "--wait"]) == 0
-        missing = ", ".join(f"{i}/4" for i in unfinished)
-        assert f"retrying {len(unfinished)} of 4 parts: {missing}" in capsys.readouterr().out
+        missing = ", ".join(f"{i}/4" for i in lost)
+        assert f"retrying {len(lost)} of 4 parts: {missing}" in capsys.readouterr().out
     _assert_same_shards(one_process, out)
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in one_process.iterdir())
     assert len(list((record_dir / "parts").iterdir())) == 4
