@@ -54,6 +54,7 @@ class Components:
     discriminator_optimizer: torch.optim.Optimizer | None = None
     generator_loss: nn.Module | None = None
     discriminator_loss: nn.Module | None = None
+    deepspeed: bool = False  # its engine steps inside backward: no device-side skip there
 
     def optimizers(self, gan: bool) -> list[torch.optim.Optimizer]:
         return [self.generator_optimizer] + ([self.discriminator_optimizer] if gan else [])
@@ -113,7 +114,7 @@ def build_components(cfg: TrainConfig, precision: str) -> Components:
     g_params = _trainable(generator)
     g_opt = make_optimizer(g_params, cfg.optim.lr_g, betas, wd, acc.device, deepspeed)
     c = Components(acc, info, channels_last, generator, generator, g_params, g_opt,
-                   losses.build_pixel_loss(cfg.loss).to(acc.device), ema)
+                   losses.build_pixel_loss(cfg.loss).to(acc.device), ema, deepspeed=deepspeed)
     if gan:
         d = losses.build_discriminator(m.discriminator).to(acc.device, memory_format=fmt)
         c.discriminator_plain, c.discriminator_params = d, _trainable(d)
@@ -203,17 +204,20 @@ def apply_update(c: Components, gan: bool, grad_clip: float, step_loss: torch.Te
 
     Returns the flag and the gradient norms (device tensors).
     """
-    acc, clip = c.accelerator, grad_clip or math.inf
+    acc = c.accelerator
     params = [c.generator_params] + ([c.discriminator_params] if gan else [])
     norms = []
     for group in params:
-        norm = acc.clip_grad_norm_(group, clip)
+        if grad_clip or c.deepspeed or acc.scaler is not None:  # fp16: unscale first
+            norm = acc.clip_grad_norm_(group, grad_clip or math.inf)
+        else:  # no clipping: the norm alone (for the log and the non-finite check), no pass scaling grads
+            norm = torch.nn.utils.get_total_norm([p.grad for p in group if p.grad is not None])
         norms.append(torch.zeros((), device=acc.device) if norm is None else torch.as_tensor(norm, device=acc.device))
     found_inf = non_finite_flag([step_loss, *norms], world_size)
     for opt in c.optimizers(gan):
-        inner = opt.optimizer if hasattr(opt, "optimizer") else opt
-        if isinstance(inner, torch.optim.Optimizer) and inner.defaults.get("fused"):  # not DeepSpeed's wrapper
-            inner.found_inf = found_inf  # read by the fused kernel on the device (as GradScaler does)
+        if not c.deepspeed:
+            # read by the fused kernel on the device, as GradScaler's found_inf is
+            (opt.optimizer if hasattr(opt, "optimizer") else opt).found_inf = found_inf
         opt.step()
         opt.zero_grad(set_to_none=True)
     return found_inf, norms
