@@ -51,9 +51,6 @@ class Trainer:
             log.info("resumed from %s at step %d", resume, self.state.step)
         self.eval_model = c.ema.module if c.ema is not None else c.generator_plain
         self.epoch = epoch_steps(cfg.data, self.world, cfg.optim.accum)
-        loader = train_loader(cfg.data, cfg.seed, acc.process_index, start=self.state.step * cfg.optim.accum,
-                              pin_memory=self.device.type == "cuda")
-        self.batches = DevicePrefetcher(iter(loader), self.device)
         self.skips, self.base_skips, self.val_skips = SkipCounter(), Counter(self.state.skipped), Counter()
         self.nan_skips = torch.tensor(float(self.state.nan_skips), device=self.device)
         self.nan_consecutive = torch.tensor(float(self.state.nan_consecutive), device=self.device)
@@ -70,6 +67,10 @@ class Trainer:
         self.last_val: dict[str, Any] = {}
         self.window_start, self.wait, self.window_steps = time.perf_counter(), 0.0, 0
         self.stop_seen = False
+        # Last: from here on the loader's worker processes exist, and only close() ends them.
+        loader = train_loader(cfg.data, cfg.seed, acc.process_index, start=self.state.step * cfg.optim.accum,
+                              pin_memory=self.device.type == "cuda")
+        self.batches = DevicePrefetcher(iter(loader), self.device)
 
     def gan(self, step: int) -> bool:
         return self.c.discriminator is not None and step >= self.cfg.gan_start
