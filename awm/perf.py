@@ -131,7 +131,8 @@ class DevicePrefetcher:
         batch = next(self.batches)
         with torch.cuda.stream(self.stream):
             for k in self.keys:
-                batch[k] = batch[k].to(self.device, non_blocking=True)
+                if k in batch:  # no "lr" when the trainer makes it (data.degrade_on=device)
+                    batch[k] = batch[k].to(self.device, non_blocking=True)
         return batch
 
     def __next__(self) -> dict[str, Any]:
@@ -141,6 +142,7 @@ class DevicePrefetcher:
         compute = torch.cuda.current_stream(self.device)
         compute.wait_stream(self.stream)
         for k in self.keys:
-            batch[k].record_stream(compute)  # the caching allocator must not reuse it during the step
+            if k in batch:
+                batch[k].record_stream(compute)  # the caching allocator must not reuse it during the step
         self.ready = self._copy_next()
         return batch

@@ -23,6 +23,7 @@ import torch
 
 from awm import config as cfgmod
 from awm.data import SkipCounter, augment, epoch_steps, train_loader
+from awm.degrade_device import degrade_batch
 from awm.log import get_logger
 from awm.perf import DevicePrefetcher, peak_tflops
 from awm.train_utils import TrainState, image_grid, latest_state, psnr_ssim_y, save_full_state, to_float
@@ -144,7 +145,9 @@ class Trainer:
     def _to_device(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Loader batch (uint8 NHWC, maybe prefetched to the device) -> augmented float NCHW pair."""
         dev, channels_last = self.device, self.c.channels_last
-        lr, hr = batch["lr"].to(dev, non_blocking=True), batch["hr"].to(dev, non_blocking=True)
+        hr = batch["hr"].to(dev, non_blocking=True)
+        lr = (batch["lr"].to(dev, non_blocking=True) if "lr" in batch  # else data.degrade_on=device
+              else degrade_batch(hr, batch["degrade"], self.cfg.data.scale))
         if self.cfg.data.augment:
             lr, hr = augment(lr, batch["aug"]), augment(hr, batch["aug"])  # codes stay on the CPU
         return to_float(lr, dev, channels_last), to_float(hr, dev, channels_last)
