@@ -16,18 +16,18 @@ from awm import __version__
 
 # command -> (module, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "crawl": ("awm.crawl", "download originals from a Moebooru/Danbooru API into raw shards"),
-    "ingest": ("awm.ingest", "turn a local folder of images into raw shards"),
-    "shard": ("awm.shard", "degrade HR into LR/HR pairs and write train/eval shards"),
-    "train": ("awm.train", "train a model from pair shards (Accelerate, DDP, bf16, resume)"),
-    "eval": ("awm.evaluate", "evaluate models and baselines on eval shards into one table"),
-    "score": ("awm.score", "no-reference IQA scores of any folder of images"),
-    "upscale": ("awm.infer", "tiled upscaling of images, folders or shards with any checkpoint"),
-    "submit": ("awm.submit", "run any stage on SLURM (or locally) through submitit"),
-    "weights": ("awm.weights", "list, stage and verify metric/backbone weights for offline nodes"),
-    "niqe-fit": ("awm.niqe", "fit an anime NIQE pristine model on HR images"),
-    "report": ("awm.report", "experiment table across training runs"),
-    "convert": ("awm.checkpoint", "convert an AWM checkpoint to a BasicSR/spandrel-loadable file"),
+    "crawl": ("awm.acquire.crawl", "download originals from a Moebooru/Danbooru API into raw shards"),
+    "ingest": ("awm.acquire.ingest", "turn a local folder of images into raw shards"),
+    "shard": ("awm.data.shard", "degrade HR into LR/HR pairs and write train/eval shards"),
+    "train": ("awm.train.train", "train a model from pair shards (Accelerate, DDP, bf16, resume)"),
+    "eval": ("awm.eval.evaluate", "evaluate models and baselines on eval shards into one table"),
+    "score": ("awm.eval.score", "no-reference IQA scores of any folder of images"),
+    "upscale": ("awm.upscale.infer", "tiled upscaling of images, folders or shards with any checkpoint"),
+    "submit": ("awm.cluster.submit", "run any stage on SLURM (or locally) through submitit"),
+    "weights": ("awm.eval.weights", "list, stage and verify metric/backbone weights for offline nodes"),
+    "niqe-fit": ("awm.eval.niqe", "fit an anime NIQE pristine model on HR images"),
+    "report": ("awm.eval.report", "experiment table across training runs"),
+    "convert": ("awm.models.checkpoint", "convert an AWM checkpoint to a BasicSR/spandrel-loadable file"),
     "demo": ("awm.demo", "the whole pipeline on built-in generated wallpapers"),
 }
 

@@ -235,7 +235,7 @@ def digest(cfg: Any) -> str:
 
 def save(cfg: Any, path: str | Path) -> Path:
     """Write the config used by a run beside its outputs (atomic)."""
-    from awm.io import atomic_write_text
+    from awm.imageio import atomic_write_text
 
     text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
     return atomic_write_text(Path(path), text)

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from awm import config, io
+from awm import config, imageio
 from awm.config import check
 from awm.log import get_logger
 
@@ -96,7 +96,7 @@ class Timings:
     def write(self) -> Path:
         total = {k: round(sum(s[k] for s in self.stages.values()), 1) for k in ("wall_s", "cpu_s")}
         doc = {"machine": {"cpu": _cpu_model(), "cores": os.cpu_count()}, "stages": self.stages, "total": total}
-        return io.atomic_write_text(self.path, json.dumps(doc, indent=1))
+        return imageio.atomic_write_text(self.path, json.dumps(doc, indent=1))
 
 
 def _stage(n: int, title: str, cmd: list[str], done: bool, timings: Timings) -> None:
@@ -117,7 +117,7 @@ def _stage(n: int, title: str, cmd: list[str], done: bool, timings: Timings) -> 
 
 def _user_split(src: Path, dst: Path) -> None:
     """Link the user's images into train/ and eval/ folders (every 8th image to eval), no copies."""
-    images = io.list_images([src])
+    images = imageio.list_images([src])
     if len(images) < 2:
         raise ValueError(f"--data {src}: need at least 2 images, found {len(images)}")
     for i, p in enumerate(images):
@@ -129,7 +129,7 @@ def _user_split(src: Path, dst: Path) -> None:
 
 
 def _generate(cfg: DemoConfig, dst: Path) -> None:
-    from awm import synth
+    from awm.data import synth
 
     lo, hi = cfg.long_side
     for part, n, seed in (("train", cfg.n_train, cfg.seed), ("eval", cfg.n_eval, cfg.seed + 1)):
@@ -143,13 +143,13 @@ def _trained_step(run: Path) -> int:
 
 
 def _recipe_steps(cfg: DemoConfig) -> int:
-    from awm.train import load_config
+    from awm.train.train import load_config
 
     return cfg.steps or load_config(cfg.recipe).steps
 
 
 def _niqe_staged() -> bool:
-    from awm import weights
+    from awm.eval import weights
 
     return not weights.missing_for("niqe")
 
@@ -214,18 +214,18 @@ def headline(summary: Path, run: Path) -> str:
 
 def _export_lr(out: Path, n: int) -> list[Path]:
     """The first ``n`` eval samples' LR images as files (what a user would upscale)."""
-    from awm import shards
+    from awm import shardwrite
 
     dst = out / "lr"
     existing = sorted(dst.glob("*.jpg"))
     if len(existing) >= n:
         return existing[:n]
     files = []
-    for tar in shards.list_shards(out / "shards" / "eval", "eval-"):
-        for s in shards.iter_tar(tar):
+    for tar in shardwrite.list_shards(out / "shards" / "eval", "eval-"):
+        for s in shardwrite.iter_tar(tar):
             if len(files) == n:
                 return files
-            files.append(io.atomic_write_bytes(dst / f"{s['__key__']}.jpg", s["lr_x2.jpg"]))
+            files.append(imageio.atomic_write_bytes(dst / f"{s['__key__']}.jpg", s["lr_x2.jpg"]))
     return files
 
 
@@ -243,7 +243,7 @@ def write_report(out: Path, run: Path, lr_files: list[Path]) -> Path:
         if ups:
             lines.append(f"| ![lr](lr/{p.name}) | ![sr](upscaled/{ups[0].name}) |")
     lines += ["", "Reproduce: `awm demo` (re-running reuses finished stages; delete a stage's folder to redo it).", ""]
-    return io.atomic_write_text(out / "report.md", "\n".join(lines))
+    return imageio.atomic_write_text(out / "report.md", "\n".join(lines))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,4 +1,4 @@
-"""Test helper: small contract-1 pair shards written directly with awm.shards (no awm.shard needed).
+"""Test helper: small contract-1 pair shards written directly with awm.shardwrite (no awm.data.shard needed).
 
 LR is an INTER_AREA downscale saved as JPEG q85, like the seed's; sizes are multiples of the scale.
 """
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import cv2
 
-from awm.io import encode_image
-from awm.shards import ShardStats, write_index, write_shard
-from awm.synth import generate
+from awm.data.synth import generate
+from awm.imageio import encode_image
+from awm.shardwrite import ShardStats, write_index, write_shard
 
 
 def make_pair_shards(directory: Path, counts: list[int], scales: tuple[int, ...] = (2,),

@@ -31,10 +31,10 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from booru_server import BooruServer  # noqa: E402
 
-from awm import clean  # noqa: E402
-from awm.crawl import CrawlConfig, crawl  # noqa: E402
-from awm.io import encode_image  # noqa: E402
-from awm.synth import generate  # noqa: E402
+from awm.acquire import clean  # noqa: E402
+from awm.acquire.crawl import CrawlConfig, crawl  # noqa: E402
+from awm.data.synth import generate  # noqa: E402
+from awm.imageio import encode_image  # noqa: E402
 
 
 def session_loop(urls: list[str], threads: int = 4) -> tuple[float, int]:

@@ -3,11 +3,11 @@
 Both sides make the same batches from the same HR-only shards (generated wallpapers), HR patch
 ``--patch``, ``--batch`` crops, each decode reused ``--ppi`` times, the same per-sample params:
 
-- ``worker``: the loader makes the LR in-process with OpenCV (awm.degrade), one core: what
+- ``worker``: the loader makes the LR in-process with OpenCV (awm.data.degrade), one core: what
   ``data.degrade_on=worker`` costs per loader core (decode and crop included).
 - ``loader_hr_only``: the loader side of ``data.degrade_on=device`` (decode, crop, draw params),
   one core.
-- ``device``: :func:`awm.degrade_device.degrade_batch` on the training device (CUDA when present,
+- ``device``: :func:`awm.data.degrade_device.degrade_batch` on the training device (CUDA when present,
   else this CPU with ``--device-threads``), on batches already made, synchronised per batch.
 
 The baseline is ``worker`` in the same run: ``device_vs_worker_core`` is how many loader cores the
@@ -35,8 +35,8 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pairs import make_pair_shards  # noqa: E402
 
-from awm.data import DataConfig, PairStream, TarReader, shard_list  # noqa: E402
-from awm.degrade_device import degrade_batch  # noqa: E402
+from awm.data.degrade_device import degrade_batch  # noqa: E402
+from awm.data.loader import DataConfig, PairStream, TarReader, shard_list  # noqa: E402
 
 
 def loader_pairs(cfg: DataConfig, seconds: float) -> float:

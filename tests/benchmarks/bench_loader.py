@@ -2,7 +2,7 @@
 
 All sides see the same generated wallpapers (4x, seed degradation preset, LR JPEG q85) and build
 the same thing: uint8 batches of ``batch`` aligned (LR, HR) crops plus flip/rot90 codes (the flips
-themselves run on the training device, awm.data.augment; their CPU cost is reported apart).
+themselves run on the training device, awm.data.loader.augment; their CPU cost is reported apart).
 
 - ``same_work``: loose tile files vs shards. The loose side reads the very tiles that
   ``awm shard --tile`` wrote (the same PNG/JPEG bytes, extracted to files) and reuses each decode
@@ -44,13 +44,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from awm.data import DataConfig, PairStream, TarReader, augment, shard_list, train_loader  # noqa: E402
-from awm.degrade import degrade, encode_lr, get_preset  # noqa: E402
-from awm.io import encode_image  # noqa: E402
-from awm.shard import ShardConfig, shard  # noqa: E402
+from awm.data.degrade import degrade, encode_lr, get_preset  # noqa: E402
+from awm.data.loader import DataConfig, PairStream, TarReader, augment, shard_list, train_loader  # noqa: E402
+from awm.data.shard import ShardConfig, shard  # noqa: E402
+from awm.data.synth import generate  # noqa: E402
+from awm.imageio import encode_image  # noqa: E402
 from awm.shardio import CACHE_ENV  # noqa: E402
-from awm.shards import iter_tar, list_shards  # noqa: E402
-from awm.synth import generate  # noqa: E402
+from awm.shardwrite import iter_tar, list_shards  # noqa: E402
 
 
 def make_whole(root: Path, n: int, w: int, h: int, scale: int) -> None:

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from spandrel import ModelLoader
 
-from awm.checkpoint import convert, load_model, save_checkpoint
-from awm.models import build_model, model_info
+from awm.models.archs import build_model, model_info
+from awm.models.checkpoint import convert, load_model, save_checkpoint
 
 ARCHS = ["rrdb-6b", "rrdb", "compact", "span", "swinir", "hat", "dat", "grl"]
 

@@ -1,13 +1,13 @@
 """How niqe_anime and standard NIQE rank bicubic vs sharper reconstructions (lower = better).
 
 Run by hand: .venv/bin/python tests/benchmarks/bench_niqe_anime.py
-For each image (../shared/data/real, skipped when absent, and generated awm.synth images with
+For each image (../shared/data/real, skipped when absent, and generated awm.data.synth images with
 seeds never used for the packaged fit), HR is downscaled x2 (INTER_AREA) and brought back to HR
 size by bicubic, lanczos and bicubic + unsharp mask; HR itself is the sharpest. A metric that
 suits anime should score HR best and bicubic worst. Standard NIQE needs
 ../shared/data/weights/niqe_modelparameters.mat. The JSON line printed last holds the means and,
 per set, how many images support the ranking: the packaged niqe_anime model was fitted on
-awm.synth images, so the "generated" set (other seeds of the same generator) is not an
+awm.data.synth images, so the "generated" set (other seeds of the same generator) is not an
 independent check; only the "real" set is, and it is small (the images >= 192 px).
 """
 
@@ -37,9 +37,9 @@ def variants(hr: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def main() -> None:
-    from awm import metrics
-    from awm.io import read_image, to_rgb8
-    from awm.synth import generate
+    from awm.data.synth import generate
+    from awm.eval import metrics
+    from awm.imageio import read_image, to_rgb8
 
     sets: dict[str, list[tuple[str, np.ndarray]]] = {}
     real = SHARED / "real"

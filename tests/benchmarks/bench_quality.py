@@ -6,7 +6,7 @@ eval split: whole images), then `awm eval` scores bicubic and the model with PSN
 niqe_anime (and standard NIQE when staged). Goal: >= +0.5 dB PSNR-Y and a lower niqe_anime.
 Also reports the per-image deltas and counts, because the set is small (6 images, one of them a
 photo; niqe_anime cannot score the ones under 192 px). Read niqe_anime with care: its pristine
-model (awm/assets/niqe_anime.mat) was fitted on images from awm.synth, the same generator (other
+model (awm/assets/niqe_anime.mat) was fitted on images from awm.data.synth, the same generator (other
 seeds) that makes the demo's training and eval images, so on the demo's own eval split it is
 not an independent judge; here, on real images, it is, but only as far as these few images go.
 The JSON line printed last holds the figures.
@@ -41,7 +41,7 @@ def main() -> None:
         awm = [sys.executable, "-m", "awm"]
         subprocess.run([*awm, "shard", "--in", args.real, "--out", str(tmp / "eval"), "--split", "eval",
                         "--scales", "2", "--preset", "seed"], check=True, capture_output=True)
-        from awm import weights
+        from awm.eval import weights
 
         metrics = ["psnry", "niqe_anime"] + ([] if weights.missing_for("niqe") else ["niqe"])
         subprocess.run([*awm, "eval", "--data", str(tmp / "eval"), "--scale", "2",
@@ -68,7 +68,7 @@ def main() -> None:
         "psnry_images_model_better": sum(v > 0 for v in deltas["psnry"].values()),
         "niqe_anime_images_scored": len(deltas["niqe_anime"]),
         "niqe_anime_images_model_better": sum(v < 0 for v in deltas["niqe_anime"].values()),
-        "niqe_anime_fitted_on": f"{fit['synth']} awm.synth images (seeds from {fit['synth_seed']}), "
+        "niqe_anime_fitted_on": f"{fit['synth']} awm.data.synth images (seeds from {fit['synth_seed']}), "
                                 f"{len(fit['data'])} real folders: the demo's own generator",
         "mean": means,
         "psnry_gain_db": round(means["psnry"]["model"] - means["psnry"]["bicubic"], 4),

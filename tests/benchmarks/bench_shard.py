@@ -6,7 +6,7 @@ slow), plus ../shared/data/real when present; each unique image is repeated unde
 - floor: read + decode each source once (with the stage's decoder: libspng for plain PNGs when
   pyspng is installed; ``floor_cv2`` with OpenCV's), + encode what must be encoded (LR JPEG q85 per
   scale, and the HR PNG only when the source bytes cannot be kept);
-- shard, 1 and 2 workers: the full stage (``awm.shard.shard``: listing, decode, degrade, encode, tar,
+- shard, 1 and 2 workers: the full stage (``awm.data.shard.shard``: listing, decode, degrade, encode, tar,
   stats, index) in-process; 2 workers include starting the pool (fork on Linux);
 - seed's way: decode, degrade, write the LR as loose JPEG files and copy the HR file beside them.
 Prints medians as one JSON object, last. Usage: python tests/benchmarks/bench_shard.py [--repeats 3]
@@ -29,10 +29,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from awm import io
-from awm.degrade import degrade, encode_lr, get_preset
-from awm.shard import ShardConfig, _is_plain_png, _spng, decode_source, shard
-from awm.synth import generate
+from awm import imageio
+from awm.data.degrade import degrade, encode_lr, get_preset
+from awm.data.shard import ShardConfig, _is_plain_png, _spng, decode_source, shard
+from awm.data.synth import generate
 
 SCALES = (2, 4)
 REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "real"
@@ -44,7 +44,7 @@ def cached_sources(cache: Path, size: tuple[int, int], unique: int, copies: int,
     for i in range(unique):
         src = cache / f"gen_{w}x{h}_{i}.png"
         if not src.exists():
-            io.atomic_write_bytes(src, io.encode_image(generate(1000 + i, w, h), "png"))
+            imageio.atomic_write_bytes(src, imageio.encode_image(generate(1000 + i, w, h), "png"))
     return repeated(sorted(cache.glob(f"gen_{w}x{h}_*.png"))[:unique], copies, dest)
 
 
@@ -80,7 +80,7 @@ def prepare_floor(files: list[Path]) -> list:
     work = []
     for p in files:
         data = p.read_bytes()
-        img = io.to_rgb8(io.decode_image(data))
+        img = imageio.to_rgb8(imageio.decode_image(data))
         h, w = (d - d % max(SCALES) for d in img.shape[:2])
         keep = (w, h) == img.shape[1::-1] and _is_plain_png(data)
         lrs = [degrade(img[:h, :w], s, preset, 0, p.stem) for s in SCALES]
@@ -94,7 +94,7 @@ def run_floor(work: list, decoder: str = "stage") -> None:
     for p, hr, lrs in work:
         data = p.read_bytes()
         if decoder == "stage":
-            decode_source(data, io.MAX_PIXELS_DEFAULT)
+            decode_source(data, imageio.MAX_PIXELS_DEFAULT)
         else:
             cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         for lr, params in lrs:  # OpenCV's own order: no conversion counted in the floor
@@ -105,7 +105,7 @@ def run_floor(work: list, decoder: str = "stage") -> None:
 
 def shard_config(src: Path, out: Path, workers: int) -> ShardConfig:
     shutil.rmtree(out, ignore_errors=True)
-    n = len(io.list_images([src]))
+    n = len(imageio.list_images([src]))
     return ShardConfig(inp=src, out=out, split="eval", workers=workers, shard_size=max(1, -(-n // 8)),
                        part="0/1", scales=list(SCALES))
 
@@ -116,7 +116,7 @@ def seed_way(files: list[Path], out: Path) -> None:
     for d in ("hr", *(f"lr_x{s}" for s in SCALES)):
         (out / d).mkdir(parents=True)
     for p in files:
-        img = io.to_rgb8(io.read_image(p))
+        img = imageio.to_rgb8(imageio.read_image(p))
         h, w = (d - d % max(SCALES) for d in img.shape[:2])
         shutil.copyfile(p, out / "hr" / p.name)
         for s in SCALES:
@@ -144,12 +144,12 @@ def main() -> None:
             "3840x2160": cached_sources(args.cache, (3840, 2160), args.unique, max(1, args.copies // 3),
                                         work / "in4k")}
     if REAL.is_dir():
-        sets["real"] = repeated(io.list_images([REAL]), args.copies, work / "real")
+        sets["real"] = repeated(imageio.list_images([REAL]), args.copies, work / "real")
     results: dict = {}
     load_start = os.getloadavg()
     try:
         for name, src in sets.items():
-            files = io.list_images([src])
+            files = imageio.list_images([src])
             runs: dict[str, list[tuple[float, float]]] = {
                 k: [] for k in ("floor", "floor_cv2", "shard_w1", "shard_w2", "seed_way")}
             work_floor = prepare_floor(files)

@@ -3,12 +3,12 @@
 Both run the same model, memory format (awm's per-architecture choice), `cudnn.benchmark`,
 precision, fused AdamW, EMA (multi-tensor) and loss modules, on the same uint8 batch held in
 memory (converted to float on the device every step by both; augmentation off). The awm side is
-`awm.train_loop.Trainer.train_step` itself (accumulate context, device-side non-finite skip,
+`awm.train.loop.Trainer.train_step` itself (accumulate context, device-side non-finite skip,
 device-side loss sums, schedule); the bare side is the plainest fast loop. Cases: rrdb-6b x4
 L1 stage, rrdb-6b x4 GAN stage (U-Net SN discriminator, VGG19 + ResNet50 perceptual backbones
 randomly initialised: speed does not depend on the weights), compact x2, span x4; each at every
 batch size. Repeats alternate awm/bare; overhead is the median of the paired ratios (robust to
-load drifting on a shared machine). TFLOP/s and MFU use FLOPs per pair counted by awm.perf.
+load drifting on a shared machine). TFLOP/s and MFU use FLOPs per pair counted by awm.train.perf.
 
     .venv/bin/python tests/benchmarks/bench_train.py                      # GPU: LR 64 px, batch 16 and 32
     .venv/bin/python tests/benchmarks/bench_train.py --lr-patch 16 --batches 2,4 --steps 4   # a CPU
@@ -39,12 +39,12 @@ from torch import nn  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pairs import make_pair_shards  # noqa: E402
 
-from awm import losses  # noqa: E402
-from awm.models import build_model  # noqa: E402
-from awm.perf import peak_tflops  # noqa: E402
-from awm.train import load_config  # noqa: E402
-from awm.train_loop import Trainer  # noqa: E402
-from awm.trainer import build_components, make_optimizer  # noqa: E402
+from awm.models import losses  # noqa: E402
+from awm.models.archs import build_model  # noqa: E402
+from awm.train.loop import Trainer  # noqa: E402
+from awm.train.perf import peak_tflops  # noqa: E402
+from awm.train.train import load_config  # noqa: E402
+from awm.train.trainer import build_components, make_optimizer  # noqa: E402
 
 CASES = {  # name: (arch, scale, GAN stage)
     "rrdb-6b-x4-l1": ("rrdb-6b", 4, False), "rrdb-6b-x4-gan": ("rrdb-6b", 4, True),
@@ -180,7 +180,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=30 if cuda else 4, help="timed steps per repeat")
     ap.add_argument("--warmup", type=int, default=10 if cuda else 2)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (GPUs: from awm.perf)")
+    ap.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (GPUs: from awm.train.perf)")
     a = ap.parse_args()
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     results = []

@@ -27,11 +27,12 @@ import cv2
 import numpy as np
 import torch
 
-from awm import synth, tiling
-from awm.checkpoint import load_model, save_checkpoint
-from awm.infer import upscale_array
-from awm.io import encode_image
-from awm.models import build_model
+from awm.data import synth
+from awm.imageio import encode_image
+from awm.models.archs import build_model
+from awm.models.checkpoint import load_model, save_checkpoint
+from awm.upscale import tiling
+from awm.upscale.infer import upscale_array
 
 SIZES = {"64px": (64, 64), "1080p": (1920, 1080), "4k": (3840, 2160), "8k": (7680, 4320)}
 

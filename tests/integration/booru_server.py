@@ -20,8 +20,8 @@ import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-from awm.io import encode_image
-from awm.synth import generate
+from awm.data.synth import generate
+from awm.imageio import encode_image
 
 DANBOORU_FLAGS = {"deleted": "is_deleted", "flagged": "is_flagged", "pending": "is_pending"}
 

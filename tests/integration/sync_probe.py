@@ -5,7 +5,7 @@
 Every call of ``Tensor.item/__bool__/__float__/__int__/tolist/cpu/numpy`` is counted while the
 loop runs the steps after the log at step FIRST up to the log at step SECOND ("window"), and
 separately during that second log ("log", which must read the device: it shows the probe sees
-reads). Calls made by the loader's code (``awm/data.py``: its CPU augmentation codes) are not
+reads). Calls made by the loader's code (``awm/data/loader.py``: its CPU augmentation codes) are not
 counted. Each rank writes ``OUT/rank<R>.json``.
 """
 
@@ -19,12 +19,12 @@ from pathlib import Path
 
 import torch
 
-import awm.data
+import awm.data.loader
 from awm import cli
-from awm.train_loop import Trainer
+from awm.train.loop import Trainer
 
 COUNTED = ("item", "__bool__", "__float__", "__int__", "tolist", "cpu", "numpy")
-LOADER_CODE = awm.data.__file__
+LOADER_CODE = awm.data.loader.__file__
 
 
 def main() -> int:

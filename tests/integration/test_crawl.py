@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from awm.cli import main
-from awm.io import sniff_format
-from awm.shards import iter_tar, list_shards, read_index
+from awm.imageio import sniff_format
+from awm.shardwrite import iter_tar, list_shards, read_index
 
 sys.path.insert(0, str(Path(__file__).parent))
 from booru_server import BooruServer, build_scenario, png  # noqa: E402

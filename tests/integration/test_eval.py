@@ -42,8 +42,8 @@ def eval_data(tmp_path_factory) -> Path:
 
 
 def test_two_ranks_equal_one_rank(eval_data: Path, tmp_path: Path) -> None:
-    from awm.checkpoint import save_checkpoint
-    from awm.models import build_model
+    from awm.models.archs import build_model
+    from awm.models.checkpoint import save_checkpoint
 
     ckpt = save_checkpoint(tmp_path / "ckpt", build_model("compact-tiny", 2), "compact-tiny", {}, 2, step=0)
     common = ["eval", "--data", str(eval_data), "--scale", "2", "--models", f"bicubic,lanczos,{ckpt}",
@@ -80,8 +80,8 @@ def test_two_ranks_equal_one_rank(eval_data: Path, tmp_path: Path) -> None:
 
 
 def test_score_two_ranks_equal_one_rank(eval_data: Path, tmp_path: Path) -> None:
-    from awm.io import encode_image
-    from awm.synth import generate
+    from awm.data.synth import generate
+    from awm.imageio import encode_image
 
     for i in range(5):
         folder = tmp_path / ("a" if i < 3 else "b")
@@ -110,8 +110,8 @@ def test_staged_standard_niqe_matches_pyiqa(tmp_path: Path, monkeypatch) -> None
 
     import pyiqa
 
-    from awm import metrics
-    from awm.io import read_image, to_rgb8, to_tensor
+    from awm.eval import metrics
+    from awm.imageio import read_image, to_rgb8, to_tensor
 
     monkeypatch.setenv("TORCH_HOME", str(hub))
     ours = metrics.create("niqe", "cpu")

@@ -6,11 +6,11 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from awm.acquire.ingest import stable_id
 from awm.cli import main
-from awm.ingest import stable_id
-from awm.io import encode_image
-from awm.shards import iter_tar, list_shards, read_index
-from awm.synth import generate
+from awm.data.synth import generate
+from awm.imageio import encode_image
+from awm.shardwrite import iter_tar, list_shards, read_index
 
 sys.path.insert(0, str(Path(__file__).parent))
 from booru_server import bomb_png, png  # noqa: E402

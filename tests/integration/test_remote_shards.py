@@ -24,8 +24,8 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pairs import make_pair_shards  # noqa: E402
 
-from awm import shardio, shards  # noqa: E402
-from awm.synth import generate  # noqa: E402
+from awm import shardio, shardwrite  # noqa: E402
+from awm.data.synth import generate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -126,14 +126,14 @@ def served(tmp_path_factory):
     for i in range(2):
         samples = [{"__key__": f"{100 + 3 * i + k}", "png": _png(generate(40 + 3 * i + k, 72, 56)),
                     "json": {"id": 100 + 3 * i + k}} for k in range(3)]
-        shards.write_shard(raw / f"raw-{i:06d}.tar", samples, shards.ShardStats(f"raw-{i:06d}.tar"))
-    shards.write_index(raw, "raw-")
+        shardwrite.write_shard(raw / f"raw-{i:06d}.tar", samples, shardwrite.ShardStats(f"raw-{i:06d}.tar"))
+    shardwrite.write_index(raw, "raw-")
     with ShardServer(d) as server:
         yield d, server
 
 
 def _png(img) -> bytes:
-    from awm.io import encode_image
+    from awm.imageio import encode_image
 
     return encode_image(img, "png")
 
@@ -280,9 +280,9 @@ def test_concurrent_processes_share_one_download(served, tmp_path, monkeypatch):
 
 
 def test_upscale_and_report_from_url_equal_local(served, tmp_path):
-    from awm.checkpoint import save_checkpoint
-    from awm.models import build_model
-    from awm.report import run_row
+    from awm.eval.report import run_row
+    from awm.models.archs import build_model
+    from awm.models.checkpoint import save_checkpoint
 
     d, server = served
     ckpt = save_checkpoint(tmp_path / "ckpt", build_model("compact-tiny", 2), "compact-tiny", {}, 2, step=0)

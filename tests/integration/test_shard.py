@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from awm import cli, io, shards
-from awm.degrade import apply_params, encode_lr
-from awm.synth import generate
+from awm import cli, imageio, shardwrite
+from awm.data.degrade import apply_params, encode_lr
+from awm.data.synth import generate
 
 SIZES = [(96, 64), (90, 70), (64, 96), (128, 72), (100, 100)]
 
 
 def _png(img: np.ndarray) -> bytes:
-    return io.encode_image(img, "png")
+    return imageio.encode_image(img, "png")
 
 
 def _run(*args) -> int:
@@ -30,7 +30,7 @@ def _tars(d: Path) -> dict[str, bytes]:
 
 
 def _samples(d: Path) -> list[dict]:
-    return [s for p in shards.list_shards(d) for s in shards.iter_tar(p)]
+    return [s for p in shardwrite.list_shards(d) for s in shardwrite.iter_tar(p)]
 
 
 def _decode(data: bytes) -> np.ndarray:
@@ -42,7 +42,7 @@ def good(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("good")
     for i, (w, h) in enumerate(SIZES):
         (d / f"img.{i}.png").write_bytes(_png(generate(i, w, h)))  # dots in stems: ids sanitised
-    (d / "photo.jpg").write_bytes(io.encode_image(generate(9, 80, 60), "jpg", 92))
+    (d / "photo.jpg").write_bytes(imageio.encode_image(generate(9, 80, 60), "jpg", 92))
     return d
 
 
@@ -88,7 +88,7 @@ def test_sample_layout_sizes_original_hr_bytes_and_replay(good, tmp_path):
     assert by_id["img_0"]["hr.png"] == (good / "img.0.png").read_bytes()  # 96x64 PNG: bytes kept
     assert json.loads(by_id["img_1"]["json"])["src_size"] == [90, 70]
     assert json.loads(by_id["img_1"]["json"])["hr_size"] == [88, 68]
-    assert np.array_equal(_decode(by_id["img_1"]["hr.png"]), io.read_image(good / "img.1.png")[:68, :88])
+    assert np.array_equal(_decode(by_id["img_1"]["hr.png"]), imageio.read_image(good / "img.1.png")[:68, :88])
     stats = json.loads((out / "eval-000000_stats.json").read_text())
     assert stats["notes"] == {"hr_encoded": 2, "hr_original_bytes": 4} and stats["nskipped"] == 0
 
@@ -101,7 +101,7 @@ def _bad_corpus(d: Path) -> dict[str, str]:
     """Writes good, convertible and bad files; returns {id: expected skip reason} for the bad ones."""
     d.mkdir()
     img = generate(3, 96, 64)
-    png, jpg = _png(img), io.encode_image(img, "jpg", 90)
+    png, jpg = _png(img), imageio.encode_image(img, "jpg", 90)
     (d / "good1.png").write_bytes(png)
     (d / "good2.jpg").write_bytes(jpg)
     (d / "deep16.png").write_bytes(_png(img.astype(np.uint16) * 257))
@@ -152,7 +152,7 @@ def test_tiles_are_crops_of_the_whole_image_degradation(good, tmp_path):
     out = tmp_path / "t"
     assert _run("--in", good, "--out", out, "--tile", 32, "--lr-format", "png", "--preset", "realesrgan") == 0
     tiles = [s for s in _samples(out) if s["__key__"].startswith("img_1_t")]
-    src = io.read_image(good / "img.1.png")[:68, :88]  # 90x70 cropped to a multiple of 4
+    src = imageio.read_image(good / "img.1.png")[:68, :88]  # 90x70 cropped to a multiple of 4
     assert len(tiles) == 3 * 3
     lr_full = {}
     for s in tiles:
@@ -170,12 +170,12 @@ def test_raw_shard_input(tmp_path):
     raw = tmp_path / "raw"
     a, b = generate(11, 96, 64), generate(12, 80, 60)
     s0 = [{"__key__": "101", "png": _png(a), "json": {"id": 101}},
-          {"__key__": "102", "jpg": io.encode_image(b, "jpg", 95), "json": {"id": 102}},
+          {"__key__": "102", "jpg": imageio.encode_image(b, "jpg", 95), "json": {"id": 102}},
           {"__key__": "103", "json": {"id": 103, "note": "metadata only"}}]
-    s1 = [{"__key__": "104", "webp": io.encode_image(b, "webp", 90)},
+    s1 = [{"__key__": "104", "webp": imageio.encode_image(b, "webp", 90)},
           {"__key__": "101", "png": _png(b)}]
-    shards.write_shard(raw / "raw-000000.tar", s0, shards.ShardStats("raw-000000.tar"))
-    shards.write_shard(raw / "raw-000001.tar", s1, shards.ShardStats("raw-000001.tar"))
+    shardwrite.write_shard(raw / "raw-000000.tar", s0, shardwrite.ShardStats("raw-000000.tar"))
+    shardwrite.write_shard(raw / "raw-000001.tar", s1, shardwrite.ShardStats("raw-000001.tar"))
     out = tmp_path / "out"
     assert _run("--in", raw, "--out", out, "--split", "eval", "--scales", "2") == 0
     index = json.loads((out / "index.json").read_text())
@@ -195,9 +195,9 @@ def test_resume_after_partial_shard_and_stale_temp_file(good, tmp_path):
     mtime = keep.stat().st_mtime_ns
     partial = out / "train-000001.tar"
     partial.write_bytes(before[partial.name][:1000])  # a tar cut short, its stats file gone
-    shards.stats_path(partial).unlink()
+    shardwrite.stats_path(partial).unlink()
     (out / "train-000002.tar").unlink()
-    shards.stats_path(out / "train-000002.tar").unlink()
+    shardwrite.stats_path(out / "train-000002.tar").unlink()
     (out / ".train-000002.tar.x1y2.tmp").write_bytes(b"half a shard")
     assert _run(*common) == 0
     assert _tars(out) == before and keep.stat().st_mtime_ns == mtime
@@ -234,7 +234,7 @@ def test_an_unexpected_error_on_one_source_exits_1(tmp_path):
     from dataclasses import asdict
 
     from awm import config
-    from awm.shard import ShardConfig, Source, failure, make_shard
+    from awm.data.shard import ShardConfig, Source, failure, make_shard
 
     good = tmp_path / "good.png"
     good.write_bytes(_png(generate(1, 64, 64)))

@@ -22,7 +22,7 @@ SHARD_ARGS = ["--shard-size", "2", "--scales", "2,4"]
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
-    from awm.synth import write_dataset
+    from awm.data.synth import write_dataset
 
     d = tmp_path_factory.mktemp("img")
     write_dataset(d, 8, seed=5, long_side=(64, 112))  # 4 shards of 2

@@ -24,7 +24,7 @@ TINY = ["data.patch=32", "data.batch_size=4", "data.workers=0", "model.hparams.n
 
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory) -> tuple[Path, Path]:
-    from awm.synth import write_dataset
+    from awm.data.synth import write_dataset
 
     root = tmp_path_factory.mktemp("pairs")
     write_dataset(root / "img", 6, seed=7, long_side=(96, 128))

@@ -70,7 +70,7 @@ def test_two_process_torchrun_trains_and_logs(data, tmp_path):
                 "data/skipped", "train/nan_skips"):
         assert tag in s, tag
     assert s["__images__"] == ["val/lr_bicubic_sr_hr"]
-    from awm.checkpoint import load_model
+    from awm.models.checkpoint import load_model
 
     for which in ("best", "last"):
         m = load_model(run / "checkpoints" / which)
@@ -146,7 +146,7 @@ def test_in_process_request_stop_then_reentrant_resume(data, tmp_path):
     """What `awm submit` does: train() in-process, request_stop() from elsewhere, train() again."""
     import threading
 
-    from awm.train import load_config, request_stop, train
+    from awm.train.train import load_config, request_stop, train
 
     cfg = load_config("tiny-cpu", overrides(data, tmp_path, steps=400, gan_start=400, **{
         "validation.every": 0, "data.workers": 0, "log.every": 50}))
@@ -168,7 +168,7 @@ def test_in_process_request_stop_then_reentrant_resume(data, tmp_path):
 def test_non_finite_steps_are_skipped_then_the_run_stops_with_state(data, tmp_path):
     """An absurd learning rate blows the weights up after one step: later steps are skipped and
     counted, and after max_nan_skips in a row the run stops with status 'nan' and a saved state."""
-    from awm.train import load_config, train
+    from awm.train.train import load_config, train
 
     cfg = load_config("tiny-cpu", overrides(data, tmp_path, steps=40, gan_start=40, max_nan_skips=3, **{
         "optim.lr_g": 1e30, "schedule.warmup_steps": 0, "validation.every": 0, "data.workers": 0}))

@@ -59,7 +59,7 @@ def test_two_process_bf16_trains_saves_and_evaluates(tmp_path):
     assert len(losses) == 40 and all(math.isfinite(v) for v in losses)
     assert sum(losses[-8:]) / 8 < sum(losses[:8]) / 8
 
-    from awm.checkpoint import load_model
+    from awm.models.checkpoint import load_model
 
     ckpt = run / "checkpoints" / "last"
     m = load_model(ckpt)

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from awm import synth
-from awm.checkpoint import save_checkpoint
-from awm.io import encode_image, read_image
-from awm.models import build_model
+from awm.data import synth
+from awm.imageio import encode_image, read_image
+from awm.models.archs import build_model
+from awm.models.checkpoint import save_checkpoint
 
 
 @pytest.mark.slow

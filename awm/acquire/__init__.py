@@ -1,0 +1,1 @@
+"""Getting HR originals: crawling booru APIs, ingesting folders, the filters both share."""

@@ -1,0 +1,351 @@
+"""``awm crawl``: download verified originals from a Moebooru or Danbooru API into raw shards.
+
+The listing walks ids downwards (keyset paging) and decides what it can from metadata alone
+(status, URL, rating, type, declared size and dimensions); a worker pool downloads the rest
+within one global rate limit, verifies md5 and size, and checks the image (header before
+decode); results are committed in listing order, so dedup and the variant policy (first kept
+member per family wins) give the same dataset whatever the timing. State lives in SQLite beside
+the shards (see ``awm.acquire.crawl_state``); re-running with the same arguments resumes exactly.
+
+``--part i/n`` takes the families (parent id, or own id) ≡ i (mod n), so variants of one family
+and their dedup stay within one part; part i writes shards i, i+n, i+2n, ... into the same folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import hashlib
+import json
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from awm.acquire import booru, clean
+from awm.acquire.crawl_state import CrawlState
+from awm.acquire.fetch import FetchError, FetchSettings, HttpClient
+from awm.config import ConfigError, add_dataclass_arguments, check, from_args, save_beside
+from awm.imageio import MAX_PIXELS_DEFAULT, ImageError
+from awm.log import get_logger, progress
+from awm.shardwrite import Part, write_index
+
+log = get_logger("awm.crawl")
+MAX_PAGE_BYTES = 32 << 20
+
+
+def _f(help_text: str, **kw: Any) -> Any:
+    return field(metadata={"help": help_text}, **kw)
+
+
+@dataclass
+class CrawlConfig:
+    source: Literal["konachan", "yandere", "danbooru"] = _f("site preset (API dialect and address)",
+                                                           default="konachan")
+    tags: str = _f("search tags, space-separated, as on the site", default="")
+    out: Path = _f("output folder for raw-%06d.tar shards, index.json and the crawl state",
+                   default=Path("shards/raw"))
+    base_url: str | None = _f("override the site's address (mirrors, tests)", default=None)
+    rating: str | None = _f("comma-separated site ratings to keep; None: the site's safe one "
+                            "(s on Moebooru, g on Danbooru)", default=None)
+    min_side: int = _f("skip images whose shorter side is below this", default=0)
+    max_pixels: int = _f("skip images with more pixels than this (checked before decoding)",
+                         default=MAX_PIXELS_DEFAULT)
+    limit: int = _f("stop after keeping this many posts (0: no limit; per part)", default=0)
+    rate: float = _f("requests per second over all workers (0: unlimited)", default=1.0)
+    shard_size: int = _f("samples per raw shard", default=100)
+    workers: int = _f("parallel downloads (still within --rate)", default=4)
+    part: str = _f("take the i-th of n disjoint parts, e.g. 0/4 (array jobs)", default="0/1")
+    variants: Literal["one", "all"] = _f("parent/child variants: keep one per family or all", default="one")
+    near_dup: int = _f("perceptual-hash distance (bits of 64) counted as a near duplicate; -1: off",
+                       default=4)
+    webp: bool = _f("also keep webp originals", default=False)
+    page_size: int = _f("posts per listing page (0: the site's maximum)", default=0)
+    retries: int = _f("retries per request after the first try", default=5)
+    backoff: float = _f("base of the exponential backoff, seconds", default=1.0)
+    backoff_max: float = _f("cap of one backoff wait, seconds", default=60.0)
+    max_wait: float = _f("cap on an honoured Retry-After, seconds", default=600.0)
+    timeout: float = _f("connect/read timeout per request, seconds", default=30.0)
+    max_bytes: int = _f("response size cap per file, bytes", default=100 << 20)
+    progress: bool = _f("show a progress bar", default=True)
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        site = booru.SITES[self.source]
+        if self.base_url is not None:
+            check(booru.url_allowed(self.base_url), "base_url", self.base_url, "an http(s) URL")
+        valid = booru.RATINGS[site.dialect]
+        for r in self.ratings:
+            check(r in valid, "rating", self.rating, f"comma-separated letters of {', '.join(valid)}")
+        for key in ("min_side", "limit", "page_size", "retries"):
+            check(getattr(self, key) >= 0, key, getattr(self, key), ">= 0")
+        check(self.max_pixels > 0, "max_pixels", self.max_pixels, "> 0")
+        check(self.shard_size >= 1, "shard_size", self.shard_size, ">= 1")
+        check(1 <= self.workers <= 64, "workers", self.workers, "1..64")
+        check(self.rate >= 0, "rate", self.rate, ">= 0 (0 = unlimited)")
+        check(self.near_dup >= -1, "near_dup", self.near_dup, ">= -1 (-1 = off)")
+        check(self.timeout > 0 and self.backoff >= 0 and self.max_bytes > 0, "timeout/backoff/max_bytes",
+              (self.timeout, self.backoff, self.max_bytes), "positive numbers")
+        try:
+            Part.parse(self.part)
+        except ValueError as e:
+            raise ConfigError("part", self.part, str(e)) from None
+
+    @property
+    def site(self) -> booru.Site:
+        return booru.SITES[self.source]
+
+    @property
+    def url(self) -> str:
+        return self.base_url or self.site.base_url
+
+    @property
+    def ratings(self) -> list[str]:
+        text = self.rating if self.rating is not None else self.site.safe_rating
+        return [r.strip() for r in text.split(",") if r.strip()]
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What decides the dataset; resuming with other values is refused."""
+        keys = ("source", "tags", "min_side", "max_pixels", "shard_size", "part", "variants",
+                "near_dup", "webp", "max_bytes")
+        return {"url": self.url, "ratings": self.ratings, **{k: getattr(self, k) for k in keys}}
+
+
+@dataclass
+class Outcome:
+    """A worker's verdict on one post: the checked bytes, or a skip reason."""
+
+    post: booru.Post
+    reason: str | None = None
+    staged: Path | None = None  # verified bytes in the spool under a temp name
+    nbytes: int = 0
+    checked: clean.Checked | None = None
+
+
+class Crawler:
+    def __init__(self, cfg: CrawlConfig):
+        self.cfg = cfg
+        self.part = Part.parse(cfg.part)
+        self.formats = clean.allowed_formats(cfg.webp)
+        self.state = CrawlState(cfg.out, self.part)
+        self.state.check_fingerprint(cfg.fingerprint())
+        self.state.recover()
+        self.dedup = clean.Dedup(cfg.near_dup)
+        self.families: set[int] = set()
+        for md5, ph, fam in self.state.kept():
+            self.dedup.add(md5, None if ph is None else clean.from_signed64(ph))
+            self.families.add(fam)
+        self.http = HttpClient(FetchSettings(rate=cfg.rate, retries=cfg.retries, backoff=cfg.backoff,
+                                             backoff_max=cfg.backoff_max, max_wait=cfg.max_wait,
+                                             timeout=cfg.timeout))
+        self.listing_error: str | None = None
+
+    # ---- listing --------------------------------------------------------------------------
+    def _page_query_tags(self) -> str:
+        tags = self.cfg.tags.split()
+        ratings = self.cfg.ratings
+        # Server-side rating filter saves pages; Danbooru caps anonymous searches at 2 tags.
+        if len(ratings) == 1 and (self.cfg.site.dialect == "moebooru" or len(tags) < 2):
+            tags.append(f"rating:{ratings[0]}")
+        return " ".join(tags)
+
+    def fetch_page(self) -> None:
+        """Fetch the page below the cursor and record its posts and the new cursor atomically."""
+        cursor = self.state.cursor()
+        limit = self.cfg.page_size or self.cfg.site.page_size
+        url, params = booru.listing_request(self.cfg.site.dialect, self.cfg.url, self._page_query_tags(),
+                                            cursor, limit)
+        entries: list[Any] = []
+
+        def parse(body: bytes) -> None:
+            try:
+                value = json.loads(body)
+            except ValueError:
+                raise FetchError("bad_json", True, detail=body[:80].decode("latin-1")) from None
+            if not isinstance(value, list):
+                raise FetchError("bad_json", True, detail=f"expected a list, got {str(value)[:80]}")
+            entries[:] = value
+
+        self.http.get(url, MAX_PAGE_BYTES, params=params, check=parse)
+        ids = [i for i in map(booru.post_id_of, entries) if i is not None]
+        if entries and not ids:
+            raise FetchError("bad_json", False, detail="a page without any post id: cannot page on")
+        new_cursor = min(ids) if ids else cursor
+        if ids and cursor is not None and new_cursor >= cursor:
+            raise FetchError("keyset_ignored", False, detail=f"page below id {cursor} returned id {new_cursor}")
+        rows = [row for row in map(self._decide, entries) if row is not None]
+        noid = (len(entries) - len(ids)) if self.part.index == 0 else 0
+        self.state.record_page(rows, new_cursor, done=not entries, noid=noid)
+
+    def _decide(self, raw: Any) -> tuple | None:
+        """The listing-time decision on one entry: (id, status, reason, md5, family, meta) or None."""
+        pid = booru.post_id_of(raw)
+        if pid is None:
+            return None
+        try:
+            post = booru.normalise(self.cfg.site.dialect, raw, self.cfg.url)
+        except booru.BadPost as e:
+            return (pid, "skipped", e.reason, None, pid, None) if self.part.takes(pid) else None
+        if not self.part.takes(post.family):
+            return None
+        reason = self.metadata_skip_reason(post)
+        meta = json.dumps(asdict(post))
+        return (pid, "skipped" if reason else "pending", reason, post.md5, post.family, meta)
+
+    def metadata_skip_reason(self, post: booru.Post) -> str | None:
+        if post.status in ("deleted", "flagged", "banned"):
+            return post.status
+        if not post.file_url:
+            return "no_url"
+        if not booru.url_allowed(post.file_url):
+            return "bad_url"
+        if post.rating not in self.cfg.ratings:
+            return "rating"
+        if post.file_size < 0:
+            return "bad_size"
+        if post.file_size == 0:
+            return "empty_file"
+        if post.file_size > self.cfg.max_bytes:
+            return "too_large"
+        return (clean.type_skip_reason(post.file_ext, self.formats)
+                or clean.dims_skip_reason(post.width, post.height, self.cfg.max_pixels, self.cfg.min_side))
+
+    # ---- downloads ------------------------------------------------------------------------
+    def download(self, post: booru.Post) -> Outcome:
+        """Fetch, verify and stage one original (worker thread; the database is not touched)."""
+
+        def verify(body: bytes) -> None:
+            if hashlib.md5(body).hexdigest() != post.md5:
+                raise FetchError("md5_mismatch", True)
+            if len(body) != post.file_size:
+                raise FetchError("size_mismatch", True, detail=f"{len(body)} != {post.file_size}")
+
+        try:
+            data = self.http.get(post.file_url or "", self.cfg.max_bytes, check=verify)
+            checked = clean.check_image(data, self.formats, self.cfg.max_pixels, self.cfg.min_side)
+        except FetchError as e:
+            return Outcome(post, reason=e.reason)
+        except ImageError as e:
+            return Outcome(post, reason=e.reason)
+        return Outcome(post, staged=self.state.stage(post.id, checked.format, data), nbytes=len(data),
+                       checked=checked)
+
+    def _kept_enough(self) -> bool:
+        return bool(self.cfg.limit) and len(self.dedup) >= self.cfg.limit
+
+    def _prior_skip(self, post: booru.Post) -> str | None:
+        """Skips decidable from what is already kept, before spending a download."""
+        if self.dedup.seen_md5(post.md5):
+            return "duplicate_md5"
+        if self.cfg.variants == "one" and post.family in self.families:
+            return "variant"
+        return None
+
+    def commit(self, out: Outcome) -> bool:
+        """Apply dedup and the variant policy in listing order; True when the post was kept."""
+        post = out.post
+        reason = out.reason or self._prior_skip(post)
+        if reason is None and out.checked is not None:
+            reason = self.dedup.skip_reason(out.checked.md5, out.checked.phash)
+        if reason is not None:
+            if out.staged is not None:
+                out.staged.unlink(missing_ok=True)
+            self.state.skip(post.id, reason)
+            return False
+        c = out.checked
+        meta = {**post.metadata(self.cfg.source), "width": c.width, "height": c.height,
+                "fetched_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        self.state.accept(post.id, out.staged, out.nbytes, clean.to_signed64(c.phash), meta)
+        self.dedup.add(c.md5, c.phash)
+        self.families.add(post.family)
+        self.state.flush(self.cfg.shard_size, final=False)
+        return True
+
+    def _supply(self):
+        """Pending posts in listing order, fetching pages as the supply runs out."""
+        below = None
+        while not self._kept_enough():
+            rows = self.state.pending(below, 64)
+            if rows:
+                for pid, meta in rows:
+                    below = pid
+                    yield booru.Post(**json.loads(meta))
+                continue
+            if self.state.listing_done():
+                return
+            try:
+                self.fetch_page()
+            except FetchError as e:
+                self.listing_error = f"listing failed after retries: {e}"
+                return
+
+    def kept_posts(self):
+        """Run the pool; yield once per kept post (drives the progress bar)."""
+        window = self.cfg.workers * 2
+        inflight: collections.deque[Future | Outcome] = collections.deque()
+        supply = self._supply()
+        with ThreadPoolExecutor(self.cfg.workers, thread_name_prefix="crawl") as pool:
+            try:
+                while True:
+                    while len(inflight) < window and not self._kept_enough():
+                        post = next(supply, None)
+                        if post is None:
+                            break
+                        prior = self._prior_skip(post)
+                        inflight.append(Outcome(post, reason=prior) if prior else pool.submit(self.download, post))
+                    if not inflight:
+                        return
+                    item = inflight.popleft()
+                    outcome = item.result() if isinstance(item, Future) else item
+                    if not self._kept_enough() and self.commit(outcome):
+                        yield outcome.post.id
+            finally:
+                for item in inflight:
+                    if isinstance(item, Future):
+                        item.cancel()
+
+    def run(self) -> dict[str, Any]:
+        t0 = time.time()
+        bar = progress(self.kept_posts(), total=self.cfg.limit or None, desc=f"crawl {self.cfg.source}",
+                       unit="img", enabled=self.cfg.progress)
+        for _ in bar:
+            pass
+        self.state.drop_staged()
+        finished = self._kept_enough() or self.state.listing_done()
+        if finished:
+            self.state.flush(self.cfg.shard_size, final=True)
+        summary = {"status": "complete" if finished else "incomplete", **self.state.summary(),
+                   **self.http.counts, "seconds": round(time.time() - t0, 2), "part": self.cfg.part}
+        write_index(self.cfg.out, "raw-", extra={"source": self.cfg.source, "tags": self.cfg.tags,
+                                                 "url": self.cfg.url, "crawl": summary})
+        self.state.close()
+        if self.listing_error:
+            summary["error"] = self.listing_error
+        return summary
+
+
+def crawl(cfg: CrawlConfig) -> dict[str, Any]:
+    """Crawl (or resume) into ``cfg.out``; returns the summary (kept, skipped by reason, bytes, time)."""
+    return Crawler(cfg).run()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_dataclass_arguments(parser, CrawlConfig)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = from_args(CrawlConfig, args)
+    s = crawl(cfg)
+    save_beside(cfg, cfg.out, f"crawl-{cfg.part.replace('/', 'of')}")
+    log.info("crawl %s: kept %d (%.1f MB) in %d shards, skipped %d %s, %d requests, %d retries, %.1f s",
+             s["status"], s["kept"], s["bytes"] / 1e6, s["shards"], s["nskipped"], s["skipped"],
+             s["requests"], s["retries"], s["seconds"])
+    if "error" in s:
+        log.error("%s; re-run the same command to resume", s["error"])
+        return 1
+    if s["kept"] == 0:  # unexpected exceptions are not caught as skips: they end the run with exit 1
+        log.error("crawl: no post kept (skipped: %s); check --tags, --rating and the size limits", s["skipped"])
+        return 1
+    return 0

@@ -1,0 +1,181 @@
+"""A polite HTTP client for crawling: one global rate limit shared by every worker thread,
+bounded retries with exponential backoff and jitter, ``Retry-After``, a response size cap, a
+whole-transfer deadline, and redirects followed by hand so they can only lead to http(s).
+
+Failures are ``FetchError`` with a short ``reason`` that the crawler records as a skip reason.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from urllib.parse import urljoin
+
+import requests
+
+from awm import __version__
+from awm.acquire.booru import url_allowed
+
+RETRY_STATUS = frozenset({408, 421, 425, 429, 500, 502, 503, 504, 520, 521, 522, 524})
+USER_AGENT = f"awm/{__version__} (anime-wallpaper super-resolution dataset crawler)"
+
+
+class FetchError(Exception):
+    """A request that did not give usable bytes; ``retryable`` says whether trying again may help."""
+
+    def __init__(self, reason: str, retryable: bool, retry_after: float | None = None, detail: str = ""):
+        self.reason, self.retryable, self.retry_after = reason, retryable, retry_after
+        super().__init__(f"{reason} {detail}".strip())
+
+
+class RateLimiter:
+    """At most ``rate`` request starts per second across all threads (``rate <= 0``: unlimited).
+
+    ``hold`` pushes the next allowed start into the future for everyone: a 429 with Retry-After
+    pauses the whole crawler, not only the worker that received it.
+    """
+
+    def __init__(self, rate: float):
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + self.interval
+        if start > now:
+            time.sleep(start - now)
+
+    def hold(self, seconds: float) -> None:
+        with self._lock:
+            self._next = max(self._next, time.monotonic() + seconds)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None if absent/garbled."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+@dataclass
+class FetchSettings:
+    rate: float = 1.0
+    retries: int = 5
+    backoff: float = 1.0
+    backoff_max: float = 60.0
+    max_wait: float = 600.0
+    timeout: float = 30.0
+    max_redirects: int = 5
+
+
+class HttpClient:
+    """Thread-safe GETs (one ``requests.Session`` per thread) with the politeness rules above."""
+
+    def __init__(self, settings: FetchSettings, seed: int | None = None):
+        self.s = settings
+        self.limiter = RateLimiter(settings.rate)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._rng = random.Random(seed)
+        self.counts = {"requests": 0, "retries": 0, "bytes_downloaded": 0}
+
+    def _session(self) -> requests.Session:
+        sess = getattr(self._local, "session", None)
+        if sess is None:
+            sess = self._local.session = requests.Session()
+            sess.headers["User-Agent"] = USER_AGENT
+        return sess
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self.counts[key] += n
+
+    def backoff_delay(self, attempt: int) -> float:
+        """Exponential backoff with "equal jitter": half fixed, half random, capped."""
+        full = min(self.s.backoff_max, self.s.backoff * (2 ** attempt))
+        with self._lock:
+            return full / 2 + self._rng.uniform(0, full / 2)
+
+    def get(self, url: str, max_bytes: int, params: dict[str, str] | None = None,
+            check=None) -> bytes:
+        """Body of ``url`` after up to ``retries`` retries; ``check(body)`` may raise a retryable
+        FetchError (e.g. md5 mismatch) to have a corrupted transfer fetched again."""
+        attempt = 0
+        while True:
+            try:
+                data = self._get_once(url, max_bytes, params)
+                if check is not None:
+                    check(data)
+                return data
+            except FetchError as e:
+                if not e.retryable or attempt >= self.s.retries:
+                    raise
+                delay = self.backoff_delay(attempt)
+                if e.retry_after is not None:
+                    delay = max(delay, min(e.retry_after, self.s.max_wait))
+                    self.limiter.hold(delay)
+                self._count("retries")
+                time.sleep(delay)
+                attempt += 1
+
+    def _get_once(self, url: str, max_bytes: int, params: dict[str, str] | None) -> bytes:
+        for hop in range(self.s.max_redirects + 1):
+            if not url_allowed(url):
+                raise FetchError("bad_redirect" if hop else "bad_url", False, detail=url[:100])
+            self.limiter.wait()
+            self._count("requests")
+            try:
+                r = self._session().get(url, params=params if hop == 0 else None, stream=True,
+                                        allow_redirects=False, timeout=(self.s.timeout, self.s.timeout))
+            except requests.Timeout:
+                raise FetchError("timeout", True, detail=url) from None
+            except requests.ConnectionError as e:
+                raise FetchError("connection_error", True, detail=str(e)[:200]) from None
+            except requests.RequestException as e:
+                raise FetchError("request_error", False, detail=str(e)[:200]) from None
+            with r:
+                if r.is_redirect:
+                    url = urljoin(r.url, r.headers["Location"])
+                    continue
+                code = r.status_code
+                if code in RETRY_STATUS:
+                    raise FetchError(f"http_{code}", True, parse_retry_after(r.headers.get("Retry-After")))
+                if code != 200:
+                    raise FetchError(f"http_{code}", False, detail=url)
+                return self._read_body(r, max_bytes)
+        raise FetchError("too_many_redirects", False, detail=url)
+
+    def _read_body(self, r: requests.Response, max_bytes: int) -> bytes:
+        length = r.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > max_bytes:
+            raise FetchError("too_large", False, detail=f"Content-Length {length}")
+        deadline = time.monotonic() + self.s.timeout * 10
+        chunks, n = [], 0
+        try:
+            for chunk in r.iter_content(1 << 16):
+                n += len(chunk)
+                if n > max_bytes:
+                    raise FetchError("too_large", False, detail=f"> {max_bytes} bytes")
+                if time.monotonic() > deadline:
+                    raise FetchError("timeout", True, detail="transfer too slow")
+                chunks.append(chunk)
+        except (requests.exceptions.ChunkedEncodingError, requests.ConnectionError) as e:
+            raise FetchError("truncated", True, detail=str(e)[:200]) from None
+        except requests.Timeout:
+            raise FetchError("timeout", True) from None
+        except requests.exceptions.ContentDecodingError:
+            raise FetchError("bad_encoding", True) from None
+        self._count("bytes_downloaded", n)
+        return b"".join(chunks)

@@ -1,0 +1,192 @@
+"""``awm ingest SRC_DIR --out DIR``: a local folder of images -> the same raw shards as ``awm crawl``.
+
+Replaces the seed's rename-and-clean notebooks: every file is read, its real type sniffed, its
+header checked against the caps and the whole image decoded; bad suffixes, undecodable files
+and exact or near duplicates become recorded skip reasons (same rules as crawl: awm.acquire.clean).
+
+Ids are stable and content-derived: the first 15 hex digits of the file's md5 as a decimal
+integer (< 2**60), so the same picture gets the same id whatever its name, folder or run, and
+renaming or adding files never renumbers the others. Files are visited in sorted relative-path
+order, so the same folder always gives byte-identical shards (``fetched_at`` is the file mtime).
+Ingest owns its ``--out``: stale shards of an earlier, larger run there are removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from awm.acquire import clean
+from awm.config import ConfigError, add_dataclass_arguments, check, from_args, save_beside
+from awm.imageio import MAX_PIXELS_DEFAULT, ImageError, atomic_write_text
+from awm.log import get_logger, progress
+from awm.shardwrite import ShardStats, list_shards, stats_path, write_index, write_shard
+
+log = get_logger("awm.ingest")
+PREFIX = "raw-"
+
+
+def _f(help_text: str, **kw: Any) -> Any:
+    return field(metadata={"help": help_text}, **kw)
+
+
+@dataclass
+class IngestConfig:
+    src: Path = _f("folder of images (searched recursively)", default=Path("."))
+    out: Path = _f("output folder for raw-%06d.tar shards and index.json", default=Path("shards/raw"))
+    min_side: int = _f("skip images whose shorter side is below this", default=0)
+    max_pixels: int = _f("skip images with more pixels than this (checked before decoding)",
+                         default=MAX_PIXELS_DEFAULT)
+    near_dup: int = _f("perceptual-hash distance (bits of 64) counted as a near duplicate; -1: off",
+                       default=4)
+    webp: bool = _f("also keep webp files", default=False)
+    shard_size: int = _f("samples per raw shard", default=100)
+    workers: int = _f("threads reading and decoding", default=2)
+    max_bytes: int = _f("skip files larger than this, bytes", default=100 << 20)
+    progress: bool = _f("show a progress bar", default=True)
+
+    def __post_init__(self) -> None:
+        self.src, self.out = Path(self.src), Path(self.out)
+        check(self.src.is_dir(), "src", str(self.src), "an existing folder")
+        check(self.min_side >= 0, "min_side", self.min_side, ">= 0")
+        check(self.max_pixels > 0 and self.max_bytes > 0, "max_pixels/max_bytes",
+              (self.max_pixels, self.max_bytes), "> 0")
+        check(self.near_dup >= -1, "near_dup", self.near_dup, ">= -1 (-1 = off)")
+        check(self.shard_size >= 1, "shard_size", self.shard_size, ">= 1")
+        check(1 <= self.workers <= 64, "workers", self.workers, "1..64")
+
+
+def stable_id(md5: str) -> int:
+    """A decimal-friendly id from content: same bytes, same id, in every run."""
+    return int(md5[:15], 16)
+
+
+@dataclass
+class Item:
+    rel: str
+    reason: str | None = None
+    data: bytes = b""
+    checked: clean.Checked | None = None
+    mtime: float = 0.0
+
+
+def examine(path: Path, rel: str, cfg: IngestConfig, formats: tuple[str, ...]) -> Item:
+    """Read and validate one file (worker thread)."""
+    reason = clean.type_skip_reason(path.suffix, formats)
+    if reason:
+        return Item(rel, reason)
+    try:
+        st = path.stat()
+        if st.st_size > cfg.max_bytes:
+            return Item(rel, "too_large")
+        data = path.read_bytes()
+    except OSError:
+        return Item(rel, "unreadable")
+    try:
+        checked = clean.check_image(data, formats, cfg.max_pixels, cfg.min_side)
+    except ImageError as e:
+        return Item(rel, e.reason)
+    return Item(rel, data=data, checked=checked, mtime=st.st_mtime)
+
+
+def _ordered(cfg: IngestConfig, files: list[tuple[Path, str]]) -> Iterator[Item]:
+    """``examine`` over the files on a thread pool, results in input order, bounded look-ahead."""
+    formats = clean.allowed_formats(cfg.webp)
+    with ThreadPoolExecutor(cfg.workers) as pool:
+        window: collections.deque = collections.deque()
+        it = iter(files)
+        for path, rel in it:
+            window.append(pool.submit(examine, path, rel, cfg, formats))
+            if len(window) >= cfg.workers * 4:
+                break
+        while window:
+            yield window.popleft().result()
+            nxt = next(it, None)
+            if nxt is not None:
+                window.append(pool.submit(examine, *nxt, cfg, formats))
+
+
+def sample_of(item: Item) -> dict[str, Any]:
+    c = item.checked
+    sid = stable_id(c.md5)
+    meta = {"id": sid, "source": "local", "file_name": item.rel, "tags": "", "rating": None,
+            "width": c.width, "height": c.height, "md5": c.md5, "file_url": None, "parent_id": None,
+            "score": None,
+            "fetched_at": datetime.fromtimestamp(item.mtime, timezone.utc).isoformat(timespec="seconds")}
+    return {"__key__": str(sid), c.format: item.data, "json": meta}
+
+
+def ingest(cfg: IngestConfig) -> dict[str, Any]:
+    """Write ``cfg.out/raw-%06d.tar`` from ``cfg.src``; returns the summary (kept, skips by reason)."""
+    if any(cfg.out.glob("crawl_state-*.sqlite")):
+        raise ConfigError("out", str(cfg.out), "a folder that is not a crawl's output")
+    t0 = time.time()
+    files = sorted(((p, p.relative_to(cfg.src).as_posix()) for p in cfg.src.rglob("*") if p.is_file()),
+                   key=lambda x: x[1])
+    dedup = clean.Dedup(cfg.near_dup)
+    samples: list[dict[str, Any]] = []
+    stats = ShardStats(f"{PREFIX}{0:06d}.tar")
+    skipped: collections.Counter = collections.Counter()
+    nshards = nbytes = 0
+
+    last: ShardStats | None = None
+
+    def flush() -> None:
+        nonlocal samples, stats, nshards, last
+        write_shard(cfg.out / stats.shard, samples, stats)
+        nshards += 1
+        samples, last, stats = [], stats, ShardStats(f"{PREFIX}{nshards:06d}.tar")
+
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    for item in progress(_ordered(cfg, files), total=len(files), desc="ingest", unit="file",
+                         enabled=cfg.progress):
+        reason = item.reason or dedup.skip_reason(item.checked.md5, item.checked.phash)
+        if reason:
+            stats.skip(reason)
+            skipped[reason] += 1
+            continue
+        dedup.add(item.checked.md5, item.checked.phash)
+        samples.append(sample_of(item))
+        nbytes += len(item.data)
+        if len(samples) >= cfg.shard_size:
+            flush()
+    if samples:
+        flush()
+    elif last is not None and stats.skipped:  # skips after the last sample: count them in its stats
+        last.skipped.update(stats.skipped)
+        atomic_write_text(stats_path(cfg.out / last.shard), json.dumps(last.to_json(), indent=1, sort_keys=True))
+    for stale in list_shards(cfg.out, PREFIX):
+        digits = stale.stem[len(PREFIX):]
+        if digits.isdigit() and int(digits) >= nshards:
+            stale.unlink()
+            stats_path(stale).unlink(missing_ok=True)
+    summary = {"files": len(files), "kept": len(dedup), "bytes": nbytes, "shards": nshards,
+               "skipped": dict(sorted(skipped.items())), "nskipped": sum(skipped.values()),
+               "seconds": round(time.time() - t0, 2)}
+    write_index(cfg.out, PREFIX, extra={"source": "local", "src": str(cfg.src), "ingest": summary})
+    return summary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", metavar="SRC_DIR", type=Path, help="folder of images (searched recursively)")
+    add_dataclass_arguments(parser, IngestConfig, skip=("src",))
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = from_args(IngestConfig, args)
+    s = ingest(cfg)
+    save_beside(cfg, cfg.out, "ingest")
+    log.info("ingest: kept %d of %d files (%.1f MB) in %d shards, skipped %d %s, %.1f s", s["kept"],
+             s["files"], s["bytes"] / 1e6, s["shards"], s["nskipped"], s["skipped"], s["seconds"])
+    if s["kept"] == 0:  # unexpected exceptions are not caught as skips: they end the run with exit 1
+        log.error("ingest: no image kept from %s (%d files; skipped: %s)", cfg.src, s["files"], s["skipped"])
+        return 1
+    return 0

@@ -1,0 +1,1 @@
+"""Running stages on SLURM: submission, the jobs it runs, and the shipped profiles."""

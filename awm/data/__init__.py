@@ -1,0 +1,1 @@
+"""From HR originals to training batches: the shard stage, degradations, the loader, test images."""

@@ -1,0 +1,1 @@
+"""Measuring quality: evaluation, no-reference scoring, metrics, NIQE, result tables, weights."""

@@ -1,0 +1,154 @@
+"""Image-quality metrics by name, through pyiqa, with an offline-safe start-up.
+
+Names are pyiqa's (``psnry`` works on BT.601 Y, 16..235 as in MATLAB's rgb2ycbcr, the SR convention
+and training validation's; pyiqa's own default, YIQ's full-range Y, reads 20 log10(255/219) = 1.32 dB
+lower; ``ssim`` is pyiqa's, on YIQ's Y rounded to 8 bits, as in its published calibration), ``ms_ssim``, ``lpips``,
+``dists``; no-reference ``niqe``, ``maniqa``, ``clipiqa``, ``musiq``, ``piqe``, ...) plus
+``niqe_anime``: pyiqa's NIQE with our pristine model fitted on anime images (awm.eval.niqe).
+Whether higher or lower is better comes from pyiqa's own metric (``lower_better``).
+
+pyiqa takes ~7 s to import and retries downloads for ~40 s when offline, so :func:`check`
+validates names and weight files first, without importing pyiqa, and fails in well under a
+second naming the missing file and the command that stages it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from awm.eval import weights
+from awm.log import get_logger
+
+# Work with no weight file at all (niqe_anime's model ships with the package).
+WEIGHT_FREE = ("psnr", "psnry", "ssim", "ssimc", "ms_ssim", "cw_ssim", "fsim", "vif", "gmsd", "nlpd",
+               "mad", "vsi", "piqe", "entropy", "niqe_anime")
+DEFAULT_FULL_REFERENCE = ("psnry", "ssim", "niqe_anime")
+DEFAULT_NO_REFERENCE = ("niqe_anime", "piqe")
+
+
+# Smallest image side each metric can score (pyiqa 0.1.16, measured on generated images; NIQE
+# works on 96 px blocks, MS-SSIM downsamples 4 times under an 11 px window). A smaller image is
+# counted as failed for that metric: the one expected failure. Any other error stops the run.
+MIN_SIDE = {"ssim": 11, "ssimc": 11, "ms_ssim": 161, "cw_ssim": 64, "vif": 33, "gmsd": 2, "mad": 16,
+            "piqe": 8, "niqe": 96, "niqe_matlab": 96, "niqe_anime": 96}
+
+
+class MissingWeightsError(RuntimeError):
+    """A metric's weight file is not in the cache and downloads are off (offline nodes)."""
+
+
+class MetricError(RuntimeError):
+    """A metric failed on an image for a reason other than its size (shape mismatch, out of memory,
+    a bug): a table with that image silently missing would mislead, so the run stops."""
+
+
+@dataclass
+class Metric:
+    """A created metric: call with an RGB uint8 image (and its reference for full-reference ones)."""
+
+    name: str
+    full_reference: bool
+    lower_better: bool
+    net: Any
+
+    def __call__(self, img: np.ndarray, ref: np.ndarray | None = None, image: str = "an image") -> float:
+        """The score; NaN (counted as failed) only when ``img`` is below the metric's MIN_SIDE.
+
+        ``image`` names the image in a MetricError, raised for any other failure.
+        """
+        import torch
+
+        from awm.imageio import to_rgb8, to_tensor
+
+        if self.full_reference and ref is None:
+            raise ValueError(f"metric {self.name} needs a reference image")
+        h, w = img.shape[:2]
+        if min(h, w) < MIN_SIDE.get(self.name, 1):
+            get_logger("awm.metrics").warning("%s cannot score %s of %dx%d (needs >= %d px per side): counted "
+                                              "as failed", self.name, image, w, h, MIN_SIDE[self.name])
+            return float("nan")
+        device = next(iter(self.net.buffers()), torch.empty(0)).device
+        try:
+            x = to_tensor(to_rgb8(img)).to(device)
+            with torch.inference_mode():
+                out = self.net(x, to_tensor(to_rgb8(ref)).to(device)) if self.full_reference else self.net(x)
+        except Exception as e:  # noqa: BLE001 - re-raised with the image and metric named
+            raise MetricError(f"metric {self.name} failed on {image} ({w}x{h}"
+                              + (f", reference {ref.shape[1]}x{ref.shape[0]}" if ref is not None else "")
+                              + f"): {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
+        value = float(out.detach().double().reshape(-1)[0].cpu())
+        return value if math.isfinite(value) else float("nan")
+
+
+def _known_names() -> set[str]:
+    """pyiqa's metric names, read from its config file's source without importing pyiqa."""
+    import importlib.util
+    import re
+
+    spec = importlib.util.find_spec("pyiqa")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingWeightsError("pyiqa is not installed (pip install pyiqa)")
+    src = (Path(next(iter(spec.submodule_search_locations))) / "default_model_configs.py").read_text()
+    return set(re.findall(r"^ {8}'([\w+\-.]+)': \{", src, flags=re.M)) | {"niqe_anime"}
+
+
+def check(names: list[str], allow_download: bool = False) -> None:
+    """Fail fast on unknown names and (unless downloads are allowed) on missing weight files."""
+    known = _known_names()
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {', '.join(unknown)}; weight-free ones: {', '.join(WEIGHT_FREE)};"
+                         " all: pyiqa.list_models()")
+    if allow_download:
+        return
+    problems = []
+    for name in names:
+        if name == "niqe_anime":
+            from awm.eval.niqe import default_model_path
+
+            if not default_model_path().is_file():
+                problems.append(f"{name}: {default_model_path()} is missing from the installed package")
+            continue
+        if name not in WEIGHT_FREE and not weights.for_metric(name):
+            problems.append(f"{name}: its weight files are not in awm's registry, so they cannot be staged")
+            continue
+        problems += [f"{name}: needs {w.filename} at {p}" for w, p in weights.missing_for(name)]
+    if problems:
+        raise MissingWeightsError(
+            "metric weights missing (downloads are off): " + "; ".join(problems)
+            + f". Put the files in a folder on this machine and run '{weights.STAGE_HINT}'"
+            " (see 'awm weights list'), or allow downloads where there is internet.")
+
+
+def create(name: str, device: str = "cpu", allow_download: bool = False,
+           niqe_model: str | Path | None = None) -> Metric:
+    """Build one metric after :func:`check`; ``niqe_model`` replaces niqe_anime's pristine model."""
+    check([name], allow_download)
+    if name == "niqe_anime" and niqe_model is not None and not Path(niqe_model).is_file():
+        raise FileNotFoundError(f"niqe_anime model {niqe_model}: no such file (fit one with awm niqe-fit)")
+    import pyiqa
+
+    kwargs: dict[str, Any] = {}
+    pyiqa_name = name
+    if name == "niqe_anime":
+        from awm.eval.niqe import default_model_path
+
+        pyiqa_name, kwargs["pretrained_model_path"] = "niqe", str(niqe_model or default_model_path())
+    elif name == "psnry":  # BT.601 Y as in MATLAB/BasicSR and training validation; pyiqa's default is YIQ
+        kwargs["color_space"] = "ycbcr"
+    elif name in ("niqe", "niqe_matlab") and not weights.missing_for(name):
+        kwargs["pretrained_model_path"] = str(weights.location(weights.for_metric(name)[0]))
+    net = pyiqa.create_metric(pyiqa_name, device=device, **kwargs)
+    return Metric(name, net.metric_mode == "FR", bool(net.lower_better), net)
+
+
+def create_all(names: list[str], device: str = "cpu", allow_download: bool = False,
+               niqe_model: str | Path | None = None) -> list[Metric]:
+    """All metrics, checked together first so one missing file is reported before any import."""
+    check(names, allow_download)
+    return [create(n, device, allow_download, niqe_model) for n in names]

@@ -1,0 +1,148 @@
+"""``awm report``: the experiment table across training runs (Markdown + CSV).
+
+A run is ``runs/<name>/`` as awm.train.train writes it: config.yaml (arch, loss, data, scale),
+checkpoints/*/meta.json (step), train_stats.json, and any ``awm eval`` summary.json saved inside
+the run folder (e.g. ``awm eval ... --out runs/<name>/eval``). One row per run; metric columns
+are the means of the run's model in its newest eval summary, with the metric's direction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from awm import shardio
+from awm.config import check, from_args
+from awm.eval import results
+from awm.imageio import atomic_write_text
+from awm.log import get_logger
+
+log = get_logger("awm.report")
+
+BASE_COLUMNS = ["run", "arch", "preset", "scale", "data_size", "steps", "loss", "status", "eval_data"]
+
+
+@dataclass
+class ReportConfig:
+    runs: list[str] = field(default_factory=list, metadata={"help": "run folders"})
+    out: str = field(default="report", metadata={"help": "output folder (report.md, report.csv)"})
+
+    def __post_init__(self) -> None:
+        check(bool(self.runs), "runs", self.runs, "at least one run folder")
+
+
+def _yaml(path: Path) -> dict[str, Any]:
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+
+def _json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _train_index(location: str) -> dict[str, Any]:
+    """The index of a run's training shards: a local folder's index.json, or a remote index.json
+    (fetched, not the shards). A brace pattern or single .tar has none; an unreachable index is
+    logged and its columns stay empty, so one moved dataset does not hide the other runs."""
+    if not (shardio.is_remote(location) or shardio.has_braces(location) or location.endswith(".tar")):
+        p = Path(location)
+        return _json(p if p.suffix == ".json" else p / shardio.INDEX_NAME)
+    if shardio.has_braces(location) or location.endswith(".tar"):
+        return {}
+    try:
+        return shardio.resolve(location).index
+    except (shardio.ShardFetchError, ValueError) as e:
+        log.warning("training data index of a run not readable, preset/data_size left empty: %s", e)
+        return {}
+
+
+def _loss_summary(loss: dict[str, Any], prefix: str = "") -> list[str]:
+    """Non-zero ``*weight`` entries of the loss config, e.g. ``pixel.weight=1``: what the run optimised."""
+    out = []
+    for k, v in loss.items():
+        if isinstance(v, dict):
+            out += _loss_summary(v, f"{prefix}{k}.")
+        elif k.endswith("weight") and isinstance(v, (int, float)) and not isinstance(v, bool) and v:
+            out.append(f"{prefix}{k}={v:g}")
+    return out
+
+
+def _steps(run: Path) -> int | None:
+    steps = [m.get("step") for m in (_json(p) for p in run.glob("checkpoints/*/meta.json"))]
+    steps = [s for s in steps if isinstance(s, int)]
+    return max(steps) if steps else None
+
+
+def _eval(run: Path) -> tuple[dict[str, float], dict[str, bool], str]:
+    """Metric means of the run's model in its newest eval summary (baselines skipped)."""
+    from awm.eval.evaluate import BASELINES
+
+    for path in sorted(run.rglob("summary.json"), key=lambda p: p.stat().st_mtime, reverse=True):
+        doc = _json(path)
+        models = {m: s for m, s in doc.get("models", {}).items() if m not in BASELINES}
+        if not models:
+            continue
+        stats = next(iter(models.values()))
+        means = {m: s["mean"] for m, s in stats.items() if s.get("mean") is not None}
+        lower = {m: bool(v.get("lower_better")) for m, v in doc.get("metrics", {}).items()}
+        return means, lower, str(doc.get("data", ""))
+    return {}, {}, ""
+
+
+def run_row(run: Path) -> tuple[dict[str, Any], dict[str, bool]]:
+    """One table row for a run folder; a clear error when it is not one."""
+    if not (run / "config.yaml").is_file() and not list(run.glob("checkpoints/*/meta.json")):
+        raise FileNotFoundError(f"{run}: not a run folder (no config.yaml, no checkpoints/*/meta.json)")
+    cfg = _yaml(run / "config.yaml")
+    data, model = cfg.get("data") or {}, cfg.get("model") or {}
+    meta = next((_json(p) for p in sorted(run.glob("checkpoints/*/meta.json"))), {})
+    index = _train_index(str(data["train"])) if data.get("train") else {}
+    stats = _json(run / "train_stats.json")
+    means, lower, eval_data = _eval(run)
+    row = {"run": run.name, "arch": model.get("arch") or meta.get("arch", ""),
+           "preset": data.get("degrade") or index.get("preset", ""),
+           "scale": data.get("scale") or meta.get("scale", ""), "data_size": index.get("nsamples", ""),
+           "steps": _steps(run) if _steps(run) is not None else stats.get("step", ""),
+           "loss": " ".join(_loss_summary(cfg.get("loss") or {})), "status": stats.get("status", ""),
+           "eval_data": eval_data, **means}
+    return row, lower
+
+
+def report(cfg: ReportConfig) -> Path:
+    rows, lower = [], {}
+    for r in cfg.runs:
+        row, lo = run_row(Path(r))
+        rows.append(row)
+        lower.update(lo)
+    metric_cols = sorted({k for r in rows for k in r} - set(BASE_COLUMNS))
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results.write_csv(out / "report.csv", rows, BASE_COLUMNS + metric_cols)
+    header = BASE_COLUMNS + [f"{m} {results.DOWN if lower.get(m) else results.UP}" for m in metric_cols]
+    lines = ["# Experiments", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [str(r.get(c, "")) for c in BASE_COLUMNS]
+        for m in metric_cols:
+            v = r.get(m)
+            best = results.best_groups({x["run"]: {m: {"mean": x.get(m)}} for x in rows}, m, lower.get(m, False))
+            text = "" if v is None else f"{v:.4f}"
+            cells.append(f"**{text}**" if text and r["run"] in best and len(rows) > 1 else text)
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"{results.UP} higher is better, {results.DOWN} lower is better; best per column in bold."]
+    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (runs/<name>)")
+    parser.add_argument("--out", default=argparse.SUPPRESS, help="output folder (default: report)")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = report(from_args(ReportConfig, args))
+    print(out / "report.md")
+    return 0

@@ -1,0 +1,155 @@
+"""WebDataset shard I/O shared by every stage: deterministic atomic tar writing, reading, index, stats.
+
+A shard is the unit of work. It exists under its final name only once complete (written as a
+temp file, then renamed); its ``<shard>_stats.json`` is written after it and doubles as the
+resume marker. Tars are written by ``webdataset.TarWriter`` with fixed member metadata (mtime 0,
+uid/gid 0, empty user/group, mode 644, sorted extensions), so the same samples always give
+byte-identical shards. Reading (local folders, URLs, pipe:, the cache) is :mod:`awm.shardio`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from awm.imageio import atomic_write_text
+from awm.shardio import iter_tar  # noqa: F401 - re-exported: the reader every stage imports from here
+
+INDEX_FORMAT = "wids-shard-index-v1"
+_KEY_RE = re.compile(r"^[^./\\\s][^.\\/\s]*$")
+
+
+def check_key(key: str) -> str:
+    """A webdataset ``__key__`` must not contain dots (the extension starts at the first dot)."""
+    if not _KEY_RE.match(key):
+        raise ValueError(f"invalid sample key {key!r}: no dots, slashes or spaces allowed")
+    return key
+
+
+@dataclass(frozen=True)
+class Part:
+    """``--part i/n``: this process takes items whose index ≡ i (mod n); 0-based i."""
+
+    index: int = 0
+    count: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> Part:
+        try:
+            i, n = (int(x) for x in text.split("/"))
+        except ValueError:
+            raise ValueError(f"--part {text!r}: expected i/n with integers, e.g. 0/4") from None
+        if n < 1 or not 0 <= i < n:
+            raise ValueError(f"--part {text!r}: need n >= 1 and 0 <= i < n")
+        return cls(i, n)
+
+    def takes(self, index: int) -> bool:
+        return index % self.count == self.index
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def tar_bytes(samples: list[dict[str, Any]]) -> bytes:
+    """A tar of samples (``{"__key__": k, "ext": bytes|str|dict, ...}``) with fixed member metadata.
+
+    dicts/lists become JSON with sorted keys, str becomes UTF-8, so equal samples give equal bytes.
+    """
+    import webdataset
+
+    buf = io.BytesIO()
+    with webdataset.TarWriter(buf, user="", group="", mode=0o644, mtime=0, encoder=False) as tar:
+        for s in samples:
+            out: dict[str, Any] = {"__key__": check_key(str(s["__key__"]))}
+            for ext, value in s.items():
+                if ext.startswith("__"):
+                    continue
+                if isinstance(value, (dict, list)):
+                    value = json.dumps(value, sort_keys=True).encode()
+                elif isinstance(value, str):
+                    value = value.encode()
+                out[ext] = value
+            tar.write(out)
+    return buf.getvalue()
+
+
+@dataclass
+class ShardStats:
+    """Counts, skip reasons and timing for one shard, written beside it as ``<shard>_stats.json``."""
+
+    shard: str
+    nsamples: int = 0
+    bytes: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    started: float = field(default_factory=time.time)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def skip(self, reason: str, n: int = 1) -> None:
+        self.skipped[reason] += n
+
+    def to_json(self) -> dict[str, Any]:
+        return {"shard": self.shard, "nsamples": self.nsamples, "bytes": self.bytes,
+                "skipped": dict(sorted(self.skipped.items())), "nskipped": sum(self.skipped.values()),
+                "duration_s": round(time.time() - self.started, 3), **self.extra}
+
+
+def stats_path(shard_path: Path) -> Path:
+    return shard_path.with_name(shard_path.name.removesuffix(".tar") + "_stats.json")
+
+
+def write_shard(path: Path, samples: list[dict[str, Any]], stats: ShardStats) -> Path:
+    """Write a complete shard atomically, then its stats file (the completion marker)."""
+    from awm.imageio import atomic_write_bytes
+
+    data = tar_bytes(samples)
+    atomic_write_bytes(path, data)
+    stats.nsamples = len(samples)
+    stats.bytes = len(data)
+    atomic_write_text(stats_path(path), json.dumps(stats.to_json(), indent=1, sort_keys=True))
+    return path
+
+
+def shard_done(path: Path) -> bool:
+    """A shard counts as finished when both the tar and its stats file exist."""
+    return path.is_file() and stats_path(path).is_file()
+
+
+def list_shards(directory: str | Path, prefix: str = "") -> list[Path]:
+    """Complete shards in a folder, sorted by name (temp files and partial names excluded)."""
+    d = Path(directory)
+    return sorted(p for p in d.glob(f"{prefix}*.tar") if not p.name.startswith("."))
+
+
+def write_index(directory: str | Path, prefix: str = "", extra: dict[str, Any] | None = None) -> Path:
+    """``index.json`` (wids-shard-index-v1 + totals) over the complete shards, merging their stats.
+
+    Also the merge step after an array job: every part's shards and stats are in one folder.
+    """
+    d = Path(directory)
+    shardlist, skipped, total = [], Counter(), 0
+    for p in list_shards(d, prefix):
+        sp = stats_path(p)
+        if not sp.is_file():
+            continue
+        st = json.loads(sp.read_text())
+        shardlist.append({"url": p.name, "nsamples": st["nsamples"], "filesize": p.stat().st_size})
+        skipped.update(st.get("skipped", {}))
+        total += st["nsamples"]
+    index = {"__kind__": INDEX_FORMAT, "wids_version": 1, "shardlist": shardlist,
+             "nshards": len(shardlist), "nsamples": total,
+             "skipped": dict(sorted(skipped.items())), **(extra or {})}
+    return atomic_write_text(d / "index.json", json.dumps(index, indent=1))
+
+
+def read_index(directory: str | Path) -> dict[str, Any]:
+    """The folder's ``index.json``; a clear error when it is missing."""
+    p = Path(directory) / "index.json"
+    if not p.is_file():
+        raise FileNotFoundError(f"{p} not found: is {directory} a shard folder written by awm?")
+    return json.loads(p.read_text())

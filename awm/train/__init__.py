@@ -1,0 +1,1 @@
+"""The training stage: entry point and config, components, the loop, EMA/schedules/state, speed."""

@@ -1,0 +1,324 @@
+"""The training loop, which reads like its table of contents: step -> log -> validate ->
+checkpoint -> preempt.
+
+The host reads the device only in :meth:`Trainer.log` (every ``log.every`` steps and at the
+end): loss sums, gradient norms, non-finite counters and the stop request travel in one reduced
+vector there. So a stop request (SIGTERM/SIGUSR1, :func:`awm.train.train.request_stop`) and the
+``max_nan_skips`` limit take effect at the next log step, on every rank at the same step.
+
+Fault injection for tests: ``AWM_FAULT_NONFINITE_STEP=STEP[:RANK]`` feeds a NaN input batch at
+optimizer step STEP (0-based; on RANK only, default every rank).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from awm import config as cfgmod
+from awm.data.degrade_device import degrade_batch
+from awm.data.loader import SkipCounter, augment, epoch_steps, train_loader
+from awm.log import get_logger
+from awm.train.perf import DevicePrefetcher, peak_tflops
+from awm.train.trainer import Components, apply_update, flops_per_pair, losses_and_backward
+from awm.train.utils import TrainState, image_grid, latest_state, psnr_ssim_y, save_full_state, to_float
+
+if TYPE_CHECKING:
+    from awm.train.train import TrainConfig
+
+log = get_logger("awm.train")
+
+
+class Trainer:
+    """One run: resumes its state, trains to ``cfg.steps`` or a stop, and reports stats."""
+
+    def __init__(self, cfg: TrainConfig, c: Components, stop: threading.Event, precision: str):
+        self.cfg, self.c, self.stop, self.precision = cfg, c, stop, precision
+        acc = c.accelerator
+        self.device, self.world, self.main = acc.device, acc.num_processes, acc.is_main_process
+        self.state = TrainState()
+        acc.register_for_checkpointing(self.state)
+        if c.ema is not None:
+            acc.register_for_checkpointing(c.ema)
+        resume = latest_state(cfg.run_dir) if cfg.checkpoint.resume else None
+        if resume is not None:
+            acc.load_state(str(resume))
+            log.info("resumed from %s at step %d", resume, self.state.step)
+        self.eval_model = c.ema.module if c.ema is not None else c.generator_plain
+        self.epoch = epoch_steps(cfg.data, self.world, cfg.optim.accum)
+        self.skips, self.base_skips, self.val_skips = SkipCounter(), Counter(self.state.skipped), Counter()
+        self.nan_skips = torch.tensor(float(self.state.nan_skips), device=self.device)
+        self.nan_consecutive = torch.tensor(float(self.state.nan_consecutive), device=self.device)
+        self.sums: dict[str, torch.Tensor] = {}
+        self.kept = torch.zeros((), device=self.device)
+        self.grad_norms: list[torch.Tensor] = []
+        # FLOPs per pair of each stage, counted before any forward pass (copies of modules whose
+        # spectral norm has run cannot be deep-copied).
+        stages = [False] + ([True] if c.discriminator is not None else [])
+        self.flops = {gan: flops_per_pair(c, cfg.data.patch, cfg.data.scale, gan) for gan in stages}
+        self.peak = peak_tflops(self.device, precision, cfg.perf.peak_tflops)
+        self.fault = _fault_step(acc.process_index)
+        self.writer = None
+        self.last_val: dict[str, Any] = {}
+        self.window_start, self.wait, self.window_steps = time.perf_counter(), 0.0, 0
+        self.stop_seen = False
+        # Last: from here on the loader's worker processes exist, and only close() ends them.
+        loader = train_loader(cfg.data, cfg.seed, acc.process_index, start=self.state.step * cfg.optim.accum,
+                              pin_memory=self.device.type == "cuda")
+        self.batches = DevicePrefetcher(iter(loader), self.device)
+
+    def gan(self, step: int) -> bool:
+        return self.c.discriminator is not None and step >= self.cfg.gan_start
+
+    def run(self) -> dict[str, Any]:
+        """Train to the end or a stop; saves the state and returns the run's stats."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        cfg, t_start, status = self.cfg, time.perf_counter(), "done"
+        if self.main:
+            cfgmod.save(cfg, cfg.run_dir / "config.yaml")
+            self.writer = SummaryWriter(str(cfg.run_dir / "tb"))
+        while self.state.step < cfg.steps:
+            self.train_step()
+            if self.state.step % cfg.log.every == 0 or self.state.step == cfg.steps:
+                self.log()
+                if self.state.nan_consecutive >= cfg.max_nan_skips:
+                    log.error("stopping: %d consecutive steps with a non-finite loss or gradient (by step %d); "
+                              "state saved, lower the learning rate or check the data",
+                              self.state.nan_consecutive, self.state.step)
+                    status = "nan"
+                    break
+            self.validate_if_due()
+            self.checkpoint_if_due()
+            if self.stop_seen and self.state.step < cfg.steps:
+                log.warning("stop requested: saving the full state at step %d and exiting for requeue",
+                            self.state.step)
+                status = "preempted"
+                break
+            if self.state.step % cfg.checkpoint.state_every == 0 and self.state.step < cfg.steps:
+                self.save_state()
+        self.save_state(last=status != "nan")  # keep the last good weights out of reach of a diverged run
+        return self.finish(status, time.perf_counter() - t_start)
+
+    # -- step -------------------------------------------------------------------------------
+    def train_step(self) -> None:
+        """One optimizer step: data in, losses, backward, update, EMA. Never waits for the device."""
+        c, cfg, step = self.c, self.cfg, self.state.step
+        gan, acc = self.gan(step), c.accelerator
+        factor = cfg.schedule.factor(step, self.epoch, cfg.steps)
+        for opt, base in zip(c.optimizers(gan), (cfg.optim.lr_g, cfg.optim.lr_d), strict=False):
+            for group in opt.param_groups:
+                group["lr"] = base * factor
+        step_terms: dict[str, torch.Tensor] = {}
+        for _ in range(cfg.optim.accum):
+            lr, hr = self.next_batch(step)
+            with acc.accumulate(*c.trained(gan)):
+                terms = losses_and_backward(c, lr, hr, gan, acc.backward, acc.autocast)
+                for name, value in terms.items():
+                    step_terms[name] = step_terms.get(name, 0.0) + value.detach().float() / cfg.optim.accum
+                if acc.sync_gradients:
+                    found_inf, self.grad_norms = apply_update(c, gan, cfg.optim.grad_clip,
+                                                              sum(step_terms.values()), self.world)
+        if c.ema is not None:
+            c.ema.update(step, found_inf)
+        self.count(step_terms, found_inf)
+        self.state.step += 1
+        self.state.samples += cfg.data.batch_size * cfg.optim.accum * self.world
+        self.window_steps += 1
+
+    def next_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        t0 = time.perf_counter()
+        batch = next(self.batches)
+        self.wait += time.perf_counter() - t0
+        self.skips.update(batch)
+        lr, hr = self._to_device(batch)
+        if step == self.fault:
+            lr = torch.full_like(lr, float("nan"))
+        return lr, hr
+
+    def _to_device(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loader batch (uint8 NHWC, maybe prefetched to the device) -> augmented float NCHW pair."""
+        dev, channels_last = self.device, self.c.channels_last
+        hr = batch["hr"].to(dev, non_blocking=True)
+        lr = (batch["lr"].to(dev, non_blocking=True) if "lr" in batch  # else data.degrade_on=device
+              else degrade_batch(hr, batch["degrade"], self.cfg.data.scale))
+        if self.cfg.data.augment:
+            lr, hr = augment(lr, batch["aug"]), augment(hr, batch["aug"])  # codes stay on the CPU
+        return to_float(lr, dev, channels_last), to_float(hr, dev, channels_last)
+
+    def count(self, terms: dict[str, torch.Tensor], found_inf: torch.Tensor) -> None:
+        """Device-side sums for the log (skipped steps left out) and non-finite counters."""
+        zero = torch.zeros((), device=self.device)
+        for name, value in terms.items():
+            self.sums[name] = self.sums.get(name, zero) + torch.where(found_inf > 0, zero, value)
+        self.kept += 1 - found_inf
+        self.nan_skips += found_inf
+        self.nan_consecutive.add_(found_inf).mul_(found_inf)
+
+    # -- log: the only host-device synchronisation of steady-state training ----------------
+    def log(self) -> None:
+        cfg, acc, step = self.cfg, self.c.accelerator, self.state.step
+        gan = self.gan(step - 1)
+        names = sorted(self.sums)
+        local = [torch.tensor(float(self.stop.is_set()), device=self.device), self.nan_skips, self.nan_consecutive,
+                 *self.grad_norms, *(self.sums[k] / self.kept.clamp_min(1) for k in names)]
+        values = acc.reduce(torch.stack(local), "mean").tolist()
+        self.stop_seen = values[0] > 0
+        self.state.nan_skips, self.state.nan_consecutive = round(values[1]), round(values[2])
+        norms, losses = values[3:3 + len(self.grad_norms)], dict(zip(names, values[3 + len(self.grad_norms):],
+                                                                        strict=True))
+        now = time.perf_counter()
+        seconds = max(now - self.window_start, 1e-9)
+        rate = self.window_steps * cfg.data.batch_size * cfg.optim.accum * self.world / seconds
+        tflops = rate / self.world * self.flops[gan] / 1e12  # per device, comparable to its peak
+        if self.main:
+            self.write_scalars(step, gan, losses, norms, rate, tflops, self.wait / seconds)
+            mfu = f" MFU {100 * tflops / self.peak:.1f}%" if self.peak else ""
+            log.info("step %d/%d %s lr %.3g %.1f samples/s %.3g TFLOP/s%s", step, cfg.steps,
+                     " ".join(f"{k} {v:.4f}" for k, v in losses.items()),
+                     self.c.generator_optimizer.param_groups[0]["lr"], rate, tflops, mfu)
+        self.sums, self.kept = {}, torch.zeros((), device=self.device)
+        self.window_start, self.wait, self.window_steps = time.perf_counter(), 0.0, 0
+
+    def write_scalars(self, step: int, gan: bool, losses: dict[str, float], norms: list[float], rate: float,
+                      tflops: float, wait_fraction: float) -> None:
+        w, c = self.writer, self.c
+        w.add_scalar("train/stage", 2 if gan else 1, step)
+        for k, v in losses.items():
+            w.add_scalar(f"loss/{k}", v, step)
+        w.add_scalar("loss/total", sum(losses.values()), step)
+        for name, opt, norm in zip(("g", "d"), c.optimizers(gan), norms, strict=False):
+            w.add_scalar(f"lr/{name}", opt.param_groups[0]["lr"], step)
+            w.add_scalar(f"grad_norm/{name}", norm, step)
+        w.add_scalar("perf/samples_per_s", rate, step)
+        w.add_scalar("perf/tflops", tflops, step)
+        if self.peak:
+            w.add_scalar("perf/mfu", tflops / self.peak, step)
+        w.add_scalar("perf/data_wait_fraction", wait_fraction, step)
+        if self.device.type == "cuda":
+            w.add_scalar("perf/gpu_mem_gib", torch.cuda.max_memory_allocated(self.device) / 2**30, step)
+        w.add_scalar("data/skipped", sum((self.base_skips + self.skips.total()).values()), step)
+        w.add_scalar("train/nan_skips", self.state.nan_skips, step)
+
+    # -- validate, checkpoint, state --------------------------------------------------------
+    def validate_if_due(self) -> None:
+        cfg, step = self.cfg, self.state.step
+        if not ((cfg.validation.every and step % cfg.validation.every == 0) or step == cfg.steps):
+            return
+        self.last_val, grid = validate(cfg, self.c, self.eval_model, self.val_skips)
+        if self.main:
+            for k in ("psnr_y", "ssim_y", "l1"):
+                self.writer.add_scalar(f"val/{k}", self.last_val[k], step)
+            if grid is not None:
+                self.writer.add_image("val/lr_bicubic_sr_hr", grid, step)
+            log.info("validation at step %d: %s", step, self.last_val)
+        value = self.last_val[cfg.checkpoint.metric]
+        if self.last_val["images"] and cfg.checkpoint.better(value, self.state.best):
+            self.state.best, self.state.best_step = value, step
+            self.save_weights("best")
+
+    def checkpoint_if_due(self) -> None:
+        every = self.cfg.checkpoint.every
+        if every and self.state.step % every == 0:
+            self.save_weights(f"step-{self.state.step:08d}")
+
+    def save_weights(self, name: str) -> None:
+        from awm.models.checkpoint import save_checkpoint
+
+        if self.main:
+            m, cfg = self.cfg.model, self.cfg
+            save_checkpoint(cfg.run_dir / "checkpoints" / name, self.eval_model, m.arch, m.hparams, cfg.data.scale,
+                            self.state.step, cfgmod.to_dict(cfg))
+
+    def save_state(self, last: bool = True) -> None:
+        self.state.skipped = dict(self.base_skips + self.skips.total())
+        self.state.nan_skips, self.state.nan_consecutive = round(float(self.nan_skips)), round(
+            float(self.nan_consecutive))
+        save_full_state(self.c.accelerator, self.cfg.run_dir, self.state.step)
+        if last:
+            self.save_weights("last")
+
+    def finish(self, status: str, wall: float) -> dict[str, Any]:
+        from awm.imageio import atomic_write_text
+
+        cfg, state = self.cfg, self.state
+        self.close()
+        stats = {"status": status, "step": state.step, "steps": cfg.steps, "run_dir": str(cfg.run_dir),
+                 "best": {"metric": cfg.checkpoint.metric, "value": state.best, "step": state.best_step},
+                 "validation": self.last_val, "nan_skips": state.nan_skips, "skipped": state.skipped,
+                 "eval_skipped": dict(self.val_skips), "world_size": self.world, "precision": self.precision,
+                 "flops_per_pair": {("gan" if k else "l1"): v for k, v in self.flops.items()},
+                 "wall_s": round(wall, 2), "config_digest": cfgmod.digest(cfg)}
+        if self.main:
+            atomic_write_text(cfg.run_dir / "train_stats.json", json.dumps(stats, indent=1, default=str))
+        self.c.accelerator.wait_for_everyone()
+        return stats
+
+
+    def close(self) -> None:
+        """Stop the loader workers (they ignore SIGTERM, so the trainer must end them) and the writer."""
+        if self.batches is not None:
+            shutdown = getattr(self.batches.batches, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+            self.batches = None
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def _fault_step(rank: int) -> int | None:
+    spec = os.environ.get("AWM_FAULT_NONFINITE_STEP")
+    if not spec:
+        return None
+    step, _, only = spec.partition(":")
+    return int(step) if not only or int(only) == rank else None
+
+
+def validate(cfg: TrainConfig, c: Components, model: torch.nn.Module, skipped: Counter) -> tuple[dict[str, float], Any]:
+    """PSNR/SSIM on Y (and L1) over this rank's share of the eval images, summed over ranks.
+
+    Runs the uncompiled module: eval image sizes vary, and would recompile a compiled one.
+    """
+    from awm.data.loader import eval_pairs
+    from awm.imageio import to_tensor
+
+    acc, info, v, s = c.accelerator, c.info, cfg.validation, cfg.data.scale
+    sums = torch.zeros(4, dtype=torch.float64, device=acc.device)
+    crops = []
+    was_training = model.training
+    model.eval()
+    pairs = eval_pairs(cfg.data.eval or cfg.data.train, s, acc.process_index, acc.num_processes,
+                       v.max_images, v.crop, skipped, cfg.data.max_pixels)
+    with torch.no_grad():
+        for _, lr, hr in pairs:
+            h, w = (lr.shape[0] // info.size_multiple * info.size_multiple,
+                    lr.shape[1] // info.size_multiple * info.size_multiple)
+            if min(h, w) < max(info.size_min, 1):
+                skipped["eval_too_small"] += 1
+                continue
+            x = to_tensor(lr[:h, :w]).to(acc.device)
+            y = to_tensor(hr[:h * s, :w * s]).to(acc.device)
+            with acc.autocast():
+                sr = model(x).float()
+            p, ss = psnr_ssim_y(sr, y, border=s)
+            sums += torch.stack([p.double().sum(), ss.double().sum(), (sr.clamp(0, 1) - y).abs().mean().double(),
+                                 torch.tensor(1.0, dtype=torch.float64, device=acc.device)])
+            if len(crops) < v.grid_images:
+                k = min(32, h, w)
+                y0, x0 = (h - k) // 2, (w - k) // 2
+                crops.append((x[..., y0:y0 + k, x0:x0 + k], sr[..., y0 * s:(y0 + k) * s, x0 * s:(x0 + k) * s],
+                              y[..., y0 * s:(y0 + k) * s, x0 * s:(x0 + k) * s]))
+    model.train(was_training)
+    sums = acc.reduce(sums, "sum")
+    n = max(1.0, float(sums[3]))
+    metrics = {"psnr_y": float(sums[0]) / n, "ssim_y": float(sums[1]) / n, "l1": float(sums[2]) / n,
+               "images": int(sums[3])}
+    grid = image_grid(*(torch.cat(t) for t in zip(*crops, strict=True)), s) if crops else None
+    return metrics, grid

@@ -1,0 +1,1 @@
+"""Applying a model: tiled inference over files, folders and shards."""

@@ -1,0 +1,111 @@
+"""What ``awm upscale`` works on: files, folders and pair shards expanded into one ordered job list.
+
+Every rank builds the same list and takes ``jobs[rank::world]``. Problems found while listing
+(missing path, sample without the model's LR scale, an output that would overwrite an input or
+another job's output) become jobs that carry an ``error``, so they are reported per input like
+decode failures and never stop the rest. Shards may be anywhere :mod:`awm.shardio` reads
+(a folder with index.json, a .tar, an index.json URL, a brace pattern of .tar URLs, pipe:);
+remote ones are fetched to the shard cache while listing.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from awm import shardio
+from awm.imageio import decode_image, list_images, read_image
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image to upscale: a file, or the ``member`` ``(offset, size)`` of the local tar at ``path``."""
+
+    name: str
+    path: Path
+    out: Path
+    member: tuple[int, int] | None = None
+    error: str | None = None
+
+    def read(self, max_pixels: int) -> np.ndarray:
+        if self.member is None:
+            return read_image(self.path, max_pixels)
+        offset, size = self.member
+        with open(self.path, "rb") as f:
+            f.seek(offset)
+            data = f.read(size)
+        return decode_image(data, max_pixels)
+
+
+def _shard_jobs(tar_path: Path, shown: str, out_dir: Path, suffix: str, fmt: str, scale: int) -> list[Job]:
+    """One job per sample of a local tar: its ``lr_x{scale}`` image, output named by the sample key."""
+    want = f"lr_x{scale}"
+    try:
+        samples = shardio.index_samples(tar_path)
+    except (OSError, tarfile.TarError) as e:
+        return [Job(shown, tar_path, out_dir, error=f"unreadable shard: {e}")]
+    jobs = []
+    for key, members in samples:
+        name, out = f"{shown}:{key}", out_dir / f"{key}_{suffix}.{fmt}"
+        stems = {ext.split(".")[0]: ext for ext in members}
+        if want in stems:
+            jobs.append(Job(name, tar_path, out, member=members[stems[want]]))
+        else:
+            have = ", ".join(sorted(k for k in stems if k.startswith("lr_x"))) or "none"
+            jobs.append(Job(name, tar_path, out, error=f"no {want} image in sample (LR scales: {have})"))
+    return jobs
+
+
+def _location_jobs(location: str, out_dir: Path, suffix: str, fmt: str, scale: int) -> list[Job]:
+    """Jobs of every shard at a shard location; remote shards are fetched to the cache first."""
+    jobs: list[Job] = []
+    for ref in shardio.resolve(location).shards:
+        jobs.extend(_shard_jobs(shardio.local_path(ref), ref.name, out_dir, suffix, fmt, scale))
+    return jobs
+
+
+def collect_jobs(inputs: list[str], out_dir: Path, suffix: str, fmt: str, scale: int) -> list[Job]:
+    """Expand inputs (files, image folders, shard folders with index.json, .tar shards, shard URLs,
+    brace patterns, pipe:) into jobs.
+
+    Outputs are ``out_dir/<stem>_<suffix>.<fmt>``; folder inputs keep their sub-folder layout.
+    """
+    jobs: list[Job] = []
+    for raw in inputs:
+        p = Path(raw)
+        if shardio.is_remote(raw) or shardio.has_braces(raw):
+            jobs.extend(_location_jobs(raw, out_dir, suffix, fmt, scale))
+        elif not p.exists():
+            jobs.append(Job(raw, p, out_dir, error="not found"))
+        elif p.is_dir() and (p / shardio.INDEX_NAME).is_file():
+            jobs.extend(_location_jobs(str(p), out_dir, suffix, fmt, scale))
+        elif p.is_dir():
+            for f in list_images([p]):
+                rel = f.relative_to(p)
+                jobs.append(Job(str(f), f, out_dir / rel.parent / f"{rel.stem}_{suffix}.{fmt}"))
+        elif p.suffix == ".tar":
+            jobs.extend(_shard_jobs(p, p.name, out_dir, suffix, fmt, scale))
+        else:
+            jobs.append(Job(raw, p, out_dir / f"{p.stem}_{suffix}.{fmt}"))
+    return _check_outputs(jobs)
+
+
+def _check_outputs(jobs: list[Job]) -> list[Job]:
+    """Refuse outputs that are an input file or that an earlier job already writes."""
+    inputs = {j.path.resolve() for j in jobs if j.error is None}
+    claimed: dict[Path, str] = {}
+    checked = []
+    for j in jobs:
+        if j.error is None:
+            target = j.out.resolve()
+            if target in inputs:
+                j = Job(j.name, j.path, j.out, j.member, f"output {j.out} would overwrite an input")
+            elif target in claimed:
+                j = Job(j.name, j.path, j.out, j.member, f"output {j.out} is already written for {claimed[target]}")
+            else:
+                claimed[target] = j.name
+        checked.append(j)
+    return checked

@@ -1,0 +1,190 @@
+"""awm submit without a cluster: profiles, resource checks, clear errors, sbatch scripts (golden files)."""
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from awm import cli
+from awm.cluster import submit
+from awm.config import ConfigError
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def _args(**kw):
+    base = dict(nodes=None, gpus_per_node=None, tasks_per_node=None, cpus_per_task=None, array=None, time=None)
+    return argparse.Namespace(**{**base, **kw})
+
+
+def _sbatch(profile_name: str, stage: str, **kw) -> str:
+    name, profile = submit.load_profile(profile_name)
+    req = submit.make_request(stage, profile, name, _args(**kw))
+    return submit.render_sbatch(profile, req, "/LOGS/jobs", python="/VENV/bin/python")
+
+
+@pytest.mark.parametrize("case", [
+    ("gpu-a100x8", "train", {"nodes": 2}, "sbatch_gpu-a100x8_train_2nodes.sh"),
+    ("gpu-a100x8", "shard", {"array": 16}, "sbatch_gpu-a100x8_shard_array16.sh"),
+])
+def test_sbatch_matches_golden(case):
+    profile, stage, kw, golden = case
+    text = _sbatch(profile, stage, **kw)
+    assert text == (GOLDEN / golden).read_text(), f"regenerate {golden} if this change is intended"
+
+
+def test_multi_node_training_asks_one_task_per_gpu():
+    text = _sbatch("gpu-a100x8", "train", nodes=2)
+    for line in ("--nodes=2", "--ntasks-per-node=8", "--gpus-per-node=8", "--signal=USR2@300", "--exclusive"):
+        assert f"#SBATCH {line}" in text
+    assert "module load cuda/12.4" in text.split("# command")[0]
+
+
+def test_more_gpus_than_the_nodes_have_is_refused():
+    name, profile = submit.load_profile("gpu-a100x8")
+    with pytest.raises(ConfigError, match="nodes of profile 'gpu-a100x8' have 8 GPUs"):
+        submit.make_request("train", profile, name, _args(gpus_per_node=16))
+    with pytest.raises(ConfigError, match="max_nodes"):
+        submit.make_request("train", profile, name, _args(nodes=32))
+    name, cpu = submit.load_profile("cpu-test")
+    with pytest.raises(ConfigError, match="have 0 GPUs"):
+        submit.make_request("train", cpu, name, _args(gpus_per_node=1))
+
+
+def test_unknown_profile_key_names_the_key(tmp_path, capsys):
+    p = tmp_path / "bad.yaml"
+    p.write_text("partition: gpu\ngpu_per_node: 4\n")
+    with pytest.raises(ConfigError, match="gpu_per_node"):
+        submit.load_profile(str(p))
+    assert cli.main(["submit", "train", "--config", "tiny-cpu", "--profile", str(p)]) == 2
+    assert "gpu_per_node" in capsys.readouterr().err
+
+
+def test_every_shipped_profile_loads_and_a_bad_override_names_its_key():
+    for path in sorted(submit.PROFILE_DIR.glob("*.yaml")):
+        name, profile = submit.load_profile(str(path))
+        assert name == path.stem and profile.cluster in submit.CLUSTERS
+    with pytest.raises(ConfigError, match="--set gpus"):
+        submit.load_profile("cpu-test", ["gpus=2"])
+    with pytest.raises(ConfigError, match="mem"):
+        submit.load_profile("cpu-test", ["mem=lots"])
+
+
+def test_missing_sbatch_suggests_local(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    code = cli.main(["submit", "weights", "list", "--profile", "gpu-a100x8", "--set", f"log_dir={tmp_path}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "sbatch" in err and "--cluster local" in err
+
+
+def test_stage_arguments_are_checked_at_submission(tmp_path, capsys):
+    code = cli.main(["submit", "shard", "--no-such-flag", "--profile", "local", "--set", f"log_dir={tmp_path}"])
+    assert code == 2
+    assert "--no-such-flag" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing was queued
+
+
+def test_submit_flags_mix_with_stage_flags():
+    ns = argparse.Namespace(stage="shard", stage_args=["--in", "a", "--array", "3", "--out", "b", "--",
+                                                       "--time", "5"], profile=None, array=None, time=None)
+    for k in ("cluster", "nodes", "gpus_per_node", "tasks_per_node", "cpus_per_task", "partition", "retry"):
+        setattr(ns, k, None)
+    ns.set, ns.wait, ns.dry_run = [], False, False
+    ns = submit.split_args(ns)
+    assert ns.array == 3 and ns.time is None
+    assert ns.stage_args == ["--in", "a", "--out", "b", "--time", "5"]
+
+
+def test_debug_cluster_array_merges_like_one_process(tmp_path, capsys):
+    """The whole array + merge path in-process (submitit's debug backend): same shards and index."""
+    from awm.data.synth import write_dataset
+
+    write_dataset(tmp_path / "img", 5, seed=3, long_side=(64, 96))
+    common = ["--in", str(tmp_path / "img"), "--shard-size", "2", "--scales", "2"]
+    assert cli.main(["shard", *common, "--out", str(tmp_path / "one")]) == 0
+    code = cli.main(["submit", "shard", *common, "--out", str(tmp_path / "many"), "--array", "2",
+                     "--profile", "local", "--cluster", "debug", "--set", f"log_dir={tmp_path / 'logs'}"])
+    assert code == 0
+    one, many = (json.loads((tmp_path / d / "index.json").read_text()) for d in ("one", "many"))
+    assert many == one and one["nshards"] == 3
+    for entry in one["shardlist"]:
+        assert (tmp_path / "one" / entry["url"]).read_bytes() == (tmp_path / "many" / entry["url"]).read_bytes()
+    record = next((tmp_path / "logs").glob("shard-*"))
+    assert sorted(p.name for p in (record / "parts").iterdir()) == ["part-00000.json", "part-00001.json"]
+
+
+def test_rank_stages_split_their_ranks_over_nodes_and_array_parts_stay_one_task():
+    name, profile = submit.load_profile("gpu-a100x8")
+    req = submit.make_request("eval", profile, name, _args(array=16, nodes=2))
+    assert (req.nodes, req.tasks_per_node, req.gpus_per_node) == (2, 8, 8)
+    with pytest.raises(ConfigError, match="a multiple of --nodes"):
+        submit.make_request("eval", profile, name, _args(array=3, nodes=2))
+    with pytest.raises(ConfigError, match="spreads the --array parts over nodes"):
+        submit.make_request("shard", profile, name, _args(array=4, nodes=2))
+
+
+# sbatch options and their value syntax as SLURM 22.05 documents them (`sbatch --help` of
+# slurm-wlm 22.05.8 and `man sbatch`), written out here, not derived from awm or submitit.
+_NAME = r"[A-Za-z0-9_.+-]+"
+_FILENAME = r"[^\s%]*(?:%(?:%|A|a|J|j|N|n|s|t|u|x|\d?[Aa]|\d?[jJ]|\d?[ts])[^\s%]*)*"  # man sbatch: filename pattern
+_TIME = (r"(?:\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d{1,2}|\d+-\d{1,2}:\d{1,2}|\d+-\d{1,2}:\d{1,2}:\d{1,2})")
+_SIG = r"(?:\d+|(?:SIG)?(?:HUP|INT|QUIT|KILL|USR1|USR2|TERM|CONT|STOP|ALRM|URG|XCPU))"
+SBATCH_SYNTAX = {
+    "account": _NAME, "array": r"\d+(?:-\d+)?(?::\d+)?(?:,\d+(?:-\d+)?(?::\d+)?)*(?:%\d+)?",
+    "begin": r"\S+", "chdir": r"\S+", "comment": r".+", "constraint": r"[A-Za-z0-9_.&|,!\[\]*()-]+",
+    "cpus-per-gpu": r"[1-9]\d*", "cpus-per-task": r"[1-9]\d*", "dependency": r"[a-z]+(?::\d+)+(?:[,?][a-z]+(?::\d+)+)*",
+    "error": _FILENAME, "exclude": r"\S+", "exclusive": r"(?:|user|mcs)", "export": r"\S+",
+    "gpus": r"(?:" + _NAME + r":)?[1-9]\d*", "gpus-per-node": r"(?:" + _NAME + r":)?[1-9]\d*",
+    "gpus-per-task": r"(?:" + _NAME + r":)?[1-9]\d*", "gres": r"\S+", "job-name": r"\S+",
+    "mail-type": r"[A-Z_,0-9]+", "mail-user": r"\S+", "mem": r"\d+[KMGT]?", "mem-per-cpu": r"\d+[KMGT]?",
+    "mem-per-gpu": r"\d+[KMGT]?", "nice": r"-?\d*", "no-requeue": "", "nodelist": r"\S+",
+    "nodes": r"[1-9]\d*(?:-[1-9]\d*)?", "ntasks": r"[1-9]\d*", "ntasks-per-node": r"[1-9]\d*",
+    "open-mode": r"append|truncate", "output": _FILENAME, "partition": _NAME + r"(?:," + _NAME + r")*",
+    "qos": _NAME, "requeue": "", "reservation": _NAME,
+    "signal": r"(?:(?:R|B|RB|BR):)?" + _SIG + r"(?:@\d+)?", "time": _TIME, "time-min": _TIME,
+    "tmp": r"\d+[KMGT]?", "wckey": _NAME,
+}
+
+
+def _check_sbatch_script(text: str) -> list[str]:
+    """Problems of a batch script against SBATCH_SYNTAX; empty when sbatch would take every line."""
+    problems, seen, body = [], set(), False
+    for line in text.splitlines():
+        if line.startswith("#SBATCH"):
+            if body:  # sbatch stops reading directives at the first command line
+                problems.append(f"{line!r} after the first command: sbatch ignores it")
+            opt = line.removeprefix("#SBATCH").strip()
+            if not opt.startswith("--"):
+                problems.append(f"{line!r}: not a long option")
+                continue
+            name, _, value = opt[2:].partition("=")
+            if name not in SBATCH_SYNTAX:
+                problems.append(f"{line!r}: --{name} is not an sbatch option")
+            elif not re.fullmatch(SBATCH_SYNTAX[name], value):
+                problems.append(f"{line!r}: value {value!r} is not valid for --{name}")
+            if name in seen:
+                problems.append(f"{line!r}: --{name} given twice")
+            seen.add(name)
+        elif line.strip() and not line.startswith("#"):
+            body = True
+    return problems
+
+
+def test_golden_and_rendered_scripts_use_only_documented_sbatch_syntax():
+    scripts = {p.name: p.read_text() for p in sorted(GOLDEN.glob("*.sh"))}
+    assert len(scripts) >= 2
+    for profile in ("gpu-a100x8", "cpu-test"):
+        for stage, kw in (("train", {"nodes": 2}), ("shard", {"array": 4}), ("eval", {}), ("upscale", {})):
+            scripts[f"{profile}/{stage}"] = _sbatch(profile, stage, **kw)
+    problems = {name: _check_sbatch_script(text) for name, text in scripts.items()}
+    assert not any(problems.values()), {k: v for k, v in problems.items() if v}
+
+
+@pytest.mark.parametrize("bad", ["#SBATCH --gpus_per_node=8", "#SBATCH --time=1h", "#SBATCH --signal=USR2@5m",
+                                 "#SBATCH --array=0-15%", "#SBATCH --mem=900GB", "#SBATCH --output=/x/%q.out",
+                                 "srun true\n#SBATCH --nodes=1", "#SBATCH --nodes=1\n#SBATCH --nodes=2"])
+def test_the_syntax_check_rejects_what_sbatch_would(bad):
+    assert _check_sbatch_script(f"#!/bin/bash\n{bad}\n")
