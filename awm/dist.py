@@ -7,8 +7,44 @@ Rank and world size come from torchrun/accelerate (RANK, WORLD_SIZE, LOCAL_RANK)
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Part:
+    """Part ``index`` of ``count``: item ``i`` of a sequence belongs to it when ``i % count == index``.
+
+    The one way AWM splits work: over ranks (:attr:`DistEnv.part`) and over array-job parts
+    (``--part i/n``), for shards, eval samples, scored images and upscale inputs alike. The parts are
+    disjoint, cover everything, and do not depend on how many items there are.
+    """
+
+    index: int = 0
+    count: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> Part:
+        try:
+            i, n = (int(x) for x in text.split("/"))
+        except ValueError:
+            raise ValueError(f"--part {text!r}: expected i/n with integers, e.g. 0/4") from None
+        if n < 1 or not 0 <= i < n:
+            raise ValueError(f"--part {text!r}: need n >= 1 and 0 <= i < n")
+        return cls(i, n)
+
+    def takes(self, index: int) -> bool:
+        return index % self.count == self.index
+
+    def share(self, items: Sequence[T]) -> Sequence[T]:
+        """This part's items of ``items``, in order (a ``range`` stays a ``range``)."""
+        return items[self.index::self.count]
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
 
 
 @dataclass(frozen=True)
@@ -20,6 +56,11 @@ class DistEnv:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def part(self) -> Part:
+        """This rank's share of any sequence that every rank lists the same way."""
+        return Part(self.rank, self.world_size)
 
 
 def env() -> DistEnv:
@@ -128,11 +169,6 @@ def gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
-
-
-def shard_indices(n: int, rank_: int, world: int) -> range:
-    """Disjoint, deterministic slice of ``range(n)`` for one rank; together they cover all of it."""
-    return range(rank_, n, world)
 
 
 def destroy() -> None:

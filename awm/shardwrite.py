@@ -32,30 +32,6 @@ def check_key(key: str) -> str:
     return key
 
 
-@dataclass(frozen=True)
-class Part:
-    """``--part i/n``: this process takes items whose index ≡ i (mod n); 0-based i."""
-
-    index: int = 0
-    count: int = 1
-
-    @classmethod
-    def parse(cls, text: str) -> Part:
-        try:
-            i, n = (int(x) for x in text.split("/"))
-        except ValueError:
-            raise ValueError(f"--part {text!r}: expected i/n with integers, e.g. 0/4") from None
-        if n < 1 or not 0 <= i < n:
-            raise ValueError(f"--part {text!r}: need n >= 1 and 0 <= i < n")
-        return cls(i, n)
-
-    def takes(self, index: int) -> bool:
-        return index % self.count == self.index
-
-    def __str__(self) -> str:
-        return f"{self.index}/{self.count}"
-
-
 def tar_bytes(samples: list[dict[str, Any]]) -> bytes:
     """A tar of samples (``{"__key__": k, "ext": bytes|str|dict, ...}``) with fixed member metadata.
 

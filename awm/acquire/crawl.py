@@ -28,9 +28,10 @@ from awm.acquire import booru, clean
 from awm.acquire.crawl_state import CrawlState
 from awm.acquire.fetch import FetchError, FetchSettings, HttpClient
 from awm.config import ConfigError, add_dataclass_arguments, check, from_args, save_beside
+from awm.dist import Part
 from awm.imageio import MAX_PIXELS_DEFAULT, ImageError
 from awm.log import get_logger, progress
-from awm.shardwrite import Part, write_index
+from awm.shardwrite import write_index
 
 log = get_logger("awm.crawl")
 MAX_PAGE_BYTES = 32 << 20

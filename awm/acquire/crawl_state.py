@@ -20,8 +20,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from awm.dist import Part
 from awm.imageio import atomic_write_text
-from awm.shardwrite import Part, ShardStats, shard_done, stats_path, write_shard
+from awm.shardwrite import ShardStats, shard_done, stats_path, write_shard
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);

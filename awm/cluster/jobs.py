@@ -25,9 +25,9 @@ from typing import Any
 
 import submitit
 
+from awm.dist import Part
 from awm.imageio import atomic_write_text
 from awm.log import get_logger
-from awm.shardwrite import Part
 
 INDEX_KEYS = ("__kind__", "wids_version", "shardlist", "nshards", "nsamples", "skipped")
 SHARD_NAME = re.compile(r"([A-Za-z_-]*?)\d{6}\.tar")

@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from awm.config import ConfigError, check, from_dict, load, parse_override, set_dotted, to_dict
+from awm.dist import Part
 from awm.imageio import atomic_write_text
 from awm.log import get_logger
-from awm.shardwrite import Part
 
 log = get_logger("awm.submit")
 

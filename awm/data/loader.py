@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from awm.config import check
+from awm.dist import Part
 from awm.imageio import MAX_PIXELS_DEFAULT, ImageError, decode_image, to_rgb8
 from awm.shardio import ShardSet, TarReader, iter_tar, resolve
 
@@ -349,7 +350,7 @@ def eval_pairs(directory: str | Path, scale: int, rank: int, world: int, limit: 
                max_pixels: int = MAX_PIXELS_DEFAULT) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """This rank's share ``(key, lr, hr)`` of the first ``limit`` eval samples (in shard order).
 
-    Samples ``n`` with ``n % world == rank`` go to ``rank``; ``crop`` takes a centred HR crop
+    Samples ``n`` with ``n % world == rank`` go to ``rank`` (:class:`awm.dist.Part`); ``crop`` takes a centred HR crop
     (a multiple of ``scale``) to bound validation cost on wallpapers.
     """
     d = str(directory)  # a location: Path() would fold the // of a URL
@@ -357,12 +358,12 @@ def eval_pairs(directory: str | Path, scale: int, rank: int, world: int, limit: 
         paths = [p for p, _ in shard_list(d, "eval")]
     except FileNotFoundError:
         paths = [p for p, _ in shard_list(d, "train")]
-    n = 0
+    part, n = Part(rank, world), 0
     for path in paths:
         for sample in iter_tar(path):
             if limit is not None and n >= limit:
                 return
-            mine = n % world == rank
+            mine = part.takes(n)
             n += 1
             if not mine:
                 continue

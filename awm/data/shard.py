@@ -44,6 +44,7 @@ from awm.data.degrade import (
     get_preset,
     require_video,
 )
+from awm.dist import Part
 from awm.imageio import (
     MAX_PIXELS_DEFAULT,
     ImageError,
@@ -56,7 +57,7 @@ from awm.imageio import (
     to_rgb8,
 )
 from awm.log import get_logger, progress
-from awm.shardwrite import Part, ShardStats, check_key, shard_done, stats_path, write_index, write_shard
+from awm.shardwrite import ShardStats, check_key, shard_done, stats_path, write_index, write_shard
 
 try:  # optional extra 'fast': libspng decodes 8-bit RGB PNGs 2-2.5x faster than OpenCV's libpng
     import pyspng as _spng
@@ -116,8 +117,7 @@ class ShardConfig:
 
     def part_spec(self) -> Part:
         if self.part == "auto":
-            d = dist.env()
-            return Part(d.rank, d.world_size)
+            return dist.env().part
         return Part.parse(self.part)
 
     def preset_config(self) -> Preset:

@@ -2,7 +2,7 @@
 
 Works in one process or under torchrun / accelerate launch / awm submit. Every sample has a
 global index (its position in ``index.json``'s shard list); rank r takes the indices
-r, r+N, r+2N, ... (awm.dist.shard_indices), upscales the LR with each model (tiled, awm.upscale.infer),
+r, r+N, r+2N, ... (awm.dist.Part), upscales the LR with each model (tiled, awm.upscale.infer),
 scores the result against HR and sends its rows to rank 0, which checks that every index
 arrived exactly once, orders rows by index and model, and writes per_image.csv,
 summary.json / summary.md, figures/ (a bar chart per metric and a grid of crops:
@@ -194,7 +194,7 @@ def score_rank(cfg: EvalConfig, d: dist.DistEnv) -> dict:
     upscalers = [Upscaler(m, cfg.scale, cfg, device) for m in cfg.models]
     mets = metrics.create_all(cfg.metrics, device, cfg.download, cfg.niqe_model)
     n = count_samples(cfg.data, cfg.limit)
-    mine = set(dist.shard_indices(n, d.rank, d.world_size))
+    mine = set(d.part.share(range(n)))
     rows, crops, skipped, seen = [], [], Counter(), []
     t_up, t_metric, t0 = 0.0, 0.0, time.perf_counter()
     samples = (s for s in iter_samples(cfg.data, cfg.limit) if s[0] in mine)

@@ -64,7 +64,7 @@ def score_rank(cfg: ScoreConfig, items: list[tuple[str, Path]], d: dist.DistEnv)
     if full_ref:
         raise ValueError(f"{', '.join(full_ref)} need a reference image; awm score takes no-reference metrics "
                          "(use awm eval for full-reference ones)")
-    mine = list(dist.shard_indices(len(items), d.rank, d.world_size))
+    mine = list(d.part.share(range(len(items))))
     rows, skipped, t0 = [], Counter(), time.perf_counter()
     for i in progress(mine, total=len(mine), desc="score", unit="img"):
         source, path = items[i]

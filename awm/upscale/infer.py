@@ -233,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
     check(not out_dir.is_file(), "out", cfg.out, "a folder (it is an existing file)")
     save_beside(cfg, out_dir, "upscale")
     jobs = collect_jobs(cfg.inputs, out_dir, suffix, cfg.format, model.scale)
-    mine = jobs[d.rank::d.world_size]
+    mine = d.part.share(jobs)
     log.info("%s x%d (%s) on %s: %d inputs, %d on this rank, tile %d pad %d, %s", model.arch, model.scale,
              model.source, device, len(jobs), len(mine), cfg.tile, cfg.tile_pad, cfg.precision)
     stats: dict[str, Any] = {"rank": d.rank, "ok": 0, "failed": {}, "in_pixels": 0, "out_pixels": 0}

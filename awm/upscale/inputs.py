@@ -1,6 +1,6 @@
 """What ``awm upscale`` works on: files, folders and pair shards expanded into one ordered job list.
 
-Every rank builds the same list and takes ``jobs[rank::world]``. Problems found while listing
+Every rank builds the same list and takes its share (:attr:`awm.dist.DistEnv.part`). Problems found while listing
 (missing path, sample without the model's LR scale, an output that would overwrite an input or
 another job's output) become jobs that carry an ``error``, so they are reported per input like
 decode failures and never stop the rest. Shards may be anywhere :mod:`awm.shardio` reads

@@ -1,8 +1,20 @@
-"""awm.dist without a launcher: the rendezvous that ranks started by plain ``srun`` agree on."""
+"""awm.dist without a launcher: work split into parts, the rendezvous that ranks started by plain ``srun`` agree on."""
 
 import pytest
 
 from awm import dist
+
+
+def test_parts_split_any_sequence_disjointly_and_completely():
+    part = dist.Part.parse("1/3")
+    assert [i for i in range(7) if part.takes(i)] == [1, 4] == list(part.share(range(7)))
+    jobs = list("abcdefg")
+    shares = [dist.DistEnv(r, 3, 0).part.share(jobs) for r in range(3)]
+    assert sorted(x for s in shares for x in s) == jobs and shares[1] == ["b", "e"]
+    assert str(part) == "1/3" and dist.DistEnv(2, 4, 0).part == dist.Part(2, 4)
+    for bad in ("3/3", "x", "1/0"):
+        with pytest.raises(ValueError):
+            dist.Part.parse(bad)
 
 
 @pytest.mark.parametrize("nodelist, first", [

@@ -22,14 +22,9 @@ def test_tar_is_deterministic_and_readable(tmp_path):
     assert idx["nsamples"] == 2 and idx["shardlist"] == [{"url": "raw-000000.tar", "nsamples": 2, "filesize": p.stat().st_size}]
 
 
-def test_keys_and_parts():
+def test_keys():
     with pytest.raises(ValueError):
         shardwrite.check_key("a.b")
-    part = shardwrite.Part.parse("1/3")
-    assert [i for i in range(7) if part.takes(i)] == [1, 4]
-    for bad in ("3/3", "x", "1/0"):
-        with pytest.raises(ValueError):
-            shardwrite.Part.parse(bad)
 
 
 def test_tarwriter_bytes_equal_a_member_by_member_tar(tmp_path):
