@@ -35,6 +35,16 @@ def check(cond: bool, key: str, value: Any, valid: str) -> None:
         raise ConfigError(key, value, valid)
 
 
+def help_field(help_text: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
+    """A dataclass field whose ``metadata["help"]`` becomes its ``--help`` text; a list, tuple or
+    dict default is copied for each instance (a shared mutable default would leak between configs)."""
+    if isinstance(default, (list, tuple, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help_text}, **kw)
+    if default is not dataclasses.MISSING:
+        kw["default"] = default
+    return dataclasses.field(metadata={"help": help_text}, **kw)
+
+
 def _type_name(tp: Any) -> str:
     origin = get_origin(tp)
     if origin is Literal:

@@ -19,7 +19,7 @@ import hashlib
 import json
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -27,7 +27,7 @@ from typing import Any, Literal
 from awm.acquire import booru, clean
 from awm.acquire.crawl_state import CrawlState
 from awm.acquire.fetch import FetchError, FetchSettings, HttpClient
-from awm.config import ConfigError, add_dataclass_arguments, check, from_args, save_beside
+from awm.config import ConfigError, add_dataclass_arguments, check, from_args, help_field, save_beside
 from awm.dist import Part
 from awm.imageio import MAX_PIXELS_DEFAULT, ImageError
 from awm.log import get_logger, progress
@@ -37,40 +37,37 @@ log = get_logger("awm.crawl")
 MAX_PAGE_BYTES = 32 << 20
 
 
-def _f(help_text: str, **kw: Any) -> Any:
-    return field(metadata={"help": help_text}, **kw)
-
 
 @dataclass
 class CrawlConfig:
-    source: Literal["konachan", "yandere", "danbooru"] = _f("site preset (API dialect and address)",
+    source: Literal["konachan", "yandere", "danbooru"] = help_field("site preset (API dialect and address)",
                                                            default="konachan")
-    tags: str = _f("search tags, space-separated, as on the site", default="")
-    out: Path = _f("output folder for raw-%06d.tar shards, index.json and the crawl state",
+    tags: str = help_field("search tags, space-separated, as on the site", default="")
+    out: Path = help_field("output folder for raw-%06d.tar shards, index.json and the crawl state",
                    default=Path("shards/raw"))
-    base_url: str | None = _f("override the site's address (mirrors, tests)", default=None)
-    rating: str | None = _f("comma-separated site ratings to keep; None: the site's safe one "
+    base_url: str | None = help_field("override the site's address (mirrors, tests)", default=None)
+    rating: str | None = help_field("comma-separated site ratings to keep; None: the site's safe one "
                             "(s on Moebooru, g on Danbooru)", default=None)
-    min_side: int = _f("skip images whose shorter side is below this", default=0)
-    max_pixels: int = _f("skip images with more pixels than this (checked before decoding)",
+    min_side: int = help_field("skip images whose shorter side is below this", default=0)
+    max_pixels: int = help_field("skip images with more pixels than this (checked before decoding)",
                          default=MAX_PIXELS_DEFAULT)
-    limit: int = _f("stop after keeping this many posts (0: no limit; per part)", default=0)
-    rate: float = _f("requests per second over all workers (0: unlimited)", default=1.0)
-    shard_size: int = _f("samples per raw shard", default=100)
-    workers: int = _f("parallel downloads (still within --rate)", default=4)
-    part: str = _f("take the i-th of n disjoint parts, e.g. 0/4 (array jobs)", default="0/1")
-    variants: Literal["one", "all"] = _f("parent/child variants: keep one per family or all", default="one")
-    near_dup: int = _f("perceptual-hash distance (bits of 64) counted as a near duplicate; -1: off",
+    limit: int = help_field("stop after keeping this many posts (0: no limit; per part)", default=0)
+    rate: float = help_field("requests per second over all workers (0: unlimited)", default=1.0)
+    shard_size: int = help_field("samples per raw shard", default=100)
+    workers: int = help_field("parallel downloads (still within --rate)", default=4)
+    part: str = help_field("take the i-th of n disjoint parts, e.g. 0/4 (array jobs)", default="0/1")
+    variants: Literal["one", "all"] = help_field("parent/child variants: keep one per family or all", default="one")
+    near_dup: int = help_field("perceptual-hash distance (bits of 64) counted as a near duplicate; -1: off",
                        default=4)
-    webp: bool = _f("also keep webp originals", default=False)
-    page_size: int = _f("posts per listing page (0: the site's maximum)", default=0)
-    retries: int = _f("retries per request after the first try", default=5)
-    backoff: float = _f("base of the exponential backoff, seconds", default=1.0)
-    backoff_max: float = _f("cap of one backoff wait, seconds", default=60.0)
-    max_wait: float = _f("cap on an honoured Retry-After, seconds", default=600.0)
-    timeout: float = _f("connect/read timeout per request, seconds", default=30.0)
-    max_bytes: int = _f("response size cap per file, bytes", default=100 << 20)
-    progress: bool = _f("show a progress bar", default=True)
+    webp: bool = help_field("also keep webp originals", default=False)
+    page_size: int = help_field("posts per listing page (0: the site's maximum)", default=0)
+    retries: int = help_field("retries per request after the first try", default=5)
+    backoff: float = help_field("base of the exponential backoff, seconds", default=1.0)
+    backoff_max: float = help_field("cap of one backoff wait, seconds", default=60.0)
+    max_wait: float = help_field("cap on an honoured Retry-After, seconds", default=600.0)
+    timeout: float = help_field("connect/read timeout per request, seconds", default=30.0)
+    max_bytes: int = help_field("response size cap per file, bytes", default=100 << 20)
+    progress: bool = help_field("show a progress bar", default=True)
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)

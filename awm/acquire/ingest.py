@@ -19,13 +19,13 @@ import json
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from awm.acquire import clean
-from awm.config import ConfigError, add_dataclass_arguments, check, from_args, save_beside
+from awm.config import ConfigError, add_dataclass_arguments, check, from_args, help_field, save_beside
 from awm.imageio import MAX_PIXELS_DEFAULT, ImageError, atomic_write_text
 from awm.log import get_logger, progress
 from awm.shardwrite import ShardStats, list_shards, stats_path, write_index, write_shard
@@ -34,24 +34,21 @@ log = get_logger("awm.ingest")
 PREFIX = "raw-"
 
 
-def _f(help_text: str, **kw: Any) -> Any:
-    return field(metadata={"help": help_text}, **kw)
-
 
 @dataclass
 class IngestConfig:
-    src: Path = _f("folder of images (searched recursively)", default=Path("."))
-    out: Path = _f("output folder for raw-%06d.tar shards and index.json", default=Path("shards/raw"))
-    min_side: int = _f("skip images whose shorter side is below this", default=0)
-    max_pixels: int = _f("skip images with more pixels than this (checked before decoding)",
+    src: Path = help_field("folder of images (searched recursively)", default=Path("."))
+    out: Path = help_field("output folder for raw-%06d.tar shards and index.json", default=Path("shards/raw"))
+    min_side: int = help_field("skip images whose shorter side is below this", default=0)
+    max_pixels: int = help_field("skip images with more pixels than this (checked before decoding)",
                          default=MAX_PIXELS_DEFAULT)
-    near_dup: int = _f("perceptual-hash distance (bits of 64) counted as a near duplicate; -1: off",
+    near_dup: int = help_field("perceptual-hash distance (bits of 64) counted as a near duplicate; -1: off",
                        default=4)
-    webp: bool = _f("also keep webp files", default=False)
-    shard_size: int = _f("samples per raw shard", default=100)
-    workers: int = _f("threads reading and decoding", default=2)
-    max_bytes: int = _f("skip files larger than this, bytes", default=100 << 20)
-    progress: bool = _f("show a progress bar", default=True)
+    webp: bool = help_field("also keep webp files", default=False)
+    shard_size: int = help_field("samples per raw shard", default=100)
+    workers: int = help_field("threads reading and decoding", default=2)
+    max_bytes: int = help_field("skip files larger than this, bytes", default=100 << 20)
+    progress: bool = help_field("show a progress bar", default=True)
 
     def __post_init__(self) -> None:
         self.src, self.out = Path(self.src), Path(self.out)

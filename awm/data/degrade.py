@@ -17,14 +17,14 @@ from __future__ import annotations
 import hashlib
 import io as _io
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Literal
 
 import cv2
 import numpy as np
 
-from awm.config import ConfigError, check, from_dict, to_dict
+from awm.config import ConfigError, check, from_dict, help_field, to_dict
 from awm.imageio import encode_image
 
 Interp = Literal["area", "bilinear", "bicubic", "lanczos"]
@@ -33,11 +33,6 @@ _INTERP = {"area": cv2.INTER_AREA, "bilinear": cv2.INTER_LINEAR, "bicubic": cv2.
            "lanczos": cv2.INTER_LANCZOS4}
 _RANDOM_INTERPS = ("area", "bilinear", "bicubic")
 
-
-def _f(help_text: str, default: Any) -> Any:
-    if isinstance(default, (list, tuple, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help_text})
-    return field(default=default, metadata={"help": help_text})
 
 
 def _check_codec(p: Any) -> None:
@@ -56,21 +51,21 @@ class SeedPreset:
     """
 
     name: str = "seed"
-    resize: Interp = _f("downsampling filter", "area")
-    median_ksize: int = _f("median filter size (odd; 1 = off)", 3)
-    edge_mask: bool = _f("median only outside a dilated Canny edge mask", False)
-    canny_low: int = _f("Canny low threshold (edge mask)", 50)
-    canny_high: int = _f("Canny high threshold (edge mask)", 150)
-    mask_dilate: int = _f("edge mask dilation radius in LR pixels", 1)
-    blur_sigma: float = _f("Gaussian blur sigma in LR pixels (0 = off)", 0.6)
-    blur_ksize: int = _f("Gaussian kernel size (odd)", 3)
-    usm_amount: float = _f("unsharp-mask amount (0 = off)", 0.5)
-    usm_sigma: float = _f("unsharp-mask Gaussian sigma", 1.0)
-    usm_ksize: int = _f("unsharp-mask Gaussian kernel size (odd)", 5)
-    usm_threshold: int = _f("unsharp-mask threshold on |img - blur| (0..255)", 0)
-    lr_format: LrFormat = _f("LR storage codec (the last degradation)", "jpg")
-    quality: int | None = _f("codec quality (JPEG/WebP); null draws from quality_range", 85)
-    quality_range: tuple[int, int] = _f("codec quality range when quality is null", (85, 85))
+    resize: Interp = help_field("downsampling filter", "area")
+    median_ksize: int = help_field("median filter size (odd; 1 = off)", 3)
+    edge_mask: bool = help_field("median only outside a dilated Canny edge mask", False)
+    canny_low: int = help_field("Canny low threshold (edge mask)", 50)
+    canny_high: int = help_field("Canny high threshold (edge mask)", 150)
+    mask_dilate: int = help_field("edge mask dilation radius in LR pixels", 1)
+    blur_sigma: float = help_field("Gaussian blur sigma in LR pixels (0 = off)", 0.6)
+    blur_ksize: int = help_field("Gaussian kernel size (odd)", 3)
+    usm_amount: float = help_field("unsharp-mask amount (0 = off)", 0.5)
+    usm_sigma: float = help_field("unsharp-mask Gaussian sigma", 1.0)
+    usm_ksize: int = help_field("unsharp-mask Gaussian kernel size (odd)", 5)
+    usm_threshold: int = help_field("unsharp-mask threshold on |img - blur| (0..255)", 0)
+    lr_format: LrFormat = help_field("LR storage codec (the last degradation)", "jpg")
+    quality: int | None = help_field("codec quality (JPEG/WebP); null draws from quality_range", 85)
+    quality_range: tuple[int, int] = help_field("codec quality range when quality is null", (85, 85))
 
     def __post_init__(self) -> None:
         check(self.median_ksize in (1, 3, 5), "median_ksize", self.median_ksize, "1, 3 or 5")
@@ -112,30 +107,30 @@ class RealESRGANPreset:
     """
 
     name: str = "realesrgan"
-    kernel_size: tuple[int, int] = _f("blur kernel size range (odd sizes)", (7, 21))
-    aniso_prob: float = _f("probability of an anisotropic kernel", 0.5)
-    sigma1: tuple[float, float] = _f("order-1 blur sigma range", (0.2, 3.0))
-    sigma2: tuple[float, float] = _f("order-2 blur sigma range", (0.2, 1.5))
-    blur2_prob: float = _f("probability of the order-2 blur", 0.8)
-    kernel_prob: tuple[float, float, float] = _f("probabilities of Gaussian, generalised Gaussian, plateau kernels",
+    kernel_size: tuple[int, int] = help_field("blur kernel size range (odd sizes)", (7, 21))
+    aniso_prob: float = help_field("probability of an anisotropic kernel", 0.5)
+    sigma1: tuple[float, float] = help_field("order-1 blur sigma range", (0.2, 3.0))
+    sigma2: tuple[float, float] = help_field("order-2 blur sigma range", (0.2, 1.5))
+    blur2_prob: float = help_field("probability of the order-2 blur", 0.8)
+    kernel_prob: tuple[float, float, float] = help_field("probabilities of Gaussian, generalised Gaussian, plateau kernels",
                                                  (0.7, 0.15, 0.15))
-    betag: tuple[float, float] = _f("generalised-Gaussian shape range (1 = Gaussian)", (0.5, 4.0))
-    betap: tuple[float, float] = _f("plateau shape range", (1.0, 2.0))
-    sinc_prob: float = _f("probability that an order's blur is a sinc low-pass", 0.1)
-    final_sinc_prob: float = _f("probability of a sinc low-pass after the final resize", 0.8)
-    resize_prob: tuple[float, float, float] = _f("probabilities of up, down, keep", (0.2, 0.7, 0.1))
-    resize1: tuple[float, float] = _f("order-1 resize factor range (relative)", (0.15, 1.5))
-    resize2: tuple[float, float] = _f("order-2 resize factor range (relative)", (0.3, 1.2))
-    gaussian_prob: float = _f("probability of Gaussian (else Poisson) noise", 0.5)
-    gray_prob: float = _f("probability that the noise is gray", 0.4)
-    noise_sigma1: tuple[float, float] = _f("order-1 Gaussian noise sigma (0..255)", (1.0, 30.0))
-    noise_sigma2: tuple[float, float] = _f("order-2 Gaussian noise sigma (0..255)", (1.0, 25.0))
-    poisson1: tuple[float, float] = _f("order-1 Poisson noise scale", (0.05, 3.0))
-    poisson2: tuple[float, float] = _f("order-2 Poisson noise scale", (0.05, 2.5))
-    jpeg_range: tuple[int, int] = _f("order-1 in-memory JPEG quality range", (30, 95))
-    lr_format: LrFormat = _f("LR storage codec (the last degradation)", "jpg")
-    quality: int | None = _f("storage quality; null draws from quality_range", None)
-    quality_range: tuple[int, int] = _f("storage JPEG quality range (order-2 JPEG)", (30, 95))
+    betag: tuple[float, float] = help_field("generalised-Gaussian shape range (1 = Gaussian)", (0.5, 4.0))
+    betap: tuple[float, float] = help_field("plateau shape range", (1.0, 2.0))
+    sinc_prob: float = help_field("probability that an order's blur is a sinc low-pass", 0.1)
+    final_sinc_prob: float = help_field("probability of a sinc low-pass after the final resize", 0.8)
+    resize_prob: tuple[float, float, float] = help_field("probabilities of up, down, keep", (0.2, 0.7, 0.1))
+    resize1: tuple[float, float] = help_field("order-1 resize factor range (relative)", (0.15, 1.5))
+    resize2: tuple[float, float] = help_field("order-2 resize factor range (relative)", (0.3, 1.2))
+    gaussian_prob: float = help_field("probability of Gaussian (else Poisson) noise", 0.5)
+    gray_prob: float = help_field("probability that the noise is gray", 0.4)
+    noise_sigma1: tuple[float, float] = help_field("order-1 Gaussian noise sigma (0..255)", (1.0, 30.0))
+    noise_sigma2: tuple[float, float] = help_field("order-2 Gaussian noise sigma (0..255)", (1.0, 25.0))
+    poisson1: tuple[float, float] = help_field("order-1 Poisson noise scale", (0.05, 3.0))
+    poisson2: tuple[float, float] = help_field("order-2 Poisson noise scale", (0.05, 2.5))
+    jpeg_range: tuple[int, int] = help_field("order-1 in-memory JPEG quality range", (30, 95))
+    lr_format: LrFormat = help_field("LR storage codec (the last degradation)", "jpg")
+    quality: int | None = help_field("storage quality; null draws from quality_range", None)
+    quality_range: tuple[int, int] = help_field("storage JPEG quality range (order-2 JPEG)", (30, 95))
 
     def __post_init__(self) -> None:
         lo, hi = self.kernel_size
@@ -200,25 +195,25 @@ class APISRPreset:
     """
 
     name: str = "apisr"
-    kernel_size: tuple[int, int] = _f("blur kernel size range (odd sizes)", (7, 15))
-    aniso_prob: float = _f("probability of an anisotropic kernel", 0.5)
-    sigma1: tuple[float, float] = _f("order-1 blur sigma range", (0.2, 2.0))
-    sigma2: tuple[float, float] = _f("order-2 blur sigma range", (0.2, 1.2))
-    blur2_prob: float = _f("probability of the order-2 blur", 0.6)
-    resize_prob: tuple[float, float, float] = _f("probabilities of up, down, keep", (0.1, 0.8, 0.1))
-    resize1: tuple[float, float] = _f("order-1 resize factor range (relative)", (0.3, 1.2))
-    noise_prob: float = _f("probability of noise in each order", 0.3)
-    noise_sigma: tuple[float, float] = _f("Gaussian noise sigma (0..255)", (1.0, 10.0))
-    poisson: tuple[float, float] = _f("Poisson noise scale", (0.05, 1.0))
-    codecs1: tuple[str, ...] = _f("order-1 codecs (jpeg, webp, h264, h265)", ("jpeg", "webp", "h264", "h265"))
-    codec1_prob: tuple[float, ...] = _f("probabilities of codecs1", (0.4, 0.2, 0.2, 0.2))
-    image_quality: tuple[int, int] = _f("in-memory JPEG/WebP quality range", (20, 95))
-    crf_range: tuple[int, int] = _f("H.264/H.265 CRF range", (20, 32))
-    video2_prob: float = _f("probability of an order-2 intra video frame", 0.5)
-    video_preset: str = _f("x264/x265 speed preset", "fast")
-    lr_format: LrFormat = _f("LR storage codec (the last degradation)", "jpg")
-    quality: int | None = _f("storage quality; null draws from quality_range", None)
-    quality_range: tuple[int, int] = _f("storage quality range", (40, 95))
+    kernel_size: tuple[int, int] = help_field("blur kernel size range (odd sizes)", (7, 15))
+    aniso_prob: float = help_field("probability of an anisotropic kernel", 0.5)
+    sigma1: tuple[float, float] = help_field("order-1 blur sigma range", (0.2, 2.0))
+    sigma2: tuple[float, float] = help_field("order-2 blur sigma range", (0.2, 1.2))
+    blur2_prob: float = help_field("probability of the order-2 blur", 0.6)
+    resize_prob: tuple[float, float, float] = help_field("probabilities of up, down, keep", (0.1, 0.8, 0.1))
+    resize1: tuple[float, float] = help_field("order-1 resize factor range (relative)", (0.3, 1.2))
+    noise_prob: float = help_field("probability of noise in each order", 0.3)
+    noise_sigma: tuple[float, float] = help_field("Gaussian noise sigma (0..255)", (1.0, 10.0))
+    poisson: tuple[float, float] = help_field("Poisson noise scale", (0.05, 1.0))
+    codecs1: tuple[str, ...] = help_field("order-1 codecs (jpeg, webp, h264, h265)", ("jpeg", "webp", "h264", "h265"))
+    codec1_prob: tuple[float, ...] = help_field("probabilities of codecs1", (0.4, 0.2, 0.2, 0.2))
+    image_quality: tuple[int, int] = help_field("in-memory JPEG/WebP quality range", (20, 95))
+    crf_range: tuple[int, int] = help_field("H.264/H.265 CRF range", (20, 32))
+    video2_prob: float = help_field("probability of an order-2 intra video frame", 0.5)
+    video_preset: str = help_field("x264/x265 speed preset", "fast")
+    lr_format: LrFormat = help_field("LR storage codec (the last degradation)", "jpg")
+    quality: int | None = help_field("storage quality; null draws from quality_range", None)
+    quality_range: tuple[int, int] = help_field("storage quality range", (40, 95))
 
     def __post_init__(self) -> None:
         check(set(self.codecs1) <= {"jpeg", "webp", "h264", "h265"} and len(self.codecs1) == len(self.codec1_prob)

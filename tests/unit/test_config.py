@@ -1,3 +1,4 @@
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -76,3 +77,18 @@ def test_save_beside_writes_the_stage_config(tmp_path):
     cfg = config.load(Stage, None, ["steps=3"])
     p = config.save_beside(cfg, tmp_path / "out", "stage")
     assert p.name == "stage_config.yaml" and config.load(Stage, p) == cfg
+
+
+def test_help_field_carries_help_and_copies_mutable_defaults():
+    @dataclass
+    class Opts:
+        size: int = config.help_field("required, no default")
+        tags: list = config.help_field("tags to keep", ["a"])
+        name: str = config.help_field("a name", "x")
+
+    a, b = Opts(size=1), Opts(size=2)
+    a.tags.append("b")
+    assert b.tags == ["a"] and a.name == "x"
+    assert {f.name: f.metadata["help"] for f in dataclasses.fields(Opts)}["size"] == "required, no default"
+    with pytest.raises(TypeError):
+        Opts()
