@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from awm.config import ConfigError
+
 T = TypeVar("T")
 
 
@@ -85,6 +87,20 @@ def world_size() -> int:
 
 def is_main() -> bool:
     return env().is_main
+
+
+def resolve_device(name: str) -> str:
+    """``auto``: this process's GPU (``cuda:LOCAL_RANK``) when there is one, else ``cpu``; any other
+    name is checked by torch (``cpu``, ``cuda``, ``cuda:N``, ...): the one resolver of every stage."""
+    import torch
+
+    if name == "auto":
+        return f"cuda:{env().local_rank}" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(name)
+    except RuntimeError:
+        raise ConfigError("device", name, "auto, cpu, cuda or cuda:N") from None
+    return name
 
 
 def backend() -> str:

@@ -63,12 +63,6 @@ class EvalConfig:
         check(self.crop >= 16, "crop", self.crop, ">= 16")
 
 
-def resolve_device(device: str) -> str:
-    import torch
-
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-
-
 class Upscaler:
     """A baseline interpolation or a loaded checkpoint behind one call: LR RGB uint8 -> SR."""
 
@@ -125,14 +119,15 @@ def count_samples(data: str | Path, limit: int = 0) -> int:
 
 
 def decode_pair(sample: dict, scale: int) -> tuple[np.ndarray, np.ndarray]:
-    """(LR, HR) as RGB uint8 via the training loader's decoder; ImageError with a skip reason."""
+    """(HR, LR) as RGB uint8, the order of the training loader's decoder (which this one wraps);
+    an eval sample must have its LR: ImageError with a skip reason otherwise."""
     from awm.data.loader import decode_pair as decode_hr_lr
     from awm.imageio import ImageError
 
     hr, lr = decode_hr_lr(sample, scale, need_lr=True)
     if lr is None:
         raise ImageError(f"no_lr_x{scale}")
-    return lr, hr
+    return hr, lr
 
 
 def _crops(lr: np.ndarray, hr: np.ndarray, srs: dict[str, np.ndarray], scale: int, crop: int) -> dict:
@@ -190,7 +185,7 @@ def score_rank(cfg: EvalConfig, d: dist.DistEnv) -> dict:
     """This rank's rows, grid crops, skip reasons and timing."""
     from awm.imageio import ImageError
 
-    device = resolve_device(cfg.device)
+    device = dist.resolve_device(cfg.device)
     upscalers = [Upscaler(m, cfg.scale, cfg, device) for m in cfg.models]
     mets = metrics.create_all(cfg.metrics, device, cfg.download, cfg.niqe_model)
     n = count_samples(cfg.data, cfg.limit)
@@ -201,7 +196,7 @@ def score_rank(cfg: EvalConfig, d: dist.DistEnv) -> dict:
     for gi, sample in progress(samples, total=len(mine), desc="eval", unit="img"):
         seen.append(gi)
         try:
-            lr, hr = decode_pair(sample, cfg.scale)
+            hr, lr = decode_pair(sample, cfg.scale)
         except ImageError as e:
             skipped[e.reason] += 1
             continue

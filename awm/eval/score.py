@@ -56,10 +56,9 @@ def list_inputs(inputs: list[str]) -> list[tuple[str, Path]]:
 
 
 def score_rank(cfg: ScoreConfig, items: list[tuple[str, Path]], d: dist.DistEnv) -> dict:
-    from awm.eval.evaluate import resolve_device
     from awm.imageio import ImageError, read_image
 
-    mets = metrics.create_all(cfg.metrics, resolve_device(cfg.device), cfg.download, cfg.niqe_model)
+    mets = metrics.create_all(cfg.metrics, dist.resolve_device(cfg.device), cfg.download, cfg.niqe_model)
     full_ref = [m.name for m in mets if m.full_reference]
     if full_ref:
         raise ValueError(f"{', '.join(full_ref)} need a reference image; awm score takes no-reference metrics "

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from awm import dist
-from awm.config import ConfigError, add_dataclass_arguments, check, from_args, save_beside
+from awm.config import add_dataclass_arguments, check, from_args, save_beside
 from awm.imageio import ImageError, atomic_write_bytes, atomic_write_text, encode_image, to_rgb8
 from awm.log import get_logger, progress
 from awm.upscale import tiling
@@ -173,15 +173,6 @@ def resample(img: np.ndarray, width: int, height: int) -> np.ndarray:
     return cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LANCZOS4)
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{dist.env().local_rank}" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ConfigError("device", name, "auto, cpu, cuda or cuda:N") from None
-
-
 def _encode(img: np.ndarray, fmt: str, quality: int | None) -> bytes:
     if fmt == "jpg" and img.ndim == 3 and img.shape[2] == 4:  # no alpha in JPEG: composite on white
         img = to_rgb8(img)
@@ -225,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = from_args(UpscaleConfig, args)
     d = dist.init()
-    device = _device(cfg.device)
+    device = torch.device(dist.resolve_device(cfg.device))
     model = load_model(cfg.model, str(device), cfg.color_order)
     check_precision(model, cfg.precision)
     suffix = f"x{cfg.outscale:g}" if cfg.outscale is not None else f"x{model.scale}"

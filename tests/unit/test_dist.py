@@ -53,3 +53,17 @@ def test_a_batch_script_without_srun_is_one_process(monkeypatch):
     monkeypatch.setenv("SLURM_NTASKS", "16")
     monkeypatch.setenv("SLURM_JOB_NODELIST", "gpu[07-08]")
     assert dist.env() == dist.DistEnv(0, 1, 0) and dist.slurm_rendezvous() is None
+
+
+def test_one_device_resolver_for_every_stage(monkeypatch):
+    import torch
+
+    from awm.config import ConfigError
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert dist.resolve_device("auto") == ("cuda:1" if torch.cuda.is_available() else "cpu")
+    assert dist.resolve_device("cpu") == "cpu"
+    with pytest.raises(ConfigError, match="'device'.*'gpu0'.*auto, cpu, cuda or cuda:N"):
+        dist.resolve_device("gpu0")
