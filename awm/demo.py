@@ -37,7 +37,7 @@ class DemoConfig:
     n_eval: int = field(default=8, metadata={"help": "generated evaluation wallpapers"})
     long_side: list[int] = field(default_factory=lambda: [640, 960], metadata={
         "help": "long side range of generated wallpapers, px"})
-    seed: int = field(default=0, metadata={"help": "generator and degradation seed"})
+    seed: int = field(default=0, metadata={"help": "RNG seed of the generated images and the degradation draws"})
     recipe: str = field(default="tiny-cpu", metadata={"help": "training recipe"})
     steps: int | None = field(default=None, metadata={"help": "training steps (default: the recipe's)"})
     processes: int = field(default=2, metadata={"help": "processes for training and evaluation"})

@@ -79,12 +79,13 @@ class ShardConfig:
     out: Path = field(default=Path("shards/pairs"), metadata={"help": "output folder (one split per folder)"})
     scales: list[int] = field(default_factory=lambda: [2, 4], metadata={"help": "LR scales, e.g. 2,4"})
     preset: Literal["seed", "seed-edgemask", "realesrgan", "apisr"] = field(
-        default="seed", metadata={"help": "degradation preset (awm/data/degrade.py)"})
+        default="seed", metadata={"help": "degradation preset (awm/data/degrade.py); 'seed' and 'seed-edgemask' are the original "
+                                     "project's chain, named after it (the RNG is --seed)"})
     degrade: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "preset field overrides, as key=value arguments: degrade.blur_sigma=0.8"})
     split: Literal["train", "eval"] = field(default="train", metadata={"help": "shard name prefix"})
     tile: int = field(default=0, metadata={"help": "train: cut HR into N px tiles (0 = whole images)"})
-    seed: int = field(default=0, metadata={"help": "global seed of the per-sample degradation RNG"})
+    seed: int = field(default=0, metadata={"help": "RNG seed of the per-sample degradation draws (any preset; not the 'seed' preset)"})
     workers: int = field(default=1, metadata={"help": "processes, one shard per task"})
     mp_start: Literal["auto", "fork", "spawn", "forkserver"] = field(default="auto", metadata={
         "help": "worker start method; auto = fork on Linux (starts in ms), spawn elsewhere"})

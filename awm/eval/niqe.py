@@ -24,7 +24,7 @@ Measured (tests/benchmarks/bench_niqe_anime.py; HR downscaled x2 then restored; 
 better). On 6 generated images never used for the fit: niqe_anime HR 3.47 < lanczos 8.64 <
 bicubic+USM 9.25 < bicubic 9.28 (HR beats bicubic on 6/6), while standard NIQE ranks HR worst
 (16.04 vs bicubic 11.22; 0/6): the photo model punishes clean anime. On the 4 real images of
-../shared/data/real large enough (3 drawings, 1 photo): niqe_anime HR 12.27 < lanczos 14.89 <
+a small set of real anime images large enough (3 drawings, 1 photo; not shipped: not licence-clean): niqe_anime HR 12.27 < lanczos 14.89 <
 bicubic 15.15 < bicubic+USM 15.22 (4/4); standard NIQE HR 7.78 < bicubic 8.02 < USM 8.07 <
 lanczos 8.76 (3/4). Unsharp masking does not fool niqe_anime (its halos are not "pristine").
 Absolute niqe_anime values are higher on real art than on generated art (domain gap): compare
@@ -61,7 +61,7 @@ class NiqeFitConfig:
     sharpness: float = field(default=0.75, metadata={
         "help": "keep blocks whose mean local deviation is above this fraction of the image's sharpest"})
     synth: int = field(default=0, metadata={"help": "also fit on this many generated (awm.data.synth) images"})
-    synth_seed: int = field(default=1000, metadata={"help": "first seed of the generated images"})
+    synth_seed: int = field(default=1000, metadata={"help": "RNG seed of the first generated image (one per image, counting up)"})
     synth_size: list[int] = field(default_factory=lambda: [960, 540], metadata={
         "help": "width,height of generated images"})
 

@@ -80,7 +80,7 @@ class EMA(nn.Module):
 class ScheduleConfig:
     kind: Literal["constant", "step", "multistep", "cosine"] = "step"
     warmup_steps: int = 0
-    step_epochs: int = field(default=30, metadata={"help": "kind=step: decay every N epochs (the seed's)"})
+    step_epochs: int = field(default=30, metadata={"help": "kind=step: decay every N epochs (30: the original project's)"})
     milestones: list[int] = field(default_factory=list, metadata={"help": "kind=multistep: steps"})
     gamma: float = 0.5
     min_ratio: float = field(default=0.0, metadata={"help": "kind=cosine: final lr / base lr"})
