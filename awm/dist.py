@@ -7,6 +7,7 @@ Rank and world size come from torchrun/accelerate (RANK, WORLD_SIZE, LOCAL_RANK)
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -143,8 +144,6 @@ def slurm_rendezvous() -> tuple[str, str] | None:
     nodes = e.get("SLURM_STEP_NODELIST") or e.get("SLURM_JOB_NODELIST")
     if "RANK" in e or int(e.get("SLURM_STEP_NUM_TASKS", "1")) <= 1 or not nodes:
         return None
-    import random
-
     port = random.Random(f"{e.get('SLURM_JOB_ID')}.{e.get('SLURM_STEP_ID')}").randint(20000, 60000)
     return first_host(nodes), str(port)
 

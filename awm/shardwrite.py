@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from awm.imageio import atomic_write_text
+from awm.imageio import atomic_write_bytes, atomic_write_text
 from awm.shardio import iter_tar  # noqa: F401 - re-exported: the reader every stage imports from here
 
 INDEX_FORMAT = "wids-shard-index-v1"
@@ -81,8 +81,6 @@ def stats_path(shard_path: Path) -> Path:
 
 def write_shard(path: Path, samples: list[dict[str, Any]], stats: ShardStats) -> Path:
     """Write a complete shard atomically, then its stats file (the completion marker)."""
-    from awm.imageio import atomic_write_bytes
-
     data = tar_bytes(samples)
     atomic_write_bytes(path, data)
     stats.nsamples = len(samples)

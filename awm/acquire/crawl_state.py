@@ -20,6 +20,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from awm.config import ConfigError
 from awm.dist import Part
 from awm.imageio import atomic_write_text
 from awm.shardwrite import ShardStats, shard_done, stats_path, write_shard
@@ -45,7 +46,6 @@ class CrawlState:
         self.path = out / f"crawl_state-{tag}.sqlite"
         self.spool = out / f"crawl_spool-{tag}"
         if not self.path.exists() and any(self._mine(p) for p in out.glob(f"{prefix}*.tar")):
-            from awm.config import ConfigError
             raise ConfigError("out", str(out), f"a folder without raw shards of part {part}, or with "
                               f"its {self.path.name} (the state that wrote them)")
         out.mkdir(parents=True, exist_ok=True)
@@ -82,7 +82,6 @@ class CrawlState:
             self.set("fingerprint", text)
             return
         if old != text:
-            from awm.config import ConfigError
             before = json.loads(old)
             diff = sorted(k for k in set(before) | set(fingerprint) if before.get(k) != fingerprint.get(k))
             raise ConfigError(",".join(diff), [fingerprint.get(k) for k in diff],

@@ -25,9 +25,11 @@ from typing import Any
 
 import submitit
 
+from awm import cli
 from awm.dist import Part
 from awm.imageio import atomic_write_text
 from awm.log import get_logger
+from awm.shardwrite import write_index
 
 INDEX_KEYS = ("__kind__", "wids_version", "shardlist", "nshards", "nsamples", "skipped")
 SHARD_NAME = re.compile(r"([A-Za-z_-]*?)\d{6}\.tar")
@@ -107,8 +109,6 @@ def _address(host: str) -> str | None:
 
 def run_stage(stage: str, args: list[str]) -> None:
     """``awm STAGE ARGS`` in this process; a nonzero exit becomes StageFailed."""
-    from awm import cli
-
     argv = [stage, *args]
     code = cli.main(argv)
     if code != 0:
@@ -159,8 +159,6 @@ class MergeTask:
 
 def stage_output(stage: str, args: list[str], nparts: int) -> Path:
     """The folder a data stage writes its shards and ``index.json`` into (its ``--out``)."""
-    from awm import cli
-
     parser, _ = cli.build_parser(stage)
     ns = parser.parse_args([stage, *args, "--part", f"0/{nparts}"])
     out = getattr(ns, "out", None)
@@ -183,8 +181,6 @@ def merge_index(out: Path, snapshots: list[dict[str, Any]], nparts: int) -> dict
     The stages' own keys are kept where all parts agree (split, scales, preset, seed...); keys whose
     values differ between parts (a crawl's per-part summary) are listed per part under "parts".
     """
-    from awm.shardwrite import write_index
-
     prefixes = sorted({m.group(1) for p in out.glob("*.tar") if (m := SHARD_NAME.fullmatch(p.name))})
     if len(prefixes) != 1:
         raise StageFailed(f"{out}: expected shards of one kind (e.g. train-000000.tar), found prefixes "

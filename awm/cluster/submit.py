@@ -20,15 +20,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import secrets
 import shlex
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from awm import cli
+from awm.cli import COMMANDS
+from awm.cluster.jobs import MergeTask, StageTask, TrainTask, parts_done
 from awm.config import ConfigError, check, from_dict, load, parse_override, set_dotted, to_dict
 from awm.dist import Part
 from awm.imageio import atomic_write_text
@@ -71,8 +76,6 @@ class Profile:
     log_dir: str = field(default=".slurm", metadata={"help": "folder for submissions, logs and pickles"})
 
     def __post_init__(self) -> None:
-        import re
-
         for key in ("nodes", "cpus_per_task", "time", "array_parallelism"):
             check(getattr(self, key) >= 1, key, getattr(self, key), "an integer >= 1")
         check(self.gpus_per_node >= 0, "gpus_per_node", self.gpus_per_node, "an integer >= 0")
@@ -135,8 +138,6 @@ def stage_mode(stage: str) -> str:
         return "train"
     if stage not in DATA_STAGES:
         return "single"
-    from awm import cli
-
     parser, modules = cli.build_parser(stage)
     if modules.get(stage) is None:
         raise ConfigError("stage", stage, "a stage that exists in this awm version (awm --help)")
@@ -284,8 +285,6 @@ def print_jobs(entries: list[dict[str, Any]], profile: Profile, record_dir: Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from awm.cli import COMMANDS
-
     parser.add_argument("stage", nargs="?", choices=[c for c in COMMANDS if c != "submit"],
                         help="the awm stage to run; its own arguments follow it")
     parser.add_argument("stage_args", nargs=argparse.REMAINDER, metavar="...",
@@ -331,8 +330,6 @@ def split_args(args: argparse.Namespace) -> argparse.Namespace:
 
 def check_stage_args(req: Request, stage_args: list[str]) -> argparse.Namespace:
     """Parse the stage's arguments now, so a typo fails at submission, not hours later in a queue."""
-    from awm import cli
-
     parser, modules = cli.build_parser(req.stage)
     if modules.get(req.stage) is None:
         raise ConfigError("stage", req.stage, "a stage that exists in this awm version (awm --help)")
@@ -346,16 +343,12 @@ def check_stage_args(req: Request, stage_args: list[str]) -> argparse.Namespace:
 
 def train_task(ns: argparse.Namespace, profile: Profile):
     """Training's dedicated job: the recipe and its key=value overrides, run on every rank."""
-    from awm.cluster.jobs import TrainTask
-
     return TrainTask(ns.config, list(getattr(ns, "overrides", []) or []), profile.max_requeue)
 
 
 def submit(profile: Profile, profile_name: str, req: Request, stage_args: list[str],
            ns: argparse.Namespace, wait: bool = False) -> int:
     """Queue the jobs of one submission, record them, print ids/logs/watch lines; maybe wait."""
-    from awm.cluster.jobs import StageTask
-
     record_dir = new_record_dir(profile, req.stage)
     record = {"stage": req.stage, "args": list(stage_args), "profile_name": profile_name,
               "profile": to_dict(profile), "request": dataclasses.asdict(req),
@@ -377,8 +370,6 @@ def submit(profile: Profile, profile_name: str, req: Request, stage_args: list[s
 def _submit_parts(profile: Profile, req: Request, record: dict[str, Any], record_dir: Path,
                   parts: list[int], wait: bool) -> int:
     """An array over ``parts`` of ``--part i/n``, then the merge (a dependent job on SLURM)."""
-    from awm.cluster.jobs import MergeTask, StageTask
-
     folder = record_dir / "jobs"
     entries: list[dict[str, Any]] = []
     jobs = []
@@ -434,8 +425,6 @@ def _wait(jobs: list) -> int:
 def _settle(job_ids: list[str], timeout: float = 60) -> None:
     """Wait until SLURM has ended the jobs too: a task writes its result just before it exits, and
     a ``--retry`` right after ``--wait`` would otherwise find them still running."""
-    import subprocess
-
     deadline = time.time() + timeout
     try:
         while _active_jobs(job_ids) and time.time() < deadline:
@@ -449,8 +438,6 @@ ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", 
 
 def _active_jobs(job_ids: list[str]) -> list[str]:
     """Which of these SLURM jobs are still queued or running (from sacct)."""
-    import subprocess
-
     if not job_ids:
         return []
     out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],
@@ -461,8 +448,6 @@ def _active_jobs(job_ids: list[str]) -> list[str]:
 
 def retry(record_dir: Path, args: argparse.Namespace, overrides: list[str]) -> int:
     """Resubmit only the parts of an array submission that have no completion marker, then merge."""
-    from awm.cluster.jobs import parts_done
-
     record = load_record(record_dir)
     if record["request"]["mode"] != "array":
         raise ConfigError("--retry", str(record_dir), "an array submission (--array over --part); "

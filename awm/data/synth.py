@@ -14,6 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from awm.imageio import atomic_write_bytes, encode_image
+
 # Common wallpaper aspect ratios (w, h) and a few odd ones.
 ASPECTS = [(16, 9), (16, 10), (21, 9), (4, 3), (3, 2), (1, 1), (9, 16), (2, 3)]
 
@@ -213,8 +215,6 @@ def random_size(rng: np.random.Generator, long_side: tuple[int, int] = (640, 128
 def write_dataset(out_dir: str | Path, n: int, seed: int = 0, long_side: tuple[int, int] = (640, 1280),
                   fmt: str = "png") -> list[Path]:
     """Write ``n`` generated wallpapers as files (skipping ones already there); returns their paths."""
-    from awm.imageio import atomic_write_bytes, encode_image
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -12,6 +12,7 @@ LR | each model | HR) and eval_stats.json.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import time
 from collections import Counter
@@ -24,7 +25,9 @@ import numpy as np
 from awm import dist
 from awm.config import ConfigError, add_dataclass_arguments, check, from_args, save_beside
 from awm.eval import metrics, results
+from awm.imageio import ImageError, atomic_write_bytes, atomic_write_text
 from awm.log import get_logger, progress
+from awm.shardio import iter_tar, resolve
 
 log = get_logger("awm.evaluate")
 BASELINES = ("bicubic", "lanczos")
@@ -97,8 +100,6 @@ def iter_samples(data: str | Path, limit: int = 0):
     A shard holding fewer samples than its index entry says stops the run: the coverage check
     would otherwise report the missing ones as lost by the ranks.
     """
-    from awm.shardio import iter_tar, resolve
-
     gi = 0
     for ref in resolve(data).counted().shards:
         first = gi
@@ -112,8 +113,6 @@ def iter_samples(data: str | Path, limit: int = 0):
 
 
 def count_samples(data: str | Path, limit: int = 0) -> int:
-    from awm.shardio import resolve
-
     n = sum(s.nsamples for s in resolve(data).counted().shards)
     return min(n, limit) if limit else n
 
@@ -122,8 +121,6 @@ def decode_pair(sample: dict, scale: int) -> tuple[np.ndarray, np.ndarray]:
     """(HR, LR) as RGB uint8, the order of the training loader's decoder (which this one wraps);
     an eval sample must have its LR: ImageError with a skip reason otherwise."""
     from awm.data.loader import decode_pair as decode_hr_lr
-    from awm.imageio import ImageError
-
     hr, lr = decode_hr_lr(sample, scale, need_lr=True)
     if lr is None:
         raise ImageError(f"no_lr_x{scale}")
@@ -152,14 +149,11 @@ def _crops(lr: np.ndarray, hr: np.ndarray, srs: dict[str, np.ndarray], scale: in
 
 def comparison_grid(crops: list[tuple[str, dict]], path: Path) -> Path:
     """Rows of crops (one per sample): LR (nearest) | each model | HR."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from awm.imageio import atomic_write_bytes
 
     cols = list(crops[0][1])
     fig, axes = plt.subplots(len(crops), len(cols), figsize=(2.2 * len(cols), 2.3 * len(crops)), dpi=100,
@@ -183,8 +177,6 @@ def comparison_grid(crops: list[tuple[str, dict]], path: Path) -> Path:
 
 def score_rank(cfg: EvalConfig, d: dist.DistEnv) -> dict:
     """This rank's rows, grid crops, skip reasons and timing."""
-    from awm.imageio import ImageError
-
     device = dist.resolve_device(cfg.device)
     upscalers = [Upscaler(m, cfg.scale, cfg, device) for m in cfg.models]
     mets = metrics.create_all(cfg.metrics, device, cfg.download, cfg.niqe_model)
@@ -252,8 +244,6 @@ def write_outputs(cfg: EvalConfig, parts: list[dict], world: int) -> Path:
         comparison_grid([(sid, cs) for _, sid, cs in crops], out / "figures" / "grid.png")
     timing = [p["timing"] for p in parts]
     total = max(t["seconds"] for t in timing)
-    from awm.imageio import atomic_write_text
-
     atomic_write_text(out / "eval_stats.json", json.dumps(
         {"world_size": world, "samples": n, "skipped": dict(skipped), "seconds": total,
          "images_per_s": n / total if total else None, "ranks": timing}, indent=1))

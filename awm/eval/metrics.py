@@ -14,7 +14,9 @@ second naming the missing file and the command that stages it.
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ from typing import Any
 import numpy as np
 
 from awm.eval import weights
+from awm.eval.niqe import default_model_path
+from awm.imageio import to_rgb8, to_tensor
 from awm.log import get_logger
 
 # Work with no weight file at all (niqe_anime's model ships with the package).
@@ -63,7 +67,6 @@ class Metric:
         """
         import torch
 
-        from awm.imageio import to_rgb8, to_tensor
 
         if self.full_reference and ref is None:
             raise ValueError(f"metric {self.name} needs a reference image")
@@ -87,9 +90,6 @@ class Metric:
 
 def _known_names() -> set[str]:
     """pyiqa's metric names, read from its config file's source without importing pyiqa."""
-    import importlib.util
-    import re
-
     spec = importlib.util.find_spec("pyiqa")
     if spec is None or not spec.submodule_search_locations:
         raise MissingWeightsError("pyiqa is not installed (pip install pyiqa)")
@@ -109,8 +109,6 @@ def check(names: list[str], allow_download: bool = False) -> None:
     problems = []
     for name in names:
         if name == "niqe_anime":
-            from awm.eval.niqe import default_model_path
-
             if not default_model_path().is_file():
                 problems.append(f"{name}: {default_model_path()} is missing from the installed package")
             continue
@@ -136,8 +134,6 @@ def create(name: str, device: str = "cpu", allow_download: bool = False,
     kwargs: dict[str, Any] = {}
     pyiqa_name = name
     if name == "niqe_anime":
-        from awm.eval.niqe import default_model_path
-
         pyiqa_name, kwargs["pretrained_model_path"] = "niqe", str(niqe_model or default_model_path())
     elif name == "psnry":  # BT.601 Y as in MATLAB/BasicSR and training validation; pyiqa's default is YIQ
         kwargs["color_space"] = "ycbcr"

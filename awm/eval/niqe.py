@@ -35,13 +35,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from awm.config import add_dataclass_arguments, check, from_args
+from awm.config import ConfigError, add_dataclass_arguments, check, from_args
+from awm.data.synth import generate
+from awm.imageio import atomic_write_text, list_images, read_image, to_rgb8, to_tensor
 from awm.log import get_logger, progress
 
 log = get_logger("awm.niqe")
@@ -77,7 +80,6 @@ def _y_channel(img: np.ndarray):
     """The luma NIQE sees (pyiqa's calculate_niqe: YIQ Y in 0..255, rounded, float64)."""
     from pyiqa.utils.color_util import to_y_channel
 
-    from awm.imageio import to_rgb8, to_tensor
 
     return to_y_channel(to_tensor(to_rgb8(img)), 255, "yiq").round().double()
 
@@ -125,8 +127,6 @@ def fit(images, block: int = 96, sharpness: float = 0.75) -> tuple[np.ndarray, n
 
 def save_model(path: str | Path, mu: np.ndarray, cov: np.ndarray) -> Path:
     """Write pyiqa's NIQE parameter file (``mu_prisparam``, ``cov_prisparam``) atomically."""
-    import os
-
     import scipy.io
 
     path = Path(path)
@@ -141,13 +141,9 @@ def save_model(path: str | Path, mu: np.ndarray, cov: np.ndarray) -> Path:
 
 
 def _images(cfg: NiqeFitConfig):
-    from awm.imageio import list_images, read_image
-
     for p in list_images([Path(d) for d in cfg.data]):
         yield read_image(p)
     if cfg.synth:
-        from awm.data.synth import generate
-
         for i in range(cfg.synth):
             yield generate(cfg.synth_seed + i, *cfg.synth_size)
 
@@ -159,16 +155,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = from_args(NiqeFitConfig, args)
     if not cfg.data and not cfg.synth:
-        from awm.config import ConfigError
-
         raise ConfigError("data", cfg.data, "at least one image folder (--data DIR) or --synth N")
     images = progress(_images(cfg), desc="niqe-fit", unit="img")
     mu, cov, npatch = fit(images, cfg.block, cfg.sharpness)
     out = save_model(cfg.out, mu, cov)
     meta = {"patches": npatch, "block": cfg.block, "sharpness": cfg.sharpness, "data": cfg.data,
             "synth": cfg.synth, "synth_seed": cfg.synth_seed, "synth_size": cfg.synth_size}
-    from awm.imageio import atomic_write_text
-
     atomic_write_text(out.with_suffix(".json"), json.dumps(meta, indent=1))
     log.info("fitted NIQE pristine model on %d sharp patches -> %s", npatch, out)
     return 0

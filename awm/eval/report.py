@@ -19,6 +19,7 @@ import yaml
 from awm import shardio
 from awm.config import check, from_args
 from awm.eval import results
+from awm.eval.evaluate import BASELINES
 from awm.imageio import atomic_write_text
 from awm.log import get_logger
 
@@ -79,8 +80,6 @@ def _steps(run: Path) -> int | None:
 
 def _eval(run: Path) -> tuple[dict[str, float], dict[str, bool], str]:
     """Metric means of the run's model in its newest eval summary (baselines skipped)."""
-    from awm.eval.evaluate import BASELINES
-
     for path in sorted(run.rglob("summary.json"), key=lambda p: p.stat().st_mtime, reverse=True):
         doc = _json(path)
         models = {m: s for m, s in doc.get("models", {}).items() if m not in BASELINES}

@@ -18,6 +18,8 @@ from pathlib import Path
 from awm import dist
 from awm.config import add_dataclass_arguments, check, from_args, save_beside
 from awm.eval import metrics, results
+from awm.eval.evaluate import merge
+from awm.imageio import ImageError, atomic_write_text, list_images, read_image
 from awm.log import get_logger, progress
 
 log = get_logger("awm.score")
@@ -42,8 +44,6 @@ class ScoreConfig:
 
 def list_inputs(inputs: list[str]) -> list[tuple[str, Path]]:
     """(input argument, image path) for every image, in a deterministic order."""
-    from awm.imageio import list_images
-
     found = []
     for arg in inputs:
         p = Path(arg)
@@ -56,8 +56,6 @@ def list_inputs(inputs: list[str]) -> list[tuple[str, Path]]:
 
 
 def score_rank(cfg: ScoreConfig, items: list[tuple[str, Path]], d: dist.DistEnv) -> dict:
-    from awm.imageio import ImageError, read_image
-
     mets = metrics.create_all(cfg.metrics, dist.resolve_device(cfg.device), cfg.download, cfg.niqe_model)
     full_ref = [m.name for m in mets if m.full_reference]
     if full_ref:
@@ -82,9 +80,6 @@ def score_rank(cfg: ScoreConfig, items: list[tuple[str, Path]], d: dist.DistEnv)
 
 
 def write_outputs(cfg: ScoreConfig, items: list, parts: list[dict], world: int) -> Path:
-    from awm.eval.evaluate import merge
-    from awm.imageio import atomic_write_text
-
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     for p in parts:

@@ -28,11 +28,14 @@ from typing import Any, Literal, get_args
 import torch
 
 from awm import config as cfgmod
+from awm import dist
 from awm.config import check
 from awm.data.loader import DataConfig
 from awm.models.discriminators import DiscriminatorConfig
 from awm.models.losses import LossConfig
+from awm.train.loop import Trainer
 from awm.train.perf import CompileMode, PerfConfig
+from awm.train.trainer import build_components
 from awm.train.utils import CheckpointConfig, EMAConfig, ScheduleConfig
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later", what a requeueing wrapper looks for
@@ -159,10 +162,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     Reentrant: the process group and Accelerate's state are released on return, and signal
     handlers are restored; nothing calls ``sys.exit``.
     """
-    from awm import dist
-    from awm.train.loop import Trainer
-    from awm.train.trainer import build_components
-
     had_group = dist.initialized()
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
         # DeepSpeed joins its own process group, and ACCELERATE_USE_CPU (set by dist.init

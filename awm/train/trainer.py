@@ -10,6 +10,7 @@ EMA/optimizer updates are multi-tensor ops whose count does not grow with the pa
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import math
 from collections.abc import Callable
@@ -21,6 +22,8 @@ from torch import nn
 
 from awm import config as cfgmod
 from awm.config import check
+from awm.models import losses
+from awm.models.archs import build_model, get_spec, model_info
 from awm.train.perf import channels_last_for, compile_module, count_flops, meta_copy
 from awm.train.utils import EMA
 
@@ -81,8 +84,6 @@ def build_components(cfg: TrainConfig, precision: str) -> Components:
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, DistributedType, set_seed
 
-    from awm.models import losses
-    from awm.models.archs import build_model, get_spec, model_info
 
     acc = Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.optim.accum,
                       dataloader_config=DataLoaderConfiguration(dispatch_batches=False, split_batches=False),
@@ -181,8 +182,6 @@ def flops_per_pair(c: Components, patch: int, scale: int, gan: bool) -> int:
 
 
 def _device_copy(module: nn.Module | None) -> nn.Module | None:
-    import copy
-
     return None if module is None else copy.deepcopy(module)
 
 
