@@ -69,35 +69,11 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if tp is Any:
         return value
     if origin is Literal:
-        choices = get_args(tp)
-        for c in choices:
-            if value == c or (isinstance(value, str) and str(c) == value):
-                return c
-        raise ConfigError(key, value, _type_name(tp))
+        return _coerce_literal(tp, value, key)
     if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        is_null = value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
-        if is_null and type(None) in args:
-            return None
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(a, value, key)
-            except ConfigError:
-                continue
-        raise ConfigError(key, value, _type_name(tp))
+        return _coerce_union(tp, value, key)
     if origin in (list, tuple):
-        args = [a for a in get_args(tp) if a is not Ellipsis]
-        inner = args[0] if args else Any
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()] if value.strip() else []
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = [value]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(key, value, _type_name(tp))
-        items = [_coerce(inner, v, f"{key}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
+        return _coerce_sequence(tp, value, key)
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(key, value, "a mapping")
@@ -109,45 +85,97 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(key, value, _type_name(tp))
         return from_dict(tp, value, prefix=key + ".")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
-            return value.lower() in ("true", "yes", "1", "on")
-        raise ConfigError(key, value, "true or false")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(key, value, "an integer")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value.replace("_", ""))
-            except ValueError:
-                pass
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
+    scalar = _SCALARS.get(tp)
+    return value if scalar is None else scalar(value, key)
+
+
+def _coerce_literal(tp: Any, value: Any, key: str) -> Any:
+    for c in get_args(tp):
+        if value == c or (isinstance(value, str) and str(c) == value):
+            return c
+    raise ConfigError(key, value, _type_name(tp))
+
+
+def _coerce_union(tp: Any, value: Any, key: str) -> Any:
+    """``None``/``"null"`` where the union allows None, else the first member type that accepts it."""
+    args = get_args(tp)
+    is_null = value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
+    if is_null and type(None) in args:
+        return None
+    for a in args:
+        if a is type(None):
+            continue
+        try:
+            return _coerce(a, value, key)
+        except ConfigError:
+            continue
+    raise ConfigError(key, value, _type_name(tp))
+
+
+def _coerce_sequence(tp: Any, value: Any, key: str) -> list | tuple:
+    """A list/tuple from a YAML sequence, a comma-separated CLI string or a single number."""
+    args = [a for a in get_args(tp) if a is not Ellipsis]
+    inner = args[0] if args else Any
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()] if value.strip() else []
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(key, value, _type_name(tp))
+    items = [_coerce(inner, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    return tuple(items) if get_origin(tp) is tuple else items
+
+
+def _to_bool(value: Any, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+        return value.lower() in ("true", "yes", "1", "on")
+    raise ConfigError(key, value, "true or false")
+
+
+def _to_int(value: Any, key: str) -> int:
+    """An int, a string like ``"1_000"`` or an integral float; never a bool (True is not 1 here)."""
+    if isinstance(value, bool):
         raise ConfigError(key, value, "an integer")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(key, value, "a number")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.replace("_", ""))
+        except ValueError:
+            pass
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise ConfigError(key, value, "an integer")
+
+
+def _to_float(value: Any, key: str) -> float:
+    if isinstance(value, bool):
         raise ConfigError(key, value, "a number")
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(key, value, "a string")
-    if tp is Path:
-        if isinstance(value, (str, Path)):
-            return Path(value)
-        raise ConfigError(key, value, "a path")
-    return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise ConfigError(key, value, "a number")
+
+
+def _to_str(value: Any, key: str) -> str:
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ConfigError(key, value, "a string")
+
+
+def _to_path(value: Any, key: str) -> Path:
+    if isinstance(value, (str, Path)):
+        return Path(value)
+    raise ConfigError(key, value, "a path")
+
+
+_SCALARS: dict[Any, Any] = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str, Path: _to_path}
 
 
 def _hints(cls: type) -> dict[str, Any]:
