@@ -24,10 +24,11 @@ import torch
 from awm import config as cfgmod
 from awm.data.degrade_device import degrade_batch
 from awm.data.loader import SkipCounter, augment, epoch_steps, train_loader
+from awm.eval.psnr_ssim import psnr_ssim_y
 from awm.log import get_logger
 from awm.train.perf import DevicePrefetcher, peak_tflops
 from awm.train.trainer import Components, apply_update, flops_per_pair, losses_and_backward
-from awm.train.utils import TrainState, image_grid, latest_state, psnr_ssim_y, save_full_state, to_float
+from awm.train.utils import TrainState, image_grid, latest_state, save_full_state, to_float
 
 if TYPE_CHECKING:
     from awm.train.train import TrainConfig

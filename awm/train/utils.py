@@ -1,5 +1,5 @@
 """Pieces of the training loop that are easier to test on their own: EMA, learning-rate schedules,
-Y-channel PSNR/SSIM in torch, image grids, and the atomic full-state directory. Each config
+image grids, and the atomic full-state directory (Y-channel PSNR/SSIM: :mod:`awm.eval.psnr_ssim`). Each config
 dataclass sits beside the code that uses it.
 """
 
@@ -123,37 +123,6 @@ def to_float(batch: torch.Tensor, device: torch.device, channels_last: bool) -> 
     """uint8 NHWC from the loader -> float NCHW in [0, 1] on the device (converted there, not in workers)."""
     x = batch.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
     return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-
-
-def rgb_to_y(x: torch.Tensor) -> torch.Tensor:
-    """BT.601 luma of RGB in [0, 1], in [16/255, 235/255] as in MATLAB's rgb2ycbcr (the SR convention)."""
-    w = x.new_tensor([65.481, 128.553, 24.966]).view(1, 3, 1, 1)
-    return ((x * w).sum(1, keepdim=True) + 16.0) / 255.0
-
-
-def _gauss(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    g = torch.exp(-((torch.arange(size, dtype=torch.float64) - size // 2) ** 2) / (2 * sigma**2))
-    g = g / g.sum()
-    return (g[:, None] @ g[None, :]).view(1, 1, size, size)
-
-
-def psnr_ssim_y(sr: torch.Tensor, hr: torch.Tensor, border: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image PSNR (dB) and SSIM on Y, ``border`` pixels cropped: the usual SR benchmark numbers."""
-    a = rgb_to_y(sr.double().clamp(0, 1).mul(255).round().div(255))
-    b = rgb_to_y(hr.double())
-    if border:
-        a, b = a[..., border:-border, border:-border], b[..., border:-border, border:-border]
-    mse = (a - b).pow(2).flatten(1).mean(1)
-    psnr = 10 * torch.log10(1.0 / mse.clamp_min(1e-12))
-    a, b = a * 255, b * 255
-    k = _gauss().to(a)
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    mu_a, mu_b = F.conv2d(a, k), F.conv2d(b, k)
-    s_aa = F.conv2d(a * a, k) - mu_a**2
-    s_bb = F.conv2d(b * b, k) - mu_b**2
-    s_ab = F.conv2d(a * b, k) - mu_a * mu_b
-    ssim = ((2 * mu_a * mu_b + c1) * (2 * s_ab + c2)) / ((mu_a**2 + mu_b**2 + c1) * (s_aa + s_bb + c2))
-    return psnr.float(), ssim.flatten(1).mean(1).float()
 
 
 def bicubic(lr: torch.Tensor, scale: int) -> torch.Tensor:

@@ -38,7 +38,7 @@ def test_psnr_y_is_bt601_by_hand():
     """
     import torch
 
-    from awm.train.utils import psnr_ssim_y
+    from awm.eval.psnr_ssim import psnr_ssim_y
 
     a = np.zeros((32, 32, 3), np.uint8) + np.array([100, 150, 200], np.uint8)
     b = np.zeros((32, 32, 3), np.uint8) + np.array([110, 150, 200], np.uint8)

@@ -1,8 +1,6 @@
-"""Training pieces: recipes, learning-rate schedules, Y-channel metrics, EMA, state discovery."""
+"""Training pieces: recipes, learning-rate schedules, EMA, state discovery."""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
@@ -10,7 +8,7 @@ from torch import nn
 
 from awm.config import ConfigError
 from awm.train.train import RECIPES, load_config
-from awm.train.utils import COMPLETE, EMA, EMAConfig, latest_state, lr_factor, psnr_ssim_y, rgb_to_y, to_float
+from awm.train.utils import COMPLETE, EMA, EMAConfig, latest_state, lr_factor, to_float
 
 
 def test_every_recipe_loads_and_tiny_cpu_is_cheap():
@@ -41,21 +39,6 @@ def test_schedules():
     assert warm == pytest.approx([0.25, 1.0, 0.55, 0.1])
     with pytest.raises(ValueError):
         lr_factor("linear", 0)
-
-
-def test_psnr_ssim_on_y():
-    torch.manual_seed(0)
-    hr = torch.randint(0, 256, (2, 3, 40, 40)).float() / 255  # 8-bit, like decoded eval images
-    p, s = psnr_ssim_y(hr, hr, border=2)
-    assert (p > 100).all() and torch.allclose(s, torch.ones(2))
-    shifted = (hr + 10 / 255).clamp(0, 1)  # still on the 8-bit grid
-    y_err = (rgb_to_y(shifted.double()) - rgb_to_y(hr.double()))[..., 2:-2, 2:-2]
-    expected = 10 * math.log10(1 / float(y_err.pow(2).mean()))
-    p2, s2 = psnr_ssim_y(shifted, hr, border=2)
-    assert float(p2.mean()) == pytest.approx(expected, abs=0.05)
-    noisy = (hr + 0.2 * torch.randn_like(hr)).clamp(0, 1)
-    p3, s3 = psnr_ssim_y(noisy, hr, border=2)
-    assert (p3 < p2).all() and (s3 < s2).all() and (s3 < 0.99).all()
 
 
 def test_ema_averages_parameters_and_copies_buffers():
