@@ -11,7 +11,7 @@ next op is that kind (the kind of the sample with the most ops left, so optional
 second blur or the final sinc line up with the others). Images live in one zero-padded float32
 canvas with per-sample sizes on the host, so no size ever needs a device sync:
 
-- blur (Gaussian, generalised Gaussian, plateau, sinc; the kernels of :func:`awm.data.degrade.blur_kernel`)
+- blur (Gaussian, generalised Gaussian, plateau, sinc; the kernels of :func:`awm.data.degrade_ops.blur_kernel`)
   and the unsharp mask's Gaussian: per-sample kernels in one grouped ``conv2d``, with OpenCV's
   reflect-101 border gathered per sample;
 - resize: separable gathers of OpenCV's own taps and weights per sample (``cv2.resize``'s area,
@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 
-from awm.data import degrade
+from awm.data import degrade, degrade_ops
 
 Sizes = list[tuple[int, int]]
 _MODES = ("area", "bilinear", "bicubic", "lanczos")
@@ -204,7 +204,7 @@ def _conv(x: torch.Tensor, sizes: Sizes, bank: np.ndarray) -> torch.Tensor:
 
 def _blur(x: torch.Tensor, sizes: Sizes, ops: list[dict[str, Any]]) -> tuple[torch.Tensor, Sizes]:
     kernels = [_gaussian_u8(op["ksize"], op["sigma_x"]) if op.get("kind", "gaussian") == "gaussian"
-               and op["sigma_x"] == op["sigma_y"] else degrade.blur_kernel(op) for op in ops]
+               and op["sigma_x"] == op["sigma_y"] else degrade_ops.blur_kernel(op) for op in ops]
     return _half_up(_filter(x, sizes, kernels)), sizes
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from awm.config import ConfigError
-from awm.data import degrade
+from awm.data import degrade, degrade_ops
 from awm.data.synth import generate
 
 HR = generate(5, 96, 72)
@@ -77,7 +77,7 @@ def test_apisr_draws_codecs_including_intra_video():
     assert {"jpeg", "webp", "video"} <= kinds
     video = next(op for op in ops if op["op"] == "video")
     assert "skipped" not in video
-    out = degrade._video(HR[:, :, :].copy(), video)
+    out = degrade_ops._video(HR[:, :, :].copy(), video)
     assert out.shape == HR.shape and 0 < np.abs(out.astype(int) - HR).mean() < 20
 
 
@@ -138,16 +138,16 @@ def test_realesrgan_kernels_generalised_plateau_and_sinc():
     blurs = [op for op in ops if op["op"] == "blur"]
     assert {op.get("kind", "gaussian") for op in blurs} == {"gaussian", "generalized", "plateau", "sinc"}
     for op in blurs[:40]:
-        k = degrade.blur_kernel(op)
+        k = degrade_ops.blur_kernel(op)
         assert k.shape == (op["ksize"],) * 2 and abs(float(k.sum()) - 1) < 1e-5 and np.allclose(k, k[::-1, ::-1])
     g = {"op": "blur", "ksize": 9, "sigma_x": 2.0, "sigma_y": 0.8, "theta": 0.4}
-    assert np.allclose(degrade.blur_kernel({**g, "kind": "generalized", "beta": 1.0}), degrade.blur_kernel(g))
-    sinc = degrade.blur_kernel({"op": "blur", "kind": "sinc", "ksize": 21, "omega": math.pi / 4})
+    assert np.allclose(degrade_ops.blur_kernel({**g, "kind": "generalized", "beta": 1.0}), degrade_ops.blur_kernel(g))
+    sinc = degrade_ops.blur_kernel({"op": "blur", "kind": "sinc", "ksize": 21, "omega": math.pi / 4})
     assert sinc.min() < 0 < sinc[10, 10]  # a low-pass with ringing lobes, unlike any Gaussian
     # J1 against its power series sum_m (-1)^m (x/2)^(2m+1) / (m! (m+1)!)
     x = np.array([0.3, 2.0, 7.5, 15.0])
     series = sum((-1) ** m * (x / 2) ** (2 * m + 1) / (math.factorial(m) * math.factorial(m + 1)) for m in range(60))
-    assert np.allclose(degrade._bessel_j1(x), series, atol=1e-10)
+    assert np.allclose(degrade_ops._bessel_j1(x), series, atol=1e-10)
     lr, _ = degrade.degrade(HR, 2, p, 0, "k3")
     assert lr.shape == (36, 48, 3)
     with pytest.raises(ConfigError, match="kernel_prob"):
