@@ -125,7 +125,7 @@ def test_staged_standard_niqe_matches_pyiqa(tmp_path: Path, monkeypatch) -> None
 
 def test_missing_weights_fail_fast_offline(tmp_path: Path) -> None:
     """The check runs before pyiqa is imported, so its ~40 s of download retries never start."""
-    code = ("import sys\nfrom awm import metrics\ntry:\n    metrics.create('lpips', 'cpu')\n"
+    code = ("import sys\nfrom awm.eval import metrics\ntry:\n    metrics.create('lpips', 'cpu')\n"
             "except metrics.MissingWeightsError as e:\n    print(e)\n"
             "assert 'pyiqa' not in sys.modules, 'pyiqa was imported before the weight check'\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,

@@ -63,7 +63,7 @@ def test_random_presets_draw_from_a_per_sample_rng():
     qualities = {degrade.draw_params(p, (96, 72), 2, 1, f"i{k}")["codec"]["quality"] for k in range(20)}
     assert len(qualities) > 5 and all(30 <= q <= 95 for q in qualities)
     # stable across processes with different hash() salts: the RNG comes from SHA-256
-    code = ("import json; from awm import degrade as d; "
+    code = ("import json; from awm.data import degrade as d; "
             "print(json.dumps(d.draw_params(d.get_preset('realesrgan'), (96, 72), 2, 1, 'id_a')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONHASHSEED": "123"}).stdout
@@ -83,17 +83,17 @@ def test_apisr_draws_codecs_including_intra_video():
 
 def test_drawn_params_do_not_depend_on_pyav():
     """The same sample on a machine without PyAV: identical params, and applying them refuses."""
-    code = ("import json, sys; sys.modules['av'] = None; from awm import degrade as d; p = d.get_preset('apisr'); "
+    code = ("import json, sys; sys.modules['av'] = None; from awm.data import degrade as d; p = d.get_preset('apisr'); "
             "print(json.dumps([d.draw_params(p, (96, 72), 2, 0, f's{k}') for k in range(30)]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     p = degrade.get_preset("apisr")
     assert json.loads(out) == json.loads(json.dumps([degrade.draw_params(p, (96, 72), 2, 0, f"s{k}")
                                                      for k in range(30)]))
-    code = ("import sys; sys.modules['av'] = None; from awm import degrade as d; "
+    code = ("import sys; sys.modules['av'] = None; from awm.data import degrade as d; "
             "d.require_video(d.get_preset('apisr'))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 1 and "awm[video]" in r.stderr
-    code = ("import sys; sys.modules['av'] = None; from awm import degrade as d; "
+    code = ("import sys; sys.modules['av'] = None; from awm.data import degrade as d; "
             "d.require_video(d.get_preset('apisr', codec1_prob=[0.5, 0.5, 0, 0], video2_prob=0.0))")
     subprocess.run([sys.executable, "-c", code], check=True)
 
