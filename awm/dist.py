@@ -6,6 +6,7 @@ Rank and world size come from torchrun/accelerate (RANK, WORLD_SIZE, LOCAL_RANK)
 
 from __future__ import annotations
 
+import atexit
 import os
 import random
 from collections.abc import Sequence
@@ -115,6 +116,8 @@ def init() -> DistEnv:
     """Join the process group if launched with several processes; a no-op for one process.
 
     On a machine with no GPU, also tells Accelerate to run on CPU so ``torchrun`` works unchanged.
+    The group is destroyed at interpreter exit if the caller has not done so: a process that
+    exits holding one can abort in C++ ("terminate called without an active exception").
     """
     import torch
     import torch.distributed as dist
@@ -132,6 +135,7 @@ def init() -> DistEnv:
         if torch.cuda.is_available():
             torch.cuda.set_device(d.local_rank)
         dist.init_process_group(backend())
+        atexit.register(destroy)
     return d
 
 
