@@ -14,8 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pairs import make_pair_shards  # noqa: E402
-from train_runs import ROOT, assert_same_state, env, run_and_signal, tiny, torchrun  # noqa: E402
+from train_runs import ROOT, assert_same_state, env, make_data, run_and_signal, tiny, torchrun  # noqa: E402
 
 pytestmark = pytest.mark.slow
 STEPS, GAN_START = 12, 8
@@ -23,10 +22,7 @@ STEPS, GAN_START = 12, 8
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("device_degrade_data")
-    make_pair_shards(d / "train", [4, 3], size=(96, 64), hr_only=True)  # HR only: degraded on the fly
-    make_pair_shards(d / "eval", [2], size=(64, 64), split="eval", seed=5)
-    return d
+    return make_data(tmp_path_factory.mktemp("device_degrade_data"), [4, 3], hr_only=True)  # degraded on the fly
 
 
 def args(data: Path, runs: Path, name: str) -> list[str]:

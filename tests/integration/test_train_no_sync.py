@@ -18,18 +18,14 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pairs import make_pair_shards  # noqa: E402
-from train_runs import ROOT, env, tiny, torchrun  # noqa: E402
+from train_runs import ROOT, env, make_data, tiny, torchrun  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("sync_data")
-    make_pair_shards(d / "train", [4, 4], size=(96, 64))
-    make_pair_shards(d / "eval", [2], size=(64, 64), split="eval", seed=5)
-    return d
+    return make_data(tmp_path_factory.mktemp("sync_data"), [4, 4])
 
 
 def test_twenty_steady_steps_make_no_host_device_sync(data, tmp_path):

@@ -17,8 +17,16 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pairs import make_pair_shards  # noqa: E402
-from train_runs import ROOT, accelerate_launch, assert_same_state, env, run_and_signal, tiny, torchrun  # noqa: E402
+from train_runs import (  # noqa: E402
+    ROOT,
+    accelerate_launch,
+    assert_same_state,
+    env,
+    make_data,
+    run_and_signal,
+    tiny,
+    torchrun,
+)
 
 pytestmark = pytest.mark.slow
 STEPS, GAN_START = 20, 10
@@ -26,10 +34,7 @@ STEPS, GAN_START = 20, 10
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("preempt_data")
-    make_pair_shards(d / "train", [3, 5], size=(96, 64))
-    make_pair_shards(d / "eval", [2], size=(64, 64), split="eval", seed=5)
-    return d
+    return make_data(tmp_path_factory.mktemp("preempt_data"), [3, 5])
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,19 @@ import sys
 from pathlib import Path
 
 import torch
+from pairs import make_pair_shards
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 STATE_FILES = ("model.safetensors", "model_1.safetensors", "custom_checkpoint_1.pkl")
+
+
+def make_data(root: Path, train_shards: list[int], hr_only: bool = False) -> Path:
+    """Train shards of ``train_shards`` pairs each (96x64 HR; HR only to degrade on the fly), 2 eval pairs."""
+    make_pair_shards(root / "train", train_shards, size=(96, 64), hr_only=hr_only)
+    make_pair_shards(root / "eval", [2], size=(64, 64), split="eval", seed=5)
+    return root
 
 
 def tiny(data: Path, runs: Path, name: str, **kw) -> list[str]:
