@@ -145,9 +145,7 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS_DEFAULT, bgr: bool = 
         raise ImageError("undecodable", p.format)
     if {img.shape[0], img.shape[1]} != {p.height, p.width}:
         raise ImageError("size_mismatch", f"header {p.width}x{p.height}, pixels {img.shape[1]}x{img.shape[0]}")
-    if p.format == "jpg" and _truncated_jpeg(data):
-        raise ImageError("truncated")
-    if p.format == "png" and b"IEND" not in data[-16:]:
+    if truncated(data, p.format):
         raise ImageError("truncated")
     if img.dtype not in (np.uint8, np.uint16):
         if img.dtype == np.float32:
@@ -165,9 +163,20 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS_DEFAULT, bgr: bool = 
     return img
 
 
-def _truncated_jpeg(data: bytes) -> bool:
-    tail = data.rstrip(b"\x00")
-    return not tail.endswith(b"\xff\xd9")
+def truncated(data: bytes, fmt: str) -> bool:
+    """Whether a JPEG or PNG stops before its end marker (decoders fill the rest with grey).
+
+    JPEG: no EOI after the last scan header (entropy-coded data stuffs 0xFF, so FF D9 there is
+    the real end; an EXIF thumbnail's EOI comes before the image's scans). PNG: no IEND chunk.
+    Bytes after the end marker, which some tools append, are not truncation.
+    """
+    if fmt == "jpg":
+        sos = data.rfind(b"\xff\xda")
+        return sos < 0 or data.find(b"\xff\xd9", sos) < 0
+    if fmt == "png":
+        end = data.rfind(b"\x00\x00\x00\x00IEND")
+        return end < 0 or len(data) < end + 12
+    return False
 
 
 def read_image(path: str | Path, max_pixels: int = MAX_PIXELS_DEFAULT) -> np.ndarray:

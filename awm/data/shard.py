@@ -55,6 +55,7 @@ from awm.imageio import (
     jpeg_frame,
     list_images,
     to_rgb8,
+    truncated,
 )
 from awm.log import get_logger, progress
 from awm.shardwrite import ShardStats, check_key, shard_done, stats_path, write_index, write_shard
@@ -219,13 +220,6 @@ def _is_plain_png(data: bytes) -> bool:
     return len(data) > 26 and data[:8] == b"\x89PNG\r\n\x1a\n" and data[24] == 8 and data[25] == 2
 
 
-def _truncated(data: bytes, fmt: str) -> bool:
-    """A PNG without its IEND chunk or a JPEG without its EOI marker (checked before decoding)."""
-    if fmt == "png":
-        return b"IEND" not in data[-16:]
-    return fmt == "jpg" and not data.rstrip(b"\x00").endswith(b"\xff\xd9")
-
-
 def decode_source(data: bytes, max_pixels: int) -> tuple[np.ndarray, bool]:
     """Pixels and whether they are in BGR order: plain PNGs through libspng when installed (RGB),
     everything else through ``awm.imageio.decode_image`` in OpenCV's order (no conversion yet)."""
@@ -255,7 +249,7 @@ def make_samples(src: Source, data: bytes, cfg: ShardConfig, preset: Preset,
     probe = check_image_bytes(data, cfg.max_pixels)
     if probe.format == "jpg" and (jpeg_frame(data) or (0, 0, 0))[2] == 4:
         raise ImageError("cmyk_jpeg")  # no ICC-aware conversion here: its colours would be guesses
-    if _truncated(data, probe.format):
+    if truncated(data, probe.format):
         raise ImageError("truncated")
     m = max(cfg.scales)
     w, h = probe.width - probe.width % m, probe.height - probe.height % m

@@ -65,6 +65,30 @@ def test_truncated_and_bomb():
     assert e.value.reason == "too_many_pixels"
 
 
+def test_bytes_after_the_end_marker_are_not_truncation():
+    """Some tools append data after a JPEG's EOI or a PNG's IEND; the image itself is complete."""
+    img = np.random.default_rng(1).integers(0, 255, (40, 48, 3), np.uint8)
+    for fmt in ("jpg", "png"):
+        data = imageio.encode_image(img, fmt)
+        back = imageio.decode_image(data + b"appended by some tool\xff\xd8")
+        assert np.array_equal(back, imageio.decode_image(data))
+        assert not imageio.truncated(data + b"\x00" * 64, fmt)
+        for cut in (len(data) - 2, len(data) // 2):
+            assert imageio.truncated(data[:cut], fmt)
+            with pytest.raises(imageio.ImageError) as e:
+                imageio.decode_image(data[:cut])
+            assert e.value.reason in ("truncated", "undecodable")
+
+
+def test_a_cut_jpeg_is_truncated_even_when_its_exif_thumbnail_ends_earlier():
+    thumb = imageio.encode_image(np.zeros((8, 8, 3), np.uint8), "jpg")
+    main = imageio.encode_image(np.random.default_rng(2).integers(0, 255, (64, 64, 3), np.uint8), "jpg")
+    app1 = b"Exif\x00\x00" + thumb  # a thumbnail's full JPEG (SOS ... EOI) inside an APP1 segment
+    data = main[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + main[2:]
+    assert imageio.decode_image(data).shape == (64, 64, 3)
+    assert imageio.truncated(data[: len(data) - 100], "jpg")
+
+
 def test_atomic_write(tmp_path):
     p = imageio.atomic_write_bytes(tmp_path / "a" / "b.bin", b"xyz")
     assert p.read_bytes() == b"xyz" and not list(p.parent.glob("*.tmp"))
