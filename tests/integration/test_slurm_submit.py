@@ -3,6 +3,7 @@ nodes, merge, retry, rank-split stages across nodes, srun rendezvous, a node tha
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -197,11 +198,18 @@ def _python_on(node: str) -> bool:
 def node_n2_dies(slurm_cluster):
     """Kills n2 (its slurmd, job steps and tasks: a power loss) when called; boots it again afterwards."""
     def die() -> None:
-        pids = _node_pids("n2")
-        for pid in pids:  # freeze first, so that nothing on the node finishes while it is being killed
-            os.kill(pid, signal.SIGSTOP)
-        for pid in pids:
-            os.kill(pid, signal.SIGKILL)
+        # Freeze first, so that nothing on the node finishes while it is being killed, and until a
+        # fresh look finds no new process: one forked after a look (a task slurmd was just starting)
+        # would otherwise survive the "power loss", finish its part and write its marker.
+        frozen: set[int] = set()
+        while new := [pid for pid in _node_pids("n2") if pid not in frozen]:
+            for pid in new:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+            frozen.update(new)
+        for pid in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         subprocess.run(["scontrol", "update", "NodeName=n2", "State=DOWN", "Reason=test: node died"], check=True)
 
     yield die
