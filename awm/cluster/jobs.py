@@ -204,6 +204,21 @@ def _preempt_signal() -> signal.Signals:
     return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
 
 
+def _collective_failed(e: BaseException) -> bool:
+    """Whether an error came from a collective (a peer that vanished), not from this rank's own work:
+    a c10d error type, a gloo transport error, or raised inside torch.distributed."""
+    import torch.distributed as tdist
+
+    if isinstance(e, tdist.DistError) or "gloo/transport" in str(e):
+        return True
+    tb = e.__traceback__
+    while tb is not None:
+        if f"torch{os.sep}distributed{os.sep}" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
 class TrainTask(submitit.helpers.Checkpointable):
     """One rank of a training job: ``nodes x tasks_per_node`` of these form the process group.
 
@@ -234,7 +249,19 @@ class TrainTask(submitit.helpers.Checkpointable):
                  identity.get("master_address"), identity.get("master_port"), restarts)
         signal.signal(_preempt_signal(), lambda *_: train.request_stop())
         cfg = train.load_config(self.config, self.overrides)
-        result = {**train.train(cfg), **identity}
+        try:
+            result = {**train.train(cfg), **identity}
+        except RuntimeError as e:
+            if job.cluster != "slurm" or d.world_size == 1 or not _collective_failed(e):
+                raise
+            # A peer is gone (its node failed or it crashed). SLURM requeues a job whose node failed
+            # and the rerun resumes from the last full state and writes the result; an error result
+            # written here would meanwhile tell `awm submit --wait` the job had failed.
+            log.error("job %s rank %d: a collective failed (%s): a peer is gone; leaving no result. "
+                      "If SLURM requeues the job (node failure) it resumes from the last full state; "
+                      "otherwise the job ends FAILED and the peer's log says why", job.job_id, d.rank,
+                      str(e).splitlines()[0][:300])
+            sys.exit(1)
         if result.get("status") != "preempted" or job.cluster != "slurm":
             dist.destroy()
             return result

@@ -9,8 +9,10 @@ skip, this one included, is a failure (tests/conftest.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -64,3 +66,52 @@ def slurm_cluster():
     if started:
         subprocess.run([str(HERE / "slurm_down.sh")], env={**os.environ, "SLURM_ROOT": str(SLURM_ROOT)},
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+
+
+class Node:
+    """A test-cluster node seen from outside: its processes (those in its network namespace), a power
+    loss (``die``) and a boot that puts it back in service (``boot``, slurm_up.sh restarts a dead slurmd)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def pids(self) -> list[int]:
+        ns = os.stat(f"/run/netns/awm-slurm-{self.name}").st_ino
+        pids = []
+        for d in Path("/proc").iterdir():
+            try:
+                if d.name.isdigit() and os.stat(d / "ns" / "net").st_ino == ns:
+                    pids.append(int(d.name))
+            except OSError:  # the process ended meanwhile
+                pass
+        return pids
+
+    def die(self) -> None:
+        """Kill its slurmd, job steps and tasks at once, then mark it DOWN (as slurmctld would, later)."""
+        # Freeze first, so that nothing on the node finishes while it is being killed, and until a
+        # fresh look finds no new process: one forked after a look (a task slurmd was just starting)
+        # would otherwise survive the "power loss", finish its work and write its results.
+        frozen: set[int] = set()
+        while new := [pid for pid in self.pids() if pid not in frozen]:
+            for pid in new:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+            frozen.update(new)
+        for pid in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        subprocess.run(["scontrol", "update", f"NodeName={self.name}", "State=DOWN", "Reason=test: node died"],
+                       check=True)
+
+    def boot(self) -> None:
+        up = subprocess.run([str(HERE / "slurm_up.sh")], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "SLURM_ROOT": str(SLURM_ROOT)})
+        assert up.returncode == 0, up.stdout + up.stderr
+
+
+@pytest.fixture
+def node_n2(slurm_cluster):
+    """Node n2, to kill mid-job; booted again (if it died) when the test ends."""
+    node = Node("n2")
+    yield node
+    node.boot()

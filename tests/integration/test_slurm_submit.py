@@ -3,10 +3,8 @@ nodes, merge, retry, rank-split stages across nodes, srun rendezvous, a node tha
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -170,51 +168,15 @@ def test_srun_ranks_find_the_first_node_without_a_launcher(slurm_cluster, tmp_pa
     assert sorted(r.stdout.splitlines()) == ["0 2 n1 ['n1', 'n2']", "1 2 n1 ['n1', 'n2']"], r.stdout
 
 
-def _node_pids(node: str) -> list[int]:
-    """Every process running "on" a test-cluster node: those in its network namespace."""
-    ns = os.stat(f"/run/netns/awm-slurm-{node}").st_ino
-    pids = []
-    for d in Path("/proc").iterdir():
-        try:
-            if d.name.isdigit() and os.stat(d / "ns" / "net").st_ino == ns:
-                pids.append(int(d.name))
-        except OSError:  # the process ended meanwhile
-            pass
-    return pids
-
-
-def _python_on(node: str) -> bool:
+def _python_on(node) -> bool:
     """Whether a submitit task (the job's python) runs on the node."""
-    for pid in _node_pids(node):
+    for pid in node.pids():
         try:
             if b"submitit.core._submit" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 return True
         except OSError:  # the process ended meanwhile
             pass
     return False
-
-
-@pytest.fixture
-def node_n2_dies(slurm_cluster):
-    """Kills n2 (its slurmd, job steps and tasks: a power loss) when called; boots it again afterwards."""
-    def die() -> None:
-        # Freeze first, so that nothing on the node finishes while it is being killed, and until a
-        # fresh look finds no new process: one forked after a look (a task slurmd was just starting)
-        # would otherwise survive the "power loss", finish its part and write its marker.
-        frozen: set[int] = set()
-        while new := [pid for pid in _node_pids("n2") if pid not in frozen]:
-            for pid in new:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGSTOP)
-            frozen.update(new)
-        for pid in frozen:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        subprocess.run(["scontrol", "update", "NodeName=n2", "State=DOWN", "Reason=test: node died"], check=True)
-
-    yield die
-    up = subprocess.run([str(Path(__file__).parent / "slurm_up.sh")], capture_output=True, text=True, timeout=300)
-    assert up.returncode == 0, up.stdout + up.stderr
 
 
 def _history(job: str) -> list[tuple[str, str]]:
@@ -225,7 +187,7 @@ def _history(job: str) -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize("requeue", [True, False], ids=["requeued-by-slurm", "no-requeue-then-retry"])
-def test_node_dying_mid_array_loses_and_duplicates_nothing(slurm_cluster, images, one_process, node_n2_dies,
+def test_node_dying_mid_array_loses_and_duplicates_nothing(slurm_cluster, images, one_process, node_n2,
                                                            tmp_path, capsys, requeue):
     out, logs = tmp_path / "many", tmp_path / "logs"
     extra = [] if requeue else ["--set", "sbatch={no-requeue: true}"]  # as on a site with JobRequeue=0
@@ -235,11 +197,11 @@ def test_node_dying_mid_array_loses_and_duplicates_nothing(slurm_cluster, images
     jobs = json.loads((record_dir / "submission.json").read_text())["jobs"]
     parts = [j["job_id"] for j in jobs if j["kind"] == "part"]
     deadline = time.time() + 300
-    while not _python_on("n2"):  # until a part runs its python on n2 (started, not finished)
+    while not _python_on(node_n2):  # until a part runs its python on n2 (started, not finished)
         assert time.time() < deadline and len(list((record_dir / "parts").glob("*.json"))) < 4, \
             "no part ran on n2 before they all finished"
         time.sleep(0.1)
-    node_n2_dies()
+    node_n2.die()
     finished = {i for i in range(4) if (record_dir / "parts" / f"part-{i:05d}.json").exists()}
 
     states = _states([j["job_id"] for j in jobs], timeout=300)

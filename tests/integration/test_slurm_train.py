@@ -104,9 +104,9 @@ def _assert_same_weights(a: dict, b: dict) -> None:
         assert a[k].equal(b[k]), k
 
 
-def _submit_two_nodes(pairs, tmp_path, name: str, monkeypatch, *extra: str) -> dict:
+def _submit_two_nodes(pairs, tmp_path, name: str, monkeypatch, *extra: str, train: tuple[str, ...] = ()) -> dict:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what torchrun gives each process; sbatch exports it
-    args = [*_train_args(pairs, tmp_path / "runs", name, STEPS, 100000), *DETERMINISTIC]
+    args = [*_train_args(pairs, tmp_path / "runs", name, STEPS, 100000), *DETERMINISTIC, *train]
     record = _submit(args, tmp_path / "logs", "--nodes", "2", *extra)
     assert record["request"]["nodes"] == 2 and record["request"]["tasks_per_node"] == 1
     return record
@@ -145,20 +145,60 @@ def test_two_node_job_requeued_by_slurm_saves_and_resumes_on_both_nodes(slurm_cl
     log = log0.read_text()
     saved = int(log.split("saving the full state at step ")[1].split()[0])
     assert 20 <= saved < STEPS and f"at step {saved}" in log.split("restart 1")[1], log[-3000:]
-    for _ in range(100):  # the result file is written a moment before SLURM records the job's end
+    assert _history(job_id) == ["REQUEUED|n[1-2]", "COMPLETED|n[1-2]"]
+    _assert_same_weights(_weights(tmp_path / "runs" / "requeued"), torchrun_weights)
+
+
+def _history(job_id: str) -> list[str]:
+    """``State|NodeList`` of every run of the job, once SLURM has recorded its end (the result file is
+    written a moment before)."""
+    for _ in range(100):
         history = subprocess.run(["sacct", "-n", "-D", "-X", "-P", "-o", "State,NodeList", "-j", job_id],
                                  capture_output=True, text=True, check=True).stdout.split()
         if history[-1:] == ["COMPLETED|n[1-2]"]:
             break
         time.sleep(0.3)
-    assert history == ["REQUEUED|n[1-2]", "COMPLETED|n[1-2]"], history
-    _assert_same_weights(_weights(tmp_path / "runs" / "requeued"), torchrun_weights)
+    return history
+
+
+def _squeue_state(job_id: str) -> str:
+    return subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout.strip()
+
+
+def test_two_node_training_survives_a_node_dying(slurm_cluster, pairs, torchrun_weights, node_n2, tmp_path,
+                                                 monkeypatch):
+    """Power loss on n2 mid-run: SLURM ends the job on both nodes (NODE_FAIL) and requeues it; once n2
+    is back, the job resumes from its last full state and ends with the uninterrupted run's weights."""
+    record = _submit_two_nodes(pairs, tmp_path, "node-died", monkeypatch, train=("checkpoint.state_every=50",))
+    job_id, log0 = record["jobs"][0]["job_id"], Path(record["jobs"][0]["stderr"])
+    state = tmp_path / "runs" / "node-died" / "state"
+    deadline = time.time() + 300
+    while not state.exists():  # the first full state (step 50): training is under way
+        assert time.time() < deadline, "training never saved its first state"
+        time.sleep(0.05)
+    node_n2.die()
+    deadline = time.time() + 120
+    while _squeue_state(job_id) != "PENDING":  # requeued by SLURM, waiting for n2 to come back
+        assert time.time() < deadline, _squeue_state(job_id)
+        time.sleep(0.2)
+    jobs_dir = Path(record["jobs"][0]["stdout"]).parent
+    assert not list(jobs_dir.glob(f"{job_id}_*_result.pkl"))  # no error result: the job is not over
+    node_n2.boot()
+    assert _history(job_id) == ["NODE_FAIL|n[1-2]", "COMPLETED|n[1-2]"]
+    ranks = _results(record)
+    _assert_one_rank_per_node(ranks)
+    assert {r["status"] for r in ranks} == {"done"} and {r["restarts"] for r in ranks} == {1}
+    log = log0.read_text()
+    assert "a collective failed" in log.split("restart 1")[0], log[-3000:]  # and left no error result
+    resumed = int(log.split("restart 1")[1].split("resumed from")[1].split("at step ")[1].split()[0])
+    assert resumed >= 50 and resumed % 50 == 0, log[-3000:]
+    _assert_same_weights(_weights(tmp_path / "runs" / "node-died"), torchrun_weights)
 
 
 def test_preempted_training_requeues_and_matches_uninterrupted(slurm_cluster, pairs, tmp_path):
     import submitit
 
-    steps, state_every = 24, 6
+    steps, state_every = 200, 6  # ~10 s of training: the interrupt lands mid-run, not after the end
     logs, runs = tmp_path / "logs", tmp_path / "runs"
     workers = ["data.workers=1"]  # SLURM signals the loader workers too: they must survive it
     straight = _submit(_train_args(pairs, runs, "straight", steps, state_every) + workers, logs)
