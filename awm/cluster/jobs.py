@@ -256,7 +256,7 @@ class TrainTask(submitit.helpers.Checkpointable):
                 raise
             # A peer is gone (its node failed or it crashed). SLURM requeues a job whose node failed
             # and the rerun resumes from the last full state and writes the result; an error result
-            # written here would meanwhile tell `awm submit --wait` the job had failed.
+            # written here would make submitit report the job failed while it runs again.
             log.error("job %s rank %d: a collective failed (%s): a peer is gone; leaving no result. "
                       "If SLURM requeues the job (node failure) it resumes from the last full state; "
                       "otherwise the job ends FAILED and the peer's log says why", job.job_id, d.rank,
