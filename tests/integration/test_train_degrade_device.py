@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_runs import ROOT, assert_same_state, env, make_data, run_and_signal, tiny, torchrun  # noqa: E402
+from train_runs import ROOT, assert_same_state, env, make_data, rerun_resumes, run_and_signal, tiny, torchrun  # noqa: E402
 
 pytestmark = pytest.mark.slow
 STEPS, GAN_START = 12, 8
@@ -41,10 +41,5 @@ def test_two_process_run_degrades_on_the_device_and_resumes_exactly(data, tmp_pa
     cmd = torchrun(29763, args(data, tmp_path, "resumed"))
     code, err = run_and_signal(cmd, f"step 5/{STEPS}", everyone=False)
     assert code != 0 and "stop requested: saving the full state" in err, err[-3000:]
-    state = tmp_path / "resumed" / "state"
-    stopped = json.loads((state / "complete.json").read_text())["step"]
-    assert 5 <= stopped < STEPS
-    again = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert f"resumed from {state} at step {stopped}" in again.stderr
-    assert_same_state(tmp_path / "straight" / "state", state)
+    assert 5 <= rerun_resumes(cmd, tmp_path / "resumed") < STEPS
+    assert_same_state(tmp_path / "straight" / "state", tmp_path / "resumed" / "state")

@@ -23,6 +23,7 @@ from train_runs import (  # noqa: E402
     assert_same_state,
     env,
     make_data,
+    rerun_resumes,
     run_and_signal,
     tiny,
     torchrun,
@@ -58,11 +59,6 @@ def test_sigterm_saves_state_and_the_rerun_matches_an_uninterrupted_run(data, st
     assert code != 0, err[-3000:]  # the launcher reports its ranks' "preempted" (75) exit
     assert "stop requested: saving the full state" in err, err[-3000:]
     assert "killed by signal" not in err, err[-3000:]  # no loader worker died with the signal
-    state = tmp_path / "interrupted" / "state"
-    stopped = json.loads((state / "complete.json").read_text())["step"]
-    assert 6 <= stopped < STEPS
-    again = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert f"resumed from {state} at step {stopped}" in again.stderr
+    assert 6 <= rerun_resumes(cmd, tmp_path / "interrupted") < STEPS
     assert json.loads((tmp_path / "interrupted" / "train_stats.json").read_text())["step"] == STEPS
-    assert_same_state(straight, state)
+    assert_same_state(straight, tmp_path / "interrupted" / "state")

@@ -7,6 +7,7 @@ A run here is tiny (a 4-conv Compact net and a narrow discriminator on 32 px pat
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -93,6 +94,17 @@ def run_and_signal(cmd: list[str], trigger: str, everyone: bool, timeout: float 
             break
     rest = p.communicate(timeout=timeout)[1]
     return p.returncode, "".join(seen) + rest
+
+
+def rerun_resumes(cmd: list[str], run_dir: Path) -> int:
+    """Run a stopped run's command again: it must resume from the state it saved and finish.
+    Returns the step that state was saved at."""
+    state = run_dir / "state"
+    stopped = json.loads((state / "complete.json").read_text())["step"]
+    again = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resumed from {state} at step {stopped}" in again.stderr
+    return stopped
 
 
 def assert_same_state(a: Path, b: Path) -> None:
