@@ -143,7 +143,7 @@ def _trained_step(run: Path) -> int:
 
 
 def _recipe_steps(cfg: DemoConfig) -> int:
-    from awm.train.train import load_config
+    from awm.train.config import load_config
 
     return cfg.steps or load_config(cfg.recipe).steps
 

@@ -1,222 +1,325 @@
-"""The pieces of one training step: the components it touches and ``losses_and_backward``.
+"""The training loop, which reads like its table of contents: step -> log -> validate ->
+checkpoint -> preempt.
 
-Everything here is built once per run by :func:`build_components`; the loop in
-:mod:`awm.train.loop` drives it. The hot path never waits for the device: a non-finite step is
-detected and skipped on the device (fused AdamW's ``found_inf``, the mechanism GradScaler
-uses: weights, moments and step counts stay as they were), loss scalars stay on the device, and
-EMA/optimizer updates are multi-tensor ops whose count does not grow with the parameter count.
+The host reads the device only in :meth:`Trainer.log` (every ``log.every`` steps and at the
+end): loss sums, gradient norms, non-finite counters and the stop request travel in one reduced
+vector there. So a stop request (SIGTERM/SIGUSR1, :func:`awm.train.train.request_stop`) and the
+``max_nan_skips`` limit take effect at the next log step, on every rank at the same step.
+
+Fault injection for tests: ``AWM_FAULT_NONFINITE_STEP=STEP[:RANK]`` feeds a NaN input batch at
+optimizer step STEP (0-based; on RANK only, default every rank).
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import dataclasses
-import math
-from collections.abc import Callable
-from dataclasses import dataclass
+import json
+import os
+import threading
+import time
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 
 from awm import config as cfgmod
-from awm.config import check
-from awm.models import losses
-from awm.models.archs import build_model, get_spec, model_info
-from awm.train.perf import channels_last_for, compile_module, count_flops, meta_copy
-from awm.train.utils import EMA
+from awm.data.degrade_device import degrade_batch
+from awm.data.loader import SkipCounter, augment, epoch_steps, train_loader
+from awm.eval.psnr_ssim import psnr_ssim_y
+from awm.log import get_logger
+from awm.train.components import Components, apply_update, flops_per_pair, losses_and_backward
+from awm.train.perf import DevicePrefetcher, peak_tflops
+from awm.train.utils import TrainState, image_grid, latest_state, save_full_state, to_float
 
 if TYPE_CHECKING:
-    from awm.models.archs import ModelInfo
-    from awm.train.train import TrainConfig
+    from awm.train.config import TrainConfig
+
+log = get_logger("awm.train")
 
 
-@dataclass
-class Components:
-    """Models, optimisers and losses of a run, prepared for this process's device and launcher.
+class Trainer:
+    """One run: resumes its state, trains to ``cfg.steps`` or a stop, and reports stats."""
 
-    ``generator``/``discriminator`` are what the step calls (compiled, DDP-wrapped);
-    ``*_plain`` are the bare modules (EMA source, validation, checkpoints, FLOP counting);
-    ``adversary`` is the discriminator as the generator's loss calls it (compiled, not DDP).
+    def __init__(self, cfg: TrainConfig, c: Components, stop: threading.Event, precision: str):
+        self.cfg, self.c, self.stop, self.precision = cfg, c, stop, precision
+        acc = c.accelerator
+        self.device, self.world, self.main = acc.device, acc.num_processes, acc.is_main_process
+        self.state = TrainState()
+        acc.register_for_checkpointing(self.state)
+        if c.ema is not None:
+            acc.register_for_checkpointing(c.ema)
+        resume = latest_state(cfg.run_dir) if cfg.checkpoint.resume else None
+        if resume is not None:
+            acc.load_state(str(resume))
+            log.info("resumed from %s at step %d", resume, self.state.step)
+        self.eval_model = c.ema.module if c.ema is not None else c.generator_plain
+        self.epoch = epoch_steps(cfg.data, self.world, cfg.optim.accum)
+        self.skips, self.base_skips, self.val_skips = SkipCounter(), Counter(self.state.skipped), Counter()
+        self.nan_skips = torch.tensor(float(self.state.nan_skips), device=self.device)
+        self.nan_consecutive = torch.tensor(float(self.state.nan_consecutive), device=self.device)
+        self.sums: dict[str, torch.Tensor] = {}
+        self.kept = torch.zeros((), device=self.device)
+        self.grad_norms: list[torch.Tensor] = []
+        # FLOPs per pair of each stage, counted before any forward pass (copies of modules whose
+        # spectral norm has run cannot be deep-copied).
+        stages = [False] + ([True] if c.discriminator is not None else [])
+        self.flops = {gan: flops_per_pair(c, cfg.data.patch, cfg.data.scale, gan) for gan in stages}
+        self.peak = peak_tflops(self.device, precision, cfg.perf.peak_tflops)
+        self.fault = _fault_step(acc.process_index)
+        self.writer = None
+        self.last_val: dict[str, Any] = {}
+        self.window_start, self.wait, self.window_steps = time.perf_counter(), 0.0, 0
+        self.stop_seen = False
+        # Last: from here on the loader's worker processes exist, and only close() ends them.
+        loader = train_loader(cfg.data, cfg.seed, acc.process_index, start=self.state.step * cfg.optim.accum,
+                              pin_memory=self.device.type == "cuda")
+        self.batches = DevicePrefetcher(iter(loader), self.device)
+
+    def gan(self, step: int) -> bool:
+        return self.c.discriminator is not None and step >= self.cfg.gan_start
+
+    def run(self) -> dict[str, Any]:
+        """Train to the end or a stop; saves the state and returns the run's stats."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        cfg, t_start, status = self.cfg, time.perf_counter(), "done"
+        if self.main:
+            cfgmod.save(cfg, cfg.run_dir / "config.yaml")
+            self.writer = SummaryWriter(str(cfg.run_dir / "tb"))
+        while self.state.step < cfg.steps:
+            self.train_step()
+            if self.state.step % cfg.log.every == 0 or self.state.step == cfg.steps:
+                self.log()
+                if self.state.nan_consecutive >= cfg.max_nan_skips:
+                    log.error("stopping: %d consecutive steps with a non-finite loss or gradient (by step %d); "
+                              "state saved, lower the learning rate or check the data",
+                              self.state.nan_consecutive, self.state.step)
+                    status = "nan"
+                    break
+            self.validate_if_due()
+            self.checkpoint_if_due()
+            if self.stop_seen and self.state.step < cfg.steps:
+                log.warning("stop requested: saving the full state at step %d and exiting for requeue",
+                            self.state.step)
+                status = "preempted"
+                break
+            if self.state.step % cfg.checkpoint.state_every == 0 and self.state.step < cfg.steps:
+                self.save_state()
+        self.save_state(last=status != "nan")  # keep the last good weights out of reach of a diverged run
+        return self.finish(status, time.perf_counter() - t_start)
+
+    # -- step -------------------------------------------------------------------------------
+    def train_step(self) -> None:
+        """One optimizer step: data in, losses, backward, update, EMA. Never waits for the device."""
+        c, cfg, step = self.c, self.cfg, self.state.step
+        gan, acc = self.gan(step), c.accelerator
+        factor = cfg.schedule.factor(step, self.epoch, cfg.steps)
+        for opt, base in zip(c.optimizers(gan), (cfg.optim.lr_g, cfg.optim.lr_d), strict=False):
+            for group in opt.param_groups:
+                group["lr"] = base * factor
+        step_terms: dict[str, torch.Tensor] = {}
+        for _ in range(cfg.optim.accum):
+            lr, hr = self.next_batch(step)
+            with acc.accumulate(*c.trained(gan)):
+                terms = losses_and_backward(c, lr, hr, gan, acc.backward, acc.autocast)
+                for name, value in terms.items():
+                    step_terms[name] = step_terms.get(name, 0.0) + value.detach().float() / cfg.optim.accum
+                if acc.sync_gradients:
+                    found_inf, self.grad_norms = apply_update(c, gan, cfg.optim.grad_clip,
+                                                              sum(step_terms.values()), self.world)
+        if c.ema is not None:
+            c.ema.update(step, found_inf)
+        self.count(step_terms, found_inf)
+        self.state.step += 1
+        self.state.samples += cfg.data.batch_size * cfg.optim.accum * self.world
+        self.window_steps += 1
+
+    def next_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        t0 = time.perf_counter()
+        batch = next(self.batches)
+        self.wait += time.perf_counter() - t0
+        self.skips.update(batch)
+        lr, hr = self._to_device(batch)
+        if step == self.fault:
+            lr = torch.full_like(lr, float("nan"))
+        return lr, hr
+
+    def _to_device(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loader batch (uint8 NHWC, maybe prefetched to the device) -> augmented float NCHW pair."""
+        dev, channels_last = self.device, self.c.channels_last
+        hr = batch["hr"].to(dev, non_blocking=True)
+        lr = (batch["lr"].to(dev, non_blocking=True) if "lr" in batch  # else data.degrade_on=device
+              else degrade_batch(hr, batch["degrade"], self.cfg.data.scale))
+        if self.cfg.data.augment:
+            lr, hr = augment(lr, batch["aug"]), augment(hr, batch["aug"])  # codes stay on the CPU
+        return to_float(lr, dev, channels_last), to_float(hr, dev, channels_last)
+
+    def count(self, terms: dict[str, torch.Tensor], found_inf: torch.Tensor) -> None:
+        """Device-side sums for the log (skipped steps left out) and non-finite counters."""
+        zero = torch.zeros((), device=self.device)
+        for name, value in terms.items():
+            self.sums[name] = self.sums.get(name, zero) + torch.where(found_inf > 0, zero, value)
+        self.kept += 1 - found_inf
+        self.nan_skips += found_inf
+        self.nan_consecutive.add_(found_inf).mul_(found_inf)
+
+    # -- log: the only host-device synchronisation of steady-state training ----------------
+    def log(self) -> None:
+        cfg, acc, step = self.cfg, self.c.accelerator, self.state.step
+        gan = self.gan(step - 1)
+        names = sorted(self.sums)
+        local = [torch.tensor(float(self.stop.is_set()), device=self.device), self.nan_skips, self.nan_consecutive,
+                 *self.grad_norms, *(self.sums[k] / self.kept.clamp_min(1) for k in names)]
+        values = acc.reduce(torch.stack(local), "mean").tolist()
+        self.stop_seen = values[0] > 0
+        self.state.nan_skips, self.state.nan_consecutive = round(values[1]), round(values[2])
+        norms, losses = values[3:3 + len(self.grad_norms)], dict(zip(names, values[3 + len(self.grad_norms):],
+                                                                        strict=True))
+        now = time.perf_counter()
+        seconds = max(now - self.window_start, 1e-9)
+        rate = self.window_steps * cfg.data.batch_size * cfg.optim.accum * self.world / seconds
+        tflops = rate / self.world * self.flops[gan] / 1e12  # per device, comparable to its peak
+        if self.main:
+            self.write_scalars(step, gan, losses, norms, rate, tflops, self.wait / seconds)
+            mfu = f" MFU {100 * tflops / self.peak:.1f}%" if self.peak else ""
+            log.info("step %d/%d %s lr %.3g %.1f samples/s %.3g TFLOP/s%s", step, cfg.steps,
+                     " ".join(f"{k} {v:.4f}" for k, v in losses.items()),
+                     self.c.generator_optimizer.param_groups[0]["lr"], rate, tflops, mfu)
+        self.sums, self.kept = {}, torch.zeros((), device=self.device)
+        self.window_start, self.wait, self.window_steps = time.perf_counter(), 0.0, 0
+
+    def write_scalars(self, step: int, gan: bool, losses: dict[str, float], norms: list[float], rate: float,
+                      tflops: float, wait_fraction: float) -> None:
+        w, c = self.writer, self.c
+        w.add_scalar("train/stage", 2 if gan else 1, step)
+        for k, v in losses.items():
+            w.add_scalar(f"loss/{k}", v, step)
+        w.add_scalar("loss/total", sum(losses.values()), step)
+        for name, opt, norm in zip(("g", "d"), c.optimizers(gan), norms, strict=False):
+            w.add_scalar(f"lr/{name}", opt.param_groups[0]["lr"], step)
+            w.add_scalar(f"grad_norm/{name}", norm, step)
+        w.add_scalar("perf/samples_per_s", rate, step)
+        w.add_scalar("perf/tflops", tflops, step)
+        if self.peak:
+            w.add_scalar("perf/mfu", tflops / self.peak, step)
+        w.add_scalar("perf/data_wait_fraction", wait_fraction, step)
+        if self.device.type == "cuda":
+            w.add_scalar("perf/gpu_mem_gib", torch.cuda.max_memory_allocated(self.device) / 2**30, step)
+        w.add_scalar("data/skipped", sum((self.base_skips + self.skips.total()).values()), step)
+        w.add_scalar("train/nan_skips", self.state.nan_skips, step)
+
+    # -- validate, checkpoint, state --------------------------------------------------------
+    def validate_if_due(self) -> None:
+        cfg, step = self.cfg, self.state.step
+        if not ((cfg.validation.every and step % cfg.validation.every == 0) or step == cfg.steps):
+            return
+        self.last_val, grid = validate(cfg, self.c, self.eval_model, self.val_skips)
+        if self.main:
+            for k in ("psnr_y", "ssim_y", "l1"):
+                self.writer.add_scalar(f"val/{k}", self.last_val[k], step)
+            if grid is not None:
+                self.writer.add_image("val/lr_bicubic_sr_hr", grid, step)
+            log.info("validation at step %d: %s", step, self.last_val)
+        value = self.last_val[cfg.checkpoint.metric]
+        if self.last_val["images"] and cfg.checkpoint.better(value, self.state.best):
+            self.state.best, self.state.best_step = value, step
+            self.save_weights("best")
+
+    def checkpoint_if_due(self) -> None:
+        every = self.cfg.checkpoint.every
+        if every and self.state.step % every == 0:
+            self.save_weights(f"step-{self.state.step:08d}")
+
+    def save_weights(self, name: str) -> None:
+        from awm.models.checkpoint import save_checkpoint
+
+        if self.main:
+            m, cfg = self.cfg.model, self.cfg
+            save_checkpoint(cfg.run_dir / "checkpoints" / name, self.eval_model, m.arch, m.hparams, cfg.data.scale,
+                            self.state.step, cfgmod.to_dict(cfg))
+
+    def save_state(self, last: bool = True) -> None:
+        self.state.skipped = dict(self.base_skips + self.skips.total())
+        self.state.nan_skips, self.state.nan_consecutive = round(float(self.nan_skips)), round(
+            float(self.nan_consecutive))
+        save_full_state(self.c.accelerator, self.cfg.run_dir, self.state.step)
+        if last:
+            self.save_weights("last")
+
+    def finish(self, status: str, wall: float) -> dict[str, Any]:
+        from awm.imageio import atomic_write_text
+
+        cfg, state = self.cfg, self.state
+        self.close()
+        stats = {"status": status, "step": state.step, "steps": cfg.steps, "run_dir": str(cfg.run_dir),
+                 "best": {"metric": cfg.checkpoint.metric, "value": state.best, "step": state.best_step},
+                 "validation": self.last_val, "nan_skips": state.nan_skips, "skipped": state.skipped,
+                 "eval_skipped": dict(self.val_skips), "world_size": self.world, "precision": self.precision,
+                 "flops_per_pair": {("gan" if k else "l1"): v for k, v in self.flops.items()},
+                 "wall_s": round(wall, 2), "config_digest": cfgmod.digest(cfg)}
+        if self.main:
+            atomic_write_text(cfg.run_dir / "train_stats.json", json.dumps(stats, indent=1, default=str))
+        self.c.accelerator.wait_for_everyone()
+        return stats
+
+
+    def close(self) -> None:
+        """Stop the loader workers (they ignore SIGTERM, so the trainer must end them) and the writer."""
+        if self.batches is not None:
+            shutdown = getattr(self.batches.batches, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+            self.batches = None
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def _fault_step(rank: int) -> int | None:
+    spec = os.environ.get("AWM_FAULT_NONFINITE_STEP")
+    if not spec:
+        return None
+    step, _, only = spec.partition(":")
+    return int(step) if not only or int(only) == rank else None
+
+
+def validate(cfg: TrainConfig, c: Components, model: torch.nn.Module, skipped: Counter) -> tuple[dict[str, float], Any]:
+    """PSNR/SSIM on Y (and L1) over this rank's share of the eval images, summed over ranks.
+
+    Runs the uncompiled module: eval image sizes vary, and would recompile a compiled one.
     """
+    from awm.data.loader import eval_pairs
+    from awm.imageio import to_tensor
 
-    accelerator: Any
-    info: ModelInfo
-    channels_last: bool
-    generator: nn.Module
-    generator_plain: nn.Module
-    generator_params: list[nn.Parameter]
-    generator_optimizer: torch.optim.Optimizer
-    pixel_loss: nn.Module
-    ema: EMA | None = None
-    discriminator: nn.Module | None = None
-    discriminator_plain: nn.Module | None = None
-    adversary: nn.Module | None = None
-    discriminator_params: list[nn.Parameter] = dataclasses.field(default_factory=list)
-    discriminator_optimizer: torch.optim.Optimizer | None = None
-    generator_loss: nn.Module | None = None
-    discriminator_loss: nn.Module | None = None
-    deepspeed: bool = False  # its engine steps inside backward: no device-side skip there
-
-    def optimizers(self, gan: bool) -> list[torch.optim.Optimizer]:
-        return [self.generator_optimizer] + ([self.discriminator_optimizer] if gan else [])
-
-    def trained(self, gan: bool) -> list[nn.Module]:
-        return [self.generator] + ([self.discriminator] if gan else [])
-
-
-def make_optimizer(params: list[nn.Parameter], lr: float, betas: tuple[float, float], weight_decay: float,
-                   device: torch.device, deepspeed: bool) -> torch.optim.AdamW:
-    """AdamW, fused (one kernel for all tensors, and it can skip a step on a device flag) on CPU
-    and CUDA; multi-tensor under DeepSpeed, which runs the step inside its engine."""
-    fused = not deepspeed and device.type in ("cpu", "cuda")
-    return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay,
-                             fused=fused or None, foreach=None if fused else True)
-
-
-def _trainable(module: nn.Module) -> list[nn.Parameter]:
-    return [p for p in module.parameters() if p.requires_grad]
-
-
-def build_components(cfg: TrainConfig, precision: str) -> Components:
-    """Accelerator, models (compiled before DDP wrapping), fused optimisers, EMA and losses."""
-    from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, DistributedType, set_seed
-
-
-    acc = Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.optim.accum,
-                      dataloader_config=DataLoaderConfiguration(dispatch_batches=False, split_batches=False),
-                      step_scheduler_with_optimizer=False)
-    deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
-    gan = cfg.gan_start < cfg.steps
-    if deepspeed:
-        if gan:
-            raise cfgmod.ConfigError("gan_start", cfg.gan_start, f">= steps ({cfg.steps}) under DeepSpeed: "
-                                     "Accelerate gives one DeepSpeed engine one model, so no discriminator")
-        ds = acc.state.deepspeed_plugin.deepspeed_config
-        ds["train_micro_batch_size_per_gpu"] = cfg.data.batch_size
-        ds["gradient_clipping"] = cfg.optim.grad_clip
-    set_seed(cfg.seed)  # same initial weights on every rank
-    torch.use_deterministic_algorithms(cfg.deterministic)
-    torch.backends.cudnn.benchmark = not cfg.deterministic
-    torch.backends.cuda.matmul.allow_tf32 = not cfg.deterministic  # fp32 runs: TF32 tensor cores
-    scale, m = cfg.data.scale, cfg.model
-    info = model_info(m.arch, scale, **m.hparams)
-    q = cfg.data.patch // scale
-    check(q % info.size_multiple == 0 and q >= info.size_min, "data.patch", cfg.data.patch,
-          f"an HR patch whose LR side is a multiple of {info.size_multiple} and >= {info.size_min} for {m.arch}")
-    # DeepSpeed flattens parameters into contiguous buffers (a channels_last weight cannot be viewed so)
-    channels_last = channels_last_for(get_spec(m.arch).spandrel_id, m.channels_last) and not deepspeed
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    generator = build_model(m.arch, scale, **m.hparams).to(acc.device, memory_format=fmt)
-    ema = EMA(generator, cfg.ema) if cfg.ema.enabled else None
-    betas, wd = (cfg.optim.betas[0], cfg.optim.betas[1]), cfg.optim.weight_decay
-    g_params = _trainable(generator)
-    g_opt = make_optimizer(g_params, cfg.optim.lr_g, betas, wd, acc.device, deepspeed)
-    c = Components(acc, info, channels_last, generator, generator, g_params, g_opt,
-                   losses.build_pixel_loss(cfg.loss).to(acc.device), ema, deepspeed=deepspeed)
-    if gan:
-        d = losses.build_discriminator(m.discriminator).to(acc.device, memory_format=fmt)
-        c.discriminator_plain, c.discriminator_params = d, _trainable(d)
-        c.discriminator_optimizer = make_optimizer(c.discriminator_params, cfg.optim.lr_d, betas, wd,
-                                                   acc.device, deepspeed)
-        c.generator_loss = losses.build_generator_loss(cfg.loss).to(acc.device)
-        c.discriminator_loss = losses.build_discriminator_loss(cfg.loss).to(acc.device)
-        c.adversary = compile_module(d, m.compile)
-        c.discriminator, c.discriminator_optimizer = acc.prepare(c.adversary, c.discriminator_optimizer)
-    c.generator, c.generator_optimizer = acc.prepare(compile_module(generator, m.compile), g_opt)
-    return c
-
-
-def losses_and_backward(c: Components, lr: torch.Tensor, hr: torch.Tensor, gan: bool,
-                        backward: Callable[..., None] | None = None,
-                        autocast: Callable[[], Any] = contextlib.nullcontext) -> dict[str, torch.Tensor]:
-    """Generator loss and backward, then (GAN stage) the discriminator's; returns the loss terms.
-
-    The generator's backward reaches only the generator's parameters (``inputs=``): the
-    discriminator inside its loss gets no gradient from it, with no per-parameter toggling.
-    """
-    backward = backward or (lambda loss, **kw: loss.backward(**kw))
-    with autocast():
-        sr = c.generator(lr)
-        if gan:
-            terms = c.generator_loss(sr, hr, c.adversary(sr))
-        else:
-            terms = {"pixel": c.pixel_loss(sr, hr)}
-        loss = sum(terms.values())
-    if not gan:
-        backward(loss)  # only the generator is in the graph (and DeepSpeed's backward takes no inputs=)
-        return terms
-    backward(loss, inputs=c.generator_params)
-    with autocast():
-        d_terms = c.discriminator_loss(c.discriminator(torch.cat([hr, sr.detach()])))
-    backward(sum(d_terms.values()))
-    return {**terms, **d_terms}
-
-
-def flops_per_pair(c: Components, patch: int, scale: int, gan: bool) -> int:
-    """Training FLOPs per (LR, HR) pair of one stage: forward and backward of every network.
-
-    Counted on meta-device copies (no memory, time or state of the real models); an
-    architecture whose forward cannot run on meta is counted on copies on its own device.
-    """
-    q, batch = patch // scale, 2
-
-    def run_on(device: torch.device | None) -> int:
-        copy = (lambda m: meta_copy(m)) if device is None else (lambda m: _device_copy(m))
-        g = copy(c.generator_plain)
-        d = copy(c.discriminator_plain) if gan else None
-        twin = dataclasses.replace(c, generator=g, generator_params=_trainable(g), pixel_loss=copy(c.pixel_loss),
-                                   discriminator=d, adversary=d, discriminator_params=[],
-                                   generator_loss=copy(c.generator_loss) if gan else None,
-                                   discriminator_loss=copy(c.discriminator_loss) if gan else None)
-        where = device or torch.device("meta")
-        lr, hr = torch.rand(batch, 3, q, q, device=where), torch.rand(batch, 3, q * scale, q * scale, device=where)
-        return count_flops(lambda: losses_and_backward(twin, lr, hr, gan))
-
-    try:
-        return run_on(None) // batch
-    except (NotImplementedError, RuntimeError):
-        return run_on(c.accelerator.device) // batch
-
-
-def _device_copy(module: nn.Module | None) -> nn.Module | None:
-    return None if module is None else copy.deepcopy(module)
-
-
-def non_finite_flag(values: list[torch.Tensor], world_size: int) -> torch.Tensor:
-    """1.0 on the device when any value is NaN/inf on any rank, else 0.0; never read by the host.
-
-    Gradient norms are global already; losses are per rank, so the flag is max-reduced (an
-    async collective) to make every rank skip the same steps.
-    """
-    flag = torch.stack([v.detach().float().reshape(()) for v in values]).isfinite().all().logical_not().float()
-    if world_size > 1:
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-    return flag
-
-
-def apply_update(c: Components, gan: bool, grad_clip: float, step_loss: torch.Tensor,
-                 world_size: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Clip, flag a non-finite step, step the optimisers (a no-op on the device when flagged).
-
-    Returns the flag and the gradient norms (device tensors).
-    """
-    acc = c.accelerator
-    params = [c.generator_params] + ([c.discriminator_params] if gan else [])
-    norms = []
-    for group in params:
-        if grad_clip or c.deepspeed or acc.scaler is not None:  # fp16: unscale first
-            norm = acc.clip_grad_norm_(group, grad_clip or math.inf)
-        else:  # no clipping: the norm alone (for the log and the non-finite check), no pass scaling grads
-            norm = torch.nn.utils.get_total_norm([p.grad for p in group if p.grad is not None])
-        norms.append(torch.zeros((), device=acc.device) if norm is None else torch.as_tensor(norm, device=acc.device))
-    found_inf = non_finite_flag([step_loss, *norms], world_size)
-    for opt in c.optimizers(gan):
-        if not c.deepspeed:
-            # read by the fused kernel on the device, as GradScaler's found_inf is
-            (opt.optimizer if hasattr(opt, "optimizer") else opt).found_inf = found_inf
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    return found_inf, norms
+    acc, info, v, s = c.accelerator, c.info, cfg.validation, cfg.data.scale
+    sums = torch.zeros(4, dtype=torch.float64, device=acc.device)
+    crops = []
+    was_training = model.training
+    model.eval()
+    pairs = eval_pairs(cfg.data.eval or cfg.data.train, s, acc.process_index, acc.num_processes,
+                       v.max_images, v.crop, skipped, cfg.data.max_pixels)
+    with torch.no_grad():
+        for _, lr, hr in pairs:
+            h, w = (lr.shape[0] // info.size_multiple * info.size_multiple,
+                    lr.shape[1] // info.size_multiple * info.size_multiple)
+            if min(h, w) < max(info.size_min, 1):
+                skipped["eval_too_small"] += 1
+                continue
+            x = to_tensor(lr[:h, :w]).to(acc.device)
+            y = to_tensor(hr[:h * s, :w * s]).to(acc.device)
+            with acc.autocast():
+                sr = model(x).float()
+            p, ss = psnr_ssim_y(sr, y, border=s)
+            sums += torch.stack([p.double().sum(), ss.double().sum(), (sr.clamp(0, 1) - y).abs().mean().double(),
+                                 torch.tensor(1.0, dtype=torch.float64, device=acc.device)])
+            if len(crops) < v.grid_images:
+                k = min(32, h, w)
+                y0, x0 = (h - k) // 2, (w - k) // 2
+                crops.append((x[..., y0:y0 + k, x0:x0 + k], sr[..., y0 * s:(y0 + k) * s, x0 * s:(x0 + k) * s],
+                              y[..., y0 * s:(y0 + k) * s, x0 * s:(x0 + k) * s]))
+    model.train(was_training)
+    sums = acc.reduce(sums, "sum")
+    n = max(1.0, float(sums[3]))
+    metrics = {"psnr_y": float(sums[0]) / n, "ssim_y": float(sums[1]) / n, "l1": float(sums[2]) / n,
+               "images": int(sums[3])}
+    grid = image_grid(*(torch.cat(t) for t in zip(*crops, strict=True)), s) if crops else None
+    return metrics, grid

@@ -3,7 +3,7 @@
 Both run the same model, memory format (awm's per-architecture choice), `cudnn.benchmark`,
 precision, fused AdamW, EMA (multi-tensor) and loss modules, on the same uint8 batch held in
 memory (converted to float on the device every step by both; augmentation off). The awm side is
-`awm.train.loop.Trainer.train_step` itself (accumulate context, device-side non-finite skip,
+`awm.train.trainer.Trainer.train_step` itself (accumulate context, device-side non-finite skip,
 device-side loss sums, schedule); the bare side is the plainest fast loop. Cases: rrdb-6b x4
 L1 stage, rrdb-6b x4 GAN stage (U-Net SN discriminator, VGG19 + ResNet50 perceptual backbones
 randomly initialised: speed does not depend on the weights), compact x2, span x4; each at every
@@ -41,10 +41,10 @@ from pairs import make_pair_shards  # noqa: E402
 
 from awm.models import losses  # noqa: E402
 from awm.models.archs import build_model  # noqa: E402
-from awm.train.loop import Trainer  # noqa: E402
+from awm.train.components import build_components, make_optimizer  # noqa: E402
+from awm.train.config import load_config  # noqa: E402
 from awm.train.perf import peak_tflops  # noqa: E402
-from awm.train.train import load_config  # noqa: E402
-from awm.train.trainer import build_components, make_optimizer  # noqa: E402
+from awm.train.trainer import Trainer  # noqa: E402
 
 CASES = {  # name: (arch, scale, GAN stage)
     "rrdb-6b-x4-l1": ("rrdb-6b", 4, False), "rrdb-6b-x4-gan": ("rrdb-6b", 4, True),

@@ -21,7 +21,7 @@ import torch
 
 import awm.data.loader
 from awm import cli
-from awm.train.loop import Trainer
+from awm.train.trainer import Trainer
 
 COUNTED = ("item", "__bool__", "__float__", "__int__", "tolist", "cpu", "numpy")
 LOADER_CODE = awm.data.loader.__file__

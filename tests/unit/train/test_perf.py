@@ -9,6 +9,8 @@ from torch import nn
 
 from awm.config import ConfigError
 from awm.models.archs import build_model
+from awm.train.components import Components, flops_per_pair, make_optimizer
+from awm.train.config import load_config
 from awm.train.perf import (
     PEAK_TFLOPS,
     channels_last_for,
@@ -18,8 +20,6 @@ from awm.train.perf import (
     peak_tflops,
     precision_key,
 )
-from awm.train.train import load_config
-from awm.train.trainer import Components, flops_per_pair, make_optimizer
 from awm.train.utils import EMA, EMAConfig
 
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from awm.config import ConfigError
-from awm.train.train import RECIPES, load_config
+from awm.train.config import RECIPES, load_config
 from awm.train.utils import COMPLETE, EMA, EMAConfig, latest_state, lr_factor, to_float
 
 

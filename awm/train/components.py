@@ -1,0 +1,222 @@
+"""The pieces of one training step: the components it touches and ``losses_and_backward``.
+
+Everything here is built once per run by :func:`build_components`; the loop in
+:mod:`awm.train.trainer` drives it. The hot path never waits for the device: a non-finite step is
+detected and skipped on the device (fused AdamW's ``found_inf``, the mechanism GradScaler
+uses: weights, moments and step counts stay as they were), loss scalars stay on the device, and
+EMA/optimizer updates are multi-tensor ops whose count does not grow with the parameter count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from awm import config as cfgmod
+from awm.config import check
+from awm.models import losses
+from awm.models.archs import build_model, get_spec, model_info
+from awm.train.perf import channels_last_for, compile_module, count_flops, meta_copy
+from awm.train.utils import EMA
+
+if TYPE_CHECKING:
+    from awm.models.archs import ModelInfo
+    from awm.train.config import TrainConfig
+
+
+@dataclass
+class Components:
+    """Models, optimisers and losses of a run, prepared for this process's device and launcher.
+
+    ``generator``/``discriminator`` are what the step calls (compiled, DDP-wrapped);
+    ``*_plain`` are the bare modules (EMA source, validation, checkpoints, FLOP counting);
+    ``adversary`` is the discriminator as the generator's loss calls it (compiled, not DDP).
+    """
+
+    accelerator: Any
+    info: ModelInfo
+    channels_last: bool
+    generator: nn.Module
+    generator_plain: nn.Module
+    generator_params: list[nn.Parameter]
+    generator_optimizer: torch.optim.Optimizer
+    pixel_loss: nn.Module
+    ema: EMA | None = None
+    discriminator: nn.Module | None = None
+    discriminator_plain: nn.Module | None = None
+    adversary: nn.Module | None = None
+    discriminator_params: list[nn.Parameter] = dataclasses.field(default_factory=list)
+    discriminator_optimizer: torch.optim.Optimizer | None = None
+    generator_loss: nn.Module | None = None
+    discriminator_loss: nn.Module | None = None
+    deepspeed: bool = False  # its engine steps inside backward: no device-side skip there
+
+    def optimizers(self, gan: bool) -> list[torch.optim.Optimizer]:
+        return [self.generator_optimizer] + ([self.discriminator_optimizer] if gan else [])
+
+    def trained(self, gan: bool) -> list[nn.Module]:
+        return [self.generator] + ([self.discriminator] if gan else [])
+
+
+def make_optimizer(params: list[nn.Parameter], lr: float, betas: tuple[float, float], weight_decay: float,
+                   device: torch.device, deepspeed: bool) -> torch.optim.AdamW:
+    """AdamW, fused (one kernel for all tensors, and it can skip a step on a device flag) on CPU
+    and CUDA; multi-tensor under DeepSpeed, which runs the step inside its engine."""
+    fused = not deepspeed and device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay,
+                             fused=fused or None, foreach=None if fused else True)
+
+
+def _trainable(module: nn.Module) -> list[nn.Parameter]:
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+def build_components(cfg: TrainConfig, precision: str) -> Components:
+    """Accelerator, models (compiled before DDP wrapping), fused optimisers, EMA and losses."""
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, DistributedType, set_seed
+
+
+    acc = Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.optim.accum,
+                      dataloader_config=DataLoaderConfiguration(dispatch_batches=False, split_batches=False),
+                      step_scheduler_with_optimizer=False)
+    deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
+    gan = cfg.gan_start < cfg.steps
+    if deepspeed:
+        if gan:
+            raise cfgmod.ConfigError("gan_start", cfg.gan_start, f">= steps ({cfg.steps}) under DeepSpeed: "
+                                     "Accelerate gives one DeepSpeed engine one model, so no discriminator")
+        ds = acc.state.deepspeed_plugin.deepspeed_config
+        ds["train_micro_batch_size_per_gpu"] = cfg.data.batch_size
+        ds["gradient_clipping"] = cfg.optim.grad_clip
+    set_seed(cfg.seed)  # same initial weights on every rank
+    torch.use_deterministic_algorithms(cfg.deterministic)
+    torch.backends.cudnn.benchmark = not cfg.deterministic
+    torch.backends.cuda.matmul.allow_tf32 = not cfg.deterministic  # fp32 runs: TF32 tensor cores
+    scale, m = cfg.data.scale, cfg.model
+    info = model_info(m.arch, scale, **m.hparams)
+    q = cfg.data.patch // scale
+    check(q % info.size_multiple == 0 and q >= info.size_min, "data.patch", cfg.data.patch,
+          f"an HR patch whose LR side is a multiple of {info.size_multiple} and >= {info.size_min} for {m.arch}")
+    # DeepSpeed flattens parameters into contiguous buffers (a channels_last weight cannot be viewed so)
+    channels_last = channels_last_for(get_spec(m.arch).spandrel_id, m.channels_last) and not deepspeed
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    generator = build_model(m.arch, scale, **m.hparams).to(acc.device, memory_format=fmt)
+    ema = EMA(generator, cfg.ema) if cfg.ema.enabled else None
+    betas, wd = (cfg.optim.betas[0], cfg.optim.betas[1]), cfg.optim.weight_decay
+    g_params = _trainable(generator)
+    g_opt = make_optimizer(g_params, cfg.optim.lr_g, betas, wd, acc.device, deepspeed)
+    c = Components(acc, info, channels_last, generator, generator, g_params, g_opt,
+                   losses.build_pixel_loss(cfg.loss).to(acc.device), ema, deepspeed=deepspeed)
+    if gan:
+        d = losses.build_discriminator(m.discriminator).to(acc.device, memory_format=fmt)
+        c.discriminator_plain, c.discriminator_params = d, _trainable(d)
+        c.discriminator_optimizer = make_optimizer(c.discriminator_params, cfg.optim.lr_d, betas, wd,
+                                                   acc.device, deepspeed)
+        c.generator_loss = losses.build_generator_loss(cfg.loss).to(acc.device)
+        c.discriminator_loss = losses.build_discriminator_loss(cfg.loss).to(acc.device)
+        c.adversary = compile_module(d, m.compile)
+        c.discriminator, c.discriminator_optimizer = acc.prepare(c.adversary, c.discriminator_optimizer)
+    c.generator, c.generator_optimizer = acc.prepare(compile_module(generator, m.compile), g_opt)
+    return c
+
+
+def losses_and_backward(c: Components, lr: torch.Tensor, hr: torch.Tensor, gan: bool,
+                        backward: Callable[..., None] | None = None,
+                        autocast: Callable[[], Any] = contextlib.nullcontext) -> dict[str, torch.Tensor]:
+    """Generator loss and backward, then (GAN stage) the discriminator's; returns the loss terms.
+
+    The generator's backward reaches only the generator's parameters (``inputs=``): the
+    discriminator inside its loss gets no gradient from it, with no per-parameter toggling.
+    """
+    backward = backward or (lambda loss, **kw: loss.backward(**kw))
+    with autocast():
+        sr = c.generator(lr)
+        if gan:
+            terms = c.generator_loss(sr, hr, c.adversary(sr))
+        else:
+            terms = {"pixel": c.pixel_loss(sr, hr)}
+        loss = sum(terms.values())
+    if not gan:
+        backward(loss)  # only the generator is in the graph (and DeepSpeed's backward takes no inputs=)
+        return terms
+    backward(loss, inputs=c.generator_params)
+    with autocast():
+        d_terms = c.discriminator_loss(c.discriminator(torch.cat([hr, sr.detach()])))
+    backward(sum(d_terms.values()))
+    return {**terms, **d_terms}
+
+
+def flops_per_pair(c: Components, patch: int, scale: int, gan: bool) -> int:
+    """Training FLOPs per (LR, HR) pair of one stage: forward and backward of every network.
+
+    Counted on meta-device copies (no memory, time or state of the real models); an
+    architecture whose forward cannot run on meta is counted on copies on its own device.
+    """
+    q, batch = patch // scale, 2
+
+    def run_on(device: torch.device | None) -> int:
+        copy = (lambda m: meta_copy(m)) if device is None else (lambda m: _device_copy(m))
+        g = copy(c.generator_plain)
+        d = copy(c.discriminator_plain) if gan else None
+        twin = dataclasses.replace(c, generator=g, generator_params=_trainable(g), pixel_loss=copy(c.pixel_loss),
+                                   discriminator=d, adversary=d, discriminator_params=[],
+                                   generator_loss=copy(c.generator_loss) if gan else None,
+                                   discriminator_loss=copy(c.discriminator_loss) if gan else None)
+        where = device or torch.device("meta")
+        lr, hr = torch.rand(batch, 3, q, q, device=where), torch.rand(batch, 3, q * scale, q * scale, device=where)
+        return count_flops(lambda: losses_and_backward(twin, lr, hr, gan))
+
+    try:
+        return run_on(None) // batch
+    except (NotImplementedError, RuntimeError):
+        return run_on(c.accelerator.device) // batch
+
+
+def _device_copy(module: nn.Module | None) -> nn.Module | None:
+    return None if module is None else copy.deepcopy(module)
+
+
+def non_finite_flag(values: list[torch.Tensor], world_size: int) -> torch.Tensor:
+    """1.0 on the device when any value is NaN/inf on any rank, else 0.0; never read by the host.
+
+    Gradient norms are global already; losses are per rank, so the flag is max-reduced (an
+    async collective) to make every rank skip the same steps.
+    """
+    flag = torch.stack([v.detach().float().reshape(()) for v in values]).isfinite().all().logical_not().float()
+    if world_size > 1:
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return flag
+
+
+def apply_update(c: Components, gan: bool, grad_clip: float, step_loss: torch.Tensor,
+                 world_size: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Clip, flag a non-finite step, step the optimisers (a no-op on the device when flagged).
+
+    Returns the flag and the gradient norms (device tensors).
+    """
+    acc = c.accelerator
+    params = [c.generator_params] + ([c.discriminator_params] if gan else [])
+    norms = []
+    for group in params:
+        if grad_clip or c.deepspeed or acc.scaler is not None:  # fp16: unscale first
+            norm = acc.clip_grad_norm_(group, grad_clip or math.inf)
+        else:  # no clipping: the norm alone (for the log and the non-finite check), no pass scaling grads
+            norm = torch.nn.utils.get_total_norm([p.grad for p in group if p.grad is not None])
+        norms.append(torch.zeros((), device=acc.device) if norm is None else torch.as_tensor(norm, device=acc.device))
+    found_inf = non_finite_flag([step_loss, *norms], world_size)
+    for opt in c.optimizers(gan):
+        if not c.deepspeed:
+            # read by the fused kernel on the device, as GradScaler's found_inf is
+            (opt.optimizer if hasattr(opt, "optimizer") else opt).found_inf = found_inf
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return found_inf, norms
