@@ -252,11 +252,23 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; shared clusters need the usual mode
+        usual_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def usual_mode(path: str | Path) -> Path:
+    """Give a file (or a folder, with everything under it) the mode a plain ``open`` would:
+    0666/0777 less the umask. ``mkstemp``/``mkdtemp`` and safetensors create 0600/0700, which
+    teammates on shared cluster storage cannot read."""
+    path = Path(path)
+    todo = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for p in todo:
+        if not p.is_symlink():
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~_UMASK)
     return path
 
 

@@ -44,7 +44,7 @@ import numpy as np
 
 from awm.config import ConfigError, add_dataclass_arguments, check, from_args
 from awm.data.synth import generate
-from awm.imageio import atomic_write_text, list_images, read_image, to_rgb8, to_tensor
+from awm.imageio import atomic_write_text, list_images, read_image, to_rgb8, to_tensor, usual_mode
 from awm.log import get_logger, progress
 
 log = get_logger("awm.niqe")
@@ -135,8 +135,7 @@ def save_model(path: str | Path, mu: np.ndarray, cov: np.ndarray) -> Path:
                                      delete=False) as f:
         tmp = f.name
     scipy.io.savemat(tmp, {"mu_prisparam": mu.reshape(1, -1), "cov_prisparam": cov})
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    os.replace(usual_mode(tmp), path)
     return path
 
 

@@ -34,7 +34,7 @@ from torch import nn
 
 from awm import __version__
 from awm.config import ConfigError, digest
-from awm.imageio import atomic_write_text
+from awm.imageio import atomic_write_text, usual_mode
 from awm.log import get_logger
 from awm.models.archs import ARCHS, build_model, describe, export_state_dict, model_info, resolve_hparams
 
@@ -123,7 +123,7 @@ def save_checkpoint(directory: str | Path, model: nn.Module, arch: str, hparams:
     try:
         save_file(state, str(tmp / MODEL_FILE), metadata={"format": FORMAT, "arch": arch})
         atomic_write_text(tmp / META_FILE, json.dumps(meta, indent=1, sort_keys=True, default=str))
-        _replace_dir(tmp, directory)
+        _replace_dir(usual_mode(tmp), directory)  # mkdtemp and safetensors make 0700/0600
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -329,7 +329,7 @@ def convert(src: str | Path, out: str | Path) -> dict[str, Any]:
             save_file(state, str(tmp), metadata={"awm_arch": loaded.arch, "awm_scale": str(loaded.scale)})
         else:
             torch.save({"params_ema": state}, tmp)
-        os.replace(tmp, out)
+        os.replace(usual_mode(tmp), out)
     finally:
         tmp.unlink(missing_ok=True)
     back = ModelLoader().load_from_file(out)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from awm.config import check
-from awm.imageio import atomic_write_text
+from awm.imageio import atomic_write_text, usual_mode
 
 
 @dataclass
@@ -199,6 +199,7 @@ def save_full_state(accelerator, run_dir: Path, step: int) -> Path:
     accelerator.save_state(str(tmp), safe_serialization=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        usual_mode(tmp)  # safetensors writes 0600 files, whatever the umask
         atomic_write_text(tmp / COMPLETE, json.dumps({"step": step, "world_size": accelerator.num_processes}))
         if old.exists():
             shutil.rmtree(old)
