@@ -38,12 +38,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from awm.config import check
+from awm.config import ConfigError, check
 from awm.dist import Part
 from awm.imageio import MAX_PIXELS_DEFAULT, ImageError, decode_image, to_rgb8
-from awm.shardio import ShardSet, TarReader, iter_tar, resolve
+from awm.shardio import ShardSet, TarReader, group_members, iter_tar, local_path, resolve, tar_members
 
-IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
+IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff")  # pair members; raw shards keep any
 
 
 @dataclass
@@ -91,14 +91,60 @@ class DataConfig:
               "auto, worker or device")
 
 
-def shard_list(location: str | Path, split: str = "train") -> list[tuple[str, int]]:
-    """``(url, nsamples)`` of a split's shards at a location (folder, index URL, brace pattern, pipe:)."""
-    refs = [s for s in resolve(location).shards if s.name.startswith(split + "-")]
-    counted = ShardSet(str(location), refs).counted().shards  # a brace pattern's shards: fetched, counted
+def shard_list(location: str | Path, split: str = "train", degrade: str | None = None,
+               key: str = "data.train") -> list[tuple[str, int]]:
+    """``(url, nsamples)`` of a split's shards at a location (folder, index URL, brace pattern, pipe:).
+
+    ``eval`` falls back to ``train-*.tar``; with on-the-fly degradation (``degrade``), HR-only raw
+    shards (``raw-*.tar`` from ``awm ingest``/``awm crawl``) serve too. A location that is not there
+    or holds none of these is a ConfigError naming ``key``, raised before any work.
+    """
+    try:
+        refs = resolve(location).shards
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(key, str(location), f"a shard location (folder with index.json, index.json URL, brace "
+                                              f"pattern, pipe:COMMAND): {e}") from None
+    prefixes = [split, *(["train"] if split == "eval" else []), *(["raw"] if degrade else [])]
+    for prefix in prefixes:
+        chosen = [s for s in refs if s.name.startswith(prefix + "-")]
+        if chosen:
+            break
+    found = Counter(s.name.split("-")[0] + "-*.tar" for s in refs)
+    if not chosen:
+        hint = (" (raw-*.tar holds HR only: set data.degrade=PRESET, e.g. realesrgan, to degrade it on the fly)"
+                if "raw-*.tar" in found else "")
+        raise ConfigError(key, str(location), f"a location of {' or '.join(p + '-*.tar' for p in prefixes)} shards; "
+                                              f"found {dict(found) or 'no shards'}{hint}")
+    counted = ShardSet(str(location), chosen).counted().shards  # a brace pattern's shards: fetched, counted
     shards = [(s.url, int(s.nsamples)) for s in counted if s.nsamples]
     if not shards:
-        raise FileNotFoundError(f"no non-empty {split}-*.tar shards at {location}")
+        raise ConfigError(key, str(location), f"shards holding samples (its {len(chosen)} {chosen[0].name[:-11]}-*.tar "
+                                              "are all empty: see their *_stats.json for the skip reasons)")
     return shards
+
+
+def first_sample(url: str) -> dict[str, tuple[int, int]]:
+    """Member extensions of a shard's first sample (tar headers only): what kind of shard it is."""
+    return next(iter(group_members(tar_members(local_path(url)), url)), ("", {}))[1]
+
+
+def lr_scales(members: dict[str, Any]) -> list[int]:
+    """The LR scales a sample holds (``lr_x{s}.*`` members)."""
+    return sorted(int(m[4:].split(".")[0]) for m in members if m.startswith("lr_x") and m[4:].split(".")[0].isdigit())
+
+
+def check_data(cfg: DataConfig) -> None:
+    """Before any model is built: the train and validation shards exist, are of a kind training can
+    use, and hold LR at ``cfg.scale`` unless HR is degraded on the fly (ConfigError otherwise)."""
+    for key, location, split in (("data.train", cfg.train, "train"), ("data.eval", cfg.eval or cfg.train, "eval")):
+        shards = shard_list(location, split, cfg.degrade, key if split == "train" or cfg.eval else "data.train")
+        if cfg.degrade is not None:
+            continue
+        scales = lr_scales(first_sample(shards[0][0]))
+        if cfg.scale not in scales:
+            held = ", ".join(f"lr_x{s}" for s in scales) or "HR only"
+            raise ConfigError("data.scale", cfg.scale, f"a scale the {key} shards hold ({location}: {held}), or "
+                                                        "data.degrade=PRESET to degrade HR on the fly")
 
 
 def _find(sample: dict[str, Any], stem: str) -> bytes | None:
@@ -128,6 +174,16 @@ def decode_pair(sample: dict[str, Any], scale: int, need_lr: bool,
     if scale * lr.shape[0] != hr.shape[0] or scale * lr.shape[1] != hr.shape[1]:
         raise ImageError("size_mismatch", f"lr {lr.shape[1]}x{lr.shape[0]} hr {hr.shape[1]}x{hr.shape[0]}")
     return hr, lr
+
+
+def degrade_hr(hr: np.ndarray, scale: int, params: dict[str, Any]) -> np.ndarray:
+    """The worker path, storage codec included: the LR a shard made with these params would hold."""
+    from awm.data import degrade
+
+    lr = degrade.apply_params(hr, scale, params)
+    if params["codec"]["format"] == "png":
+        return lr
+    return to_rgb8(decode_image(degrade.encode_lr(lr, params)))
 
 
 def augment(x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
@@ -173,13 +229,7 @@ class PairStream(torch.utils.data.IterableDataset):
                                    int(rng.integers(2**31)), key)
 
     def _degrade(self, hr: np.ndarray, params: dict[str, Any]) -> np.ndarray:
-        """The worker path, storage codec included: the LR a shard made with these params would hold."""
-        from awm.data import degrade
-
-        lr = degrade.apply_params(hr, self.cfg.scale, params)
-        if params["codec"]["format"] == "png":
-            return lr
-        return to_rgb8(decode_image(degrade.encode_lr(lr, params)))
+        return degrade_hr(hr, self.cfg.scale, params)
 
     def _group(self, stream: int, g: int, reader: TarReader, skipped: Counter) -> list[tuple]:
         """``batch_size`` decoded samples ``(key, hr, lr|None)`` shared by ``patches_per_image`` batches."""
@@ -279,7 +329,7 @@ def train_loader(cfg: DataConfig, seed: int, rank: int, start: int = 0, pin_memo
     """
     dev = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = replace(cfg, degrade_on=resolve_degrade_on(cfg, dev))
-    ds = PairStream(cfg, shard_list(cfg.train, "train"), seed, rank, start)
+    ds = PairStream(cfg, shard_list(cfg.train, "train", cfg.degrade), seed, rank, start)
     kw: dict[str, Any] = {"prefetch_factor": cfg.prefetch} if cfg.workers else {}
     return torch.utils.data.DataLoader(ds, batch_size=None, num_workers=cfg.workers,
                                        pin_memory=pin_memory, worker_init_fn=ignore_stop_signals, **kw)
@@ -324,7 +374,7 @@ def epoch_steps(cfg: DataConfig, world_size: int, accum: int) -> int:
     """Optimizer steps in one epoch: about one visit of every sample across all ranks."""
     if cfg.epoch_steps:
         return cfg.epoch_steps
-    total = sum(n for _, n in shard_list(cfg.train, "train"))
+    total = sum(n for _, n in shard_list(cfg.train, "train", cfg.degrade))
     images_per_step = cfg.batch_size * accum * world_size / cfg.patches_per_image
     return max(1, round(total / images_per_step))
 
@@ -347,17 +397,16 @@ class SkipCounter:
 
 def eval_pairs(directory: str | Path, scale: int, rank: int, world: int, limit: int | None = None,
                crop: int | None = None, skipped: Counter | None = None,
-               max_pixels: int = MAX_PIXELS_DEFAULT) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+               max_pixels: int = MAX_PIXELS_DEFAULT,
+               degrade: str | None = None) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """This rank's share ``(key, lr, hr)`` of the first ``limit`` eval samples (in shard order).
 
     Samples ``n`` with ``n % world == rank`` go to ``rank`` (:class:`awm.dist.Part`); ``crop`` takes a centred HR crop
-    (a multiple of ``scale``) to bound validation cost on wallpapers.
+    (a multiple of ``scale``) to bound validation cost on wallpapers. HR-only samples get their LR
+    from the ``degrade`` preset, drawn from (seed 0, sample key): the same LR at every validation.
     """
     d = str(directory)  # a location: Path() would fold the // of a URL
-    try:
-        paths = [p for p, _ in shard_list(d, "eval")]
-    except FileNotFoundError:
-        paths = [p for p, _ in shard_list(d, "train")]
+    paths = [p for p, _ in shard_list(d, "eval", degrade, "data.eval")]
     part, n = Part(rank, world), 0
     for path in paths:
         for sample in iter_tar(path):
@@ -373,13 +422,24 @@ def eval_pairs(directory: str | Path, scale: int, rank: int, world: int, limit: 
                 if skipped is not None:
                     skipped[e.reason] += 1
                 continue
-            if lr is None:
+            if lr is None and degrade is None:
                 if skipped is not None:
                     skipped["no_lr"] += 1
                 continue
+            hr = hr[:hr.shape[0] // scale * scale, :hr.shape[1] // scale * scale]
+            h, w = hr.shape[0] // scale, hr.shape[1] // scale
             if crop:
-                q = min(crop // scale, lr.shape[0], lr.shape[1])
-                y, x = (lr.shape[0] - q) // 2, (lr.shape[1] - q) // 2
-                lr = lr[y:y + q, x:x + q]
+                q = min(crop // scale, h, w)
+                y, x = (h - q) // 2, (w - q) // 2
+                lr = lr if lr is None else lr[y:y + q, x:x + q]
                 hr = hr[y * scale:(y + q) * scale, x * scale:(x + q) * scale]
+            if lr is None:
+                hr = np.ascontiguousarray(hr)
+                lr = degrade_hr(hr, scale, _eval_params(degrade, hr, scale, sample["__key__"]))
             yield sample["__key__"], lr, hr
+
+
+def _eval_params(preset: str, hr: np.ndarray, scale: int, key: str) -> dict[str, Any]:
+    from awm.data import degrade
+
+    return degrade.draw_params(degrade.get_preset(preset), (hr.shape[1], hr.shape[0]), scale, 0, key)

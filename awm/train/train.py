@@ -30,6 +30,7 @@ from awm import config as cfgmod
 from awm import dist
 from awm.train.components import build_components
 from awm.train.config import RECIPES, TrainConfig, load_config
+from awm.train.preflight import check_inputs
 from awm.train.trainer import Trainer
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later", what a requeueing wrapper looks for
@@ -76,6 +77,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             previous[sig] = signal.signal(sig, lambda *_: _stop.set())
     try:
+        check_inputs(cfg)
         precision = _precision(cfg)
         trainer = Trainer(cfg, build_components(cfg, precision), _stop, precision)
         try:

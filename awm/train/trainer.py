@@ -296,7 +296,7 @@ def validate(cfg: TrainConfig, c: Components, model: torch.nn.Module, skipped: C
     was_training = model.training
     model.eval()
     pairs = eval_pairs(cfg.data.eval or cfg.data.train, s, acc.process_index, acc.num_processes,
-                       v.max_images, v.crop, skipped, cfg.data.max_pixels)
+                       v.max_images, v.crop, skipped, cfg.data.max_pixels, cfg.data.degrade)
     with torch.no_grad():
         for _, lr, hr in pairs:
             h, w = (lr.shape[0] // info.size_multiple * info.size_multiple,
