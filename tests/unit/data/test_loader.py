@@ -163,3 +163,43 @@ def test_hr_only_shards_degrade_patches_on_the_fly(tmp_path):
     for hr, lr in zip(a["hr"].numpy(), a["lr"].numpy(), strict=True):
         down = cv2.resize(hr, (16, 16), interpolation=cv2.INTER_AREA).astype(float)
         assert np.abs(down - lr).mean() < 20
+
+
+def _raw_shards(d: Path) -> Path:
+    """HR-only raw-*.tar as ingest writes them: ``<key>.png`` + ``<key>.json`` per sample."""
+    from awm.data.synth import generate
+    from awm.imageio import encode_image
+    from awm.shardwrite import ShardStats, write_index, write_shard
+
+    d.mkdir(parents=True, exist_ok=True)
+    samples = [{"__key__": f"r{k}", "png": encode_image(generate(k, 80, 64), "png"), "json": {"id": f"r{k}"}}
+               for k in range(3)]
+    write_shard(d / "raw-000000.tar", samples, ShardStats("raw-000000.tar"))
+    write_index(d, "raw-")
+    return d
+
+
+def test_check_data_names_the_key_and_what_is_wrong(shards, tmp_path):
+    from awm.config import ConfigError
+    from awm.data.loader import check_data
+
+    check_data(cfg(shards, eval=str(shards / "eval")))
+    with pytest.raises(ConfigError, match="'data.eval': got '.*evl'.*index.json not found"):
+        check_data(cfg(shards, eval=str(shards / "evl")))
+    with pytest.raises(ConfigError, match=r"'data.scale': got 3; valid: a scale the data.train shards hold .*lr_x2, lr_x4"):
+        check_data(cfg(shards, scale=3, patch=30))
+    raw = _raw_shards(tmp_path / "raw")
+    with pytest.raises(ConfigError, match=r"found \{'raw-\*.tar': 1\} \(raw-\*.tar holds HR only: set data.degrade"):
+        check_data(cfg(raw))
+    check_data(cfg(raw, degrade="seed"))  # train and (null: train's) eval from raw shards
+
+
+def test_hr_only_raw_shards_train_and_validate_with_a_preset(tmp_path):
+    raw = _raw_shards(tmp_path / "raw")
+    c = cfg(raw, degrade="seed", batch_size=2)
+    b = PairStream(c, shard_list(raw, "train", "seed"), 0, 0).make_batch(0, TarReader(), Counter())
+    assert b["hr"].shape == (2, 32, 32, 3) and b["lr"].shape == (2, 16, 16, 3)
+    first = [(k, lr.copy()) for k, lr, _ in eval_pairs(raw, 2, 0, 1, crop=32, degrade="seed")]
+    again = [(k, lr) for k, lr, _ in eval_pairs(raw, 2, 0, 1, crop=32, degrade="seed")]
+    assert [k for k, _ in first] == ["r0", "r1", "r2"] and first[0][1].shape == (16, 16, 3)
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(first, again, strict=True))  # same LR every time
