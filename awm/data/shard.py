@@ -86,6 +86,9 @@ class ShardConfig:
         "help": "preset field overrides, as key=value arguments: degrade.blur_sigma=0.8"})
     split: Literal["train", "eval"] = field(default="train", metadata={"help": "shard name prefix"})
     tile: int = field(default=0, metadata={"help": "train: cut HR into N px tiles (0 = whole images)"})
+    hr_only: bool = field(default=False, metadata={
+        "help": "write HR only (hr.png + json; sides multiples of the largest scale): training makes the LR "
+                "on the fly with data.degrade=PRESET, new draws every crop"})
     seed: int = field(default=0, metadata={"help": "RNG seed of the per-sample degradation draws (any preset; not the 'seed' preset)"})
     workers: int = field(default=1, metadata={"help": "processes, one shard per task"})
     mp_start: Literal["auto", "fork", "spawn", "forkserver"] = field(default="auto", metadata={
@@ -265,12 +268,13 @@ def make_samples(src: Source, data: bytes, cfg: ShardConfig, preset: Preset,
     hr_src = to_rgb8(img)[:h, :w]  # to_rgb8 is channel-order free: the decoder's order is kept
     keep_bytes = not cfg.tile and not converted and (w, h) == img.shape[1::-1] and _is_plain_png(data)
     notes["hr_original_bytes" if keep_bytes else "hr_encoded"] += 1
-    params = {f"x{s}": draw_params(preset, (w, h), s, cfg.seed, src.id) for s in sorted(cfg.scales)}
+    scales = [] if cfg.hr_only else sorted(cfg.scales)
+    params = {f"x{s}": draw_params(preset, (w, h), s, cfg.seed, src.id) for s in scales}
     lr_bgr = is_bgr and all(channel_free(p) for p in params.values())  # else the chain needs true RGB
     hr = cv2.cvtColor(hr_src, cv2.COLOR_BGR2RGB) if is_bgr and not lr_bgr else hr_src
     cache: dict = {}
-    lrs = {s: apply_params(hr, s, params[f"x{s}"], cache) for s in sorted(cfg.scales)}
-    meta = {"id": src.id, "source": src.source, "scales": list(cfg.scales), "preset": preset.name,
+    lrs = {s: apply_params(hr, s, params[f"x{s}"], cache) for s in scales}
+    meta = {"id": src.id, "source": src.source, "scales": scales, "preset": None if cfg.hr_only else preset.name,
             "params": params, "seed": cfg.seed, "src_size": [probe.width, probe.height],
             "image_size": [w, h], "converted": converted}
     boxes = tile_boxes(w, h, cfg.tile, m) if cfg.tile else [(0, 0, w, h)]
@@ -279,7 +283,7 @@ def make_samples(src: Source, data: bytes, cfg: ShardConfig, preset: Preset,
         key = f"{src.id}_t{k}" if cfg.tile else src.id
         hr_png = data if keep_bytes else _encode_png(hr_src[y:y + th, x:x + tw], cfg.hr_png_level, is_bgr)
         sample: dict[str, Any] = {"__key__": key, "hr.png": hr_png}
-        for s in cfg.scales:
+        for s in scales:
             p = params[f"x{s}"]
             lr = lrs[s][y // s:(y + th) // s, x // s:(x + tw) // s]
             sample[f"lr_x{s}.{p['codec']['format']}"] = encode_lr(np.ascontiguousarray(lr), p, lr_bgr)
@@ -376,8 +380,10 @@ def shard(cfg: ShardConfig) -> dict[str, Any]:
         with ctx.Pool(min(cfg.workers, len(jobs))) as pool:
             it = pool.imap_unordered(make_shard, jobs)
             results = list(progress(it, total=len(jobs), desc="shards", unit="shard"))
-    extra = {"split": cfg.split, "scales": list(cfg.scales), "preset": cfg.preset, "seed": cfg.seed,
-             "lr_format": cfg.preset_config().lr_format, "tile": cfg.tile or None, "expected_shards": nshards,
+    extra = {"split": cfg.split, "scales": [] if cfg.hr_only else list(cfg.scales),
+             "preset": None if cfg.hr_only else cfg.preset, "seed": cfg.seed, "hr_only": cfg.hr_only,
+             "lr_format": None if cfg.hr_only else cfg.preset_config().lr_format, "tile": cfg.tile or None,
+             "expected_shards": nshards,
              "config": CONFIG_NAME, "config_digest": config.digest(cfg.output_identity())}
     if errors:
         extra["input_errors"] = errors

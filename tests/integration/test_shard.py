@@ -166,6 +166,23 @@ def test_tiles_are_crops_of_the_whole_image_degradation(good, tmp_path):
             assert np.array_equal(_decode(s[f"lr_x{scale}.png"]), want)
 
 
+def test_hr_only_tiles_hold_hr_and_json_and_train_with_a_preset(good, tmp_path):
+    from awm.data.loader import DataConfig, check_data
+
+    out = tmp_path / "hr"
+    assert _run("--in", good, "--out", out, "--tile", 32, "--hr-only") == 0
+    tiles = [s for s in _samples(out) if s["__key__"].startswith("img_1_t")]
+    src = imageio.read_image(good / "img.1.png")[:68, :88]
+    assert len(tiles) == 3 * 3 and all(set(s) == {"__key__", "__url__", "hr.png", "json"} for s in tiles)
+    meta = json.loads(tiles[4]["json"])
+    x, y, w, h = meta["tile"]
+    assert np.array_equal(_decode(tiles[4]["hr.png"]), src[y:y + h, x:x + w])
+    assert meta["scales"] == [] and meta["preset"] is None and meta["params"] == {}
+    index = json.loads((out / "index.json").read_text())
+    assert index["hr_only"] is True and index["scales"] == []
+    check_data(DataConfig(train=str(out), scale=2, patch=32, degrade="realesrgan"))
+
+
 def test_raw_shard_input(tmp_path):
     raw = tmp_path / "raw"
     a, b = generate(11, 96, 64), generate(12, 80, 60)
