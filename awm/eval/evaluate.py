@@ -27,7 +27,7 @@ from awm.config import ConfigError, add_dataclass_arguments, check, from_args, s
 from awm.eval import metrics, results
 from awm.imageio import ImageError, atomic_write_bytes, atomic_write_text
 from awm.log import get_logger, progress
-from awm.shardio import iter_tar, resolve
+from awm.shardio import group_members, iter_tar, local_path, resolve, tar_members
 
 log = get_logger("awm.evaluate")
 BASELINES = ("bicubic", "lanczos")
@@ -110,6 +110,34 @@ def iter_samples(data: str | Path, limit: int = 0):
             gi += 1
         if gi - first != ref.nsamples:
             raise RuntimeError(f"{ref.url}: {gi - first} samples, the index says {ref.nsamples}")
+
+
+def check_data(cfg: EvalConfig) -> Counter:
+    """Before any model or metric loads: the shards exist and some sample holds HR and
+    ``lr_x{scale}`` (tar headers only). Returns the samples' counts by reason; none usable (raw
+    shards, another scale) is an error naming those counts."""
+    try:
+        refs = resolve(cfg.data).shards
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError("data", cfg.data, f"a location of eval pair shards ({e})") from None
+    reasons: Counter = Counter()
+    held: set[str] = set()
+    for ref in refs:
+        for _, members in group_members(tar_members(local_path(ref)), ref.url):
+            if cfg.limit and sum(reasons.values()) >= cfg.limit:
+                break
+            lrs = {m.split(".")[0] for m in members if m.startswith("lr_x")}
+            held |= lrs
+            hr = any(m.split(".")[0] == "hr" for m in members)
+            reasons["ok" if hr and f"lr_x{cfg.scale}" in lrs else "no_hr" if not hr else f"no_lr_x{cfg.scale}"] += 1
+    if not reasons["ok"]:
+        raw = any(r.name.startswith("raw-") for r in refs)
+        hint = ("raw-*.tar shards hold originals only (awm ingest/crawl output)" if raw else
+                f"the samples hold {', '.join(sorted(held)) or 'no LR'}")
+        raise ValueError(f"none of the {sum(reasons.values())} samples at {cfg.data} can be scored at x{cfg.scale} "
+                         f"({dict(reasons) or 'no samples'}): {hint}; make eval pairs with "
+                         f"awm shard --split eval --scales {cfg.scale}")
+    return reasons
 
 
 def count_samples(data: str | Path, limit: int = 0) -> int:
@@ -253,9 +281,13 @@ def write_outputs(cfg: EvalConfig, parts: list[dict], world: int) -> Path:
 def evaluate(cfg: EvalConfig) -> Path | None:
     """Run the evaluation on this rank; rank 0 writes and returns the output folder."""
     d = dist.init()
+    check_data(cfg)
     metrics.check(cfg.metrics, cfg.download)
     part = score_rank(cfg, d)
     parts = dist.gather_objects(part)
+    if not any(p["rows"] for p in parts):  # every rank sees every part: all stop alike, nothing written
+        skipped = sum((Counter(p["skipped"]) for p in parts), Counter())
+        raise ValueError(f"no sample of {cfg.data} was scored at x{cfg.scale} (skipped: {dict(skipped)})")
     out = write_outputs(cfg, parts, d.world_size) if d.is_main else None
     dist.barrier()
     if out:

@@ -142,3 +142,32 @@ def test_missing_weights_cli_exit(eval_data: Path, tmp_path: Path) -> None:
     assert res.returncode == 1
     assert "niqe_modelparameters.mat" in res.stderr and "awm weights stage" in res.stderr
     assert not (tmp_path / "o" / "per_image.csv").exists()
+
+
+def _raw(d: Path) -> Path:
+    from awm.shardwrite import ShardStats, write_index, write_shard
+
+    d.mkdir(parents=True)
+    write_shard(d / "raw-000000.tar", [{"__key__": "a", "png": b"\x89PNG", "json": {"id": "a"}}], ShardStats("raw-000000.tar"))
+    write_index(d, "raw-")
+    return d
+
+
+@pytest.mark.parametrize("case", ["other_scale", "raw_shards", "nothing_decodes"])
+def test_nothing_scorable_exits_1_naming_counts_and_writes_nothing(case: str, eval_data: Path, tmp_path: Path) -> None:
+    data, scale, want = {
+        "other_scale": (eval_data, 3, "none of the 7 samples at {d} can be scored at x3 ({{'no_lr_x3': 7}}): "
+                                      "the samples hold lr_x2; make eval pairs with awm shard --split eval --scales 3"),
+        "raw_shards": (None, 2, "({{'no_hr': 1}}): raw-*.tar shards hold originals only"),
+        "nothing_decodes": (None, 2, "no sample of {d} was scored at x2 (skipped: {{'undecodable': 2}})"),
+    }[case]
+    if case == "raw_shards":
+        data = _raw(tmp_path / "raw")
+    elif case == "nothing_decodes":
+        data = make_pair_shards(tmp_path / "bad", [2], split="eval", corrupt=("img00000", "img00001"))
+    out = tmp_path / "o"
+    res = _awm(["eval", "--data", str(data), "--scale", str(scale), "--metrics", "psnry", "--out", str(out)])
+    assert res.returncode == 1
+    lines = [x for x in res.stderr.splitlines() if "eval failed" in x]
+    assert len(lines) == 1 and want.format(d=data) in lines[0], res.stderr[-3000:]
+    assert not out.exists()
