@@ -2,8 +2,12 @@
 
 Every rank builds the same list and takes its share (:attr:`awm.dist.DistEnv.part`). Problems found while listing
 (missing path, sample without the model's LR scale, an output that would overwrite an input or
-another job's output) become jobs that carry an ``error``, so they are reported per input like
-decode failures and never stop the rest. Shards may be anywhere :mod:`awm.shardio` reads
+another job's output, a folder or shard set with nothing to upscale) become jobs that carry an
+``error``, so they are reported per input like decode failures and never stop the rest, and the
+run exits 1. Two files of one folder sharing a stem (``a.png``, ``a.jpg``) get their extension
+in the output name (``a_png_x2.png``, ``a_jpg_x2.png``). Outputs are never read back as inputs:
+a file that is another listed file's output, in a folder where ``awm upscale`` has written
+(``upscale_stats.json``), is an earlier output (rerunning into the input folder). Shards may be anywhere :mod:`awm.shardio` reads
 (a folder with index.json, a .tar, an index.json URL, a brace pattern of .tar URLs, pipe:);
 remote ones are fetched to the shard cache while listing.
 """
@@ -11,6 +15,7 @@ remote ones are fetched to the shard cache while listing.
 from __future__ import annotations
 
 import tarfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +23,10 @@ import numpy as np
 
 from awm import shardio
 from awm.imageio import decode_image, list_images, read_image
+from awm.log import get_logger
+
+log = get_logger("awm.upscale")
+STATS_NAME = "upscale_stats.json"
 
 
 @dataclass(frozen=True)
@@ -62,9 +71,32 @@ def _shard_jobs(tar_path: Path, shown: str, out_dir: Path, suffix: str, fmt: str
 def _location_jobs(location: str, out_dir: Path, suffix: str, fmt: str, scale: int) -> list[Job]:
     """Jobs of every shard at a shard location; remote shards are fetched to the cache first."""
     jobs: list[Job] = []
-    for ref in shardio.resolve(location).shards:
+    refs = shardio.resolve(location).shards
+    for ref in refs:
         jobs.extend(_shard_jobs(shardio.local_path(ref), ref.name, out_dir, suffix, fmt, scale))
-    return jobs
+    return jobs or [Job(location, Path(location), out_dir, error=f"no samples in its {len(refs)} shard(s)")]
+
+
+def _folder_jobs(folder: Path, out_dir: Path, suffix: str, fmt: str) -> list[Job]:
+    """Jobs of the images under a folder (sub-folder layout kept), earlier outputs left out."""
+    files = list_images([folder])
+    rels = [f.relative_to(folder) for f in files]
+    stems = Counter((r.parent, r.stem) for r in rels)
+    outs = {f: out_dir / r.parent / (f"{r.stem}_{r.suffix[1:]}_{suffix}.{fmt}" if stems[(r.parent, r.stem)] > 1
+                                     else f"{r.stem}_{suffix}.{fmt}") for f, r in zip(files, rels, strict=True)}
+    ours = {o.resolve() for o in outs.values() if (o.parent / STATS_NAME).is_file()}
+    earlier = [f for f in files if f.resolve() in ours]
+    if earlier:
+        log.info("%s: %d earlier output(s) of awm upscale left out as inputs (e.g. %s)", folder, len(earlier),
+                 earlier[0].name)
+    jobs = [Job(str(f), f, outs[f]) for f in files if f.resolve() not in ours]
+    if jobs:
+        return jobs
+    others = Counter(q.suffix.lower() or "(none)" for q in folder.rglob("*")
+                     if q.is_file() and q not in files and q.name not in (STATS_NAME, "upscale_config.yaml"))
+    what = [f"{n} earlier output(s)" for n in [len(earlier)] if n]
+    what += [f"{sum(others.values())} other file(s): {dict(others)}"] if others else []
+    return [Job(str(folder), folder, out_dir, error=f"no image to upscale ({'; '.join(what) or 'empty folder'})")]
 
 
 def collect_jobs(inputs: list[str], out_dir: Path, suffix: str, fmt: str, scale: int) -> list[Job]:
@@ -83,9 +115,7 @@ def collect_jobs(inputs: list[str], out_dir: Path, suffix: str, fmt: str, scale:
         elif p.is_dir() and (p / shardio.INDEX_NAME).is_file():
             jobs.extend(_location_jobs(str(p), out_dir, suffix, fmt, scale))
         elif p.is_dir():
-            for f in list_images([p]):
-                rel = f.relative_to(p)
-                jobs.append(Job(str(f), f, out_dir / rel.parent / f"{rel.stem}_{suffix}.{fmt}"))
+            jobs.extend(_folder_jobs(p, out_dir, suffix, fmt))
         elif p.suffix == ".tar":
             jobs.extend(_shard_jobs(p, p.name, out_dir, suffix, fmt, scale))
         else:

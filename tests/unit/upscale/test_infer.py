@@ -244,3 +244,31 @@ def test_cli_foreign_pth(tmp_path):
     img.write_bytes(encode_image(synth.generate(11, 20, 12), "png"))
     assert _upscale("--model", tmp_path / "foreign.pth", img, "--out", tmp_path / "o", "--tile", 8) == 0
     assert read_image(tmp_path / "o" / "a_x2.png").shape == (24, 40, 3)
+
+
+def test_cli_nothing_to_upscale_exits_1_naming_what_is_there(ckpts, tmp_path):
+    empty, texts = tmp_path / "empty", tmp_path / "texts"
+    empty.mkdir()
+    texts.mkdir()
+    (texts / "notes.txt").write_text("no image here")
+    (texts / "readme.md").write_text("nor here")
+    assert _upscale("--model", ckpts["nearest"], empty, texts, "--out", tmp_path / "o") == 1
+    errors = json.loads((tmp_path / "o" / "upscale_stats.json").read_text())["errors"]
+    assert errors == {str(empty): "no image to upscale (empty folder)",
+                      str(texts): "no image to upscale (2 other file(s): {'.md': 1, '.txt': 1})"}
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["upscale_config.yaml", "upscale_stats.json"]
+
+
+def test_cli_shared_stems_get_distinct_outputs_and_reruns_never_read_outputs(ckpts, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    img = synth.generate(3, 24, 16)
+    (src / "a.png").write_bytes(encode_image(img, "png"))
+    (src / "a.jpg").write_bytes(encode_image(img, "jpg", 95))
+    (src / "b.png").write_bytes(encode_image(img, "png"))
+    for _ in range(2):  # the rerun into the input folder finds its earlier outputs there
+        assert _upscale("--model", ckpts["nearest"], src, "--out", src, "--tile", 16) == 0
+        stats = json.loads((src / "upscale_stats.json").read_text())
+        assert stats["ok"] == 3 and stats["failed"] == 0
+    images = sorted(p.name for p in src.iterdir() if p.suffix in (".png", ".jpg"))
+    assert images == ["a.jpg", "a.png", "a_jpg_x4.png", "a_png_x4.png", "b.png", "b_x4.png"]
