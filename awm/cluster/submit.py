@@ -66,7 +66,8 @@ class Profile:
     mem: str | None = field(default=None, metadata={"help": "memory per node, sbatch syntax: 64G, 0 = all"})
     time: int = field(default=60, metadata={"help": "time limit in minutes"})
     signal_delay_s: int = field(
-        default=120, metadata={"help": "the preemption signal comes this long before the time limit"})
+        default=120, metadata={"help": "the stop warning (USR2) comes this long before the time limit; a job "
+                                       "whose limit is under twice this gets a quarter of its limit instead"})
     array_parallelism: int = field(default=64, metadata={"help": "most array tasks running at once"})
     max_requeue: int = field(default=10, metadata={"help": "most automatic requeues of a training job"})
     setup: list[str] = field(
@@ -80,7 +81,9 @@ class Profile:
             check(getattr(self, key) >= 1, key, getattr(self, key), "an integer >= 1")
         check(self.gpus_per_node >= 0, "gpus_per_node", self.gpus_per_node, "an integer >= 0")
         check(self.max_requeue >= 0, "max_requeue", self.max_requeue, "an integer >= 0")
-        check(self.signal_delay_s >= 0, "signal_delay_s", self.signal_delay_s, "seconds >= 0")
+        check(self.signal_delay_s >= MIN_SIGNAL_DELAY_S, "signal_delay_s", self.signal_delay_s,
+              f"seconds >= {MIN_SIGNAL_DELAY_S}: the warning must leave time to save a state (0 would send it "
+              "with the kill itself)")
         check(self.tasks_per_node is None or self.tasks_per_node >= 1, "tasks_per_node",
               self.tasks_per_node, "null or an integer >= 1")
         check(self.max_nodes is None or self.max_nodes >= self.nodes, "max_nodes", self.max_nodes,
@@ -130,6 +133,17 @@ class Request:
     time: int
     name: str
     array: int = 1
+    signal_delay_s: int = 120
+
+
+MIN_SIGNAL_DELAY_S = 10
+
+
+def fit_signal_delay(delay_s: int, time_min: int) -> int:
+    """The warning's lead time for a job of ``time_min`` minutes: ``delay_s``, unless that leaves the
+    job less than half its limit before the warning (``--time 2`` with 120 s would warn at the
+    start, every requeue again); then a quarter of the limit."""
+    return delay_s if 2 * delay_s <= 60 * time_min else max(MIN_SIGNAL_DELAY_S, 60 * time_min // 4)
 
 
 def stage_mode(stage: str) -> str:
@@ -181,16 +195,23 @@ def make_request(stage: str, profile: Profile, profile_name: str, args: argparse
                           "the --array parts over nodes itself" if mode == "array" else f"1 for '{stage}'")
     if profile.cluster != "slurm" and nodes > 1:
         raise ConfigError("--nodes", nodes, f"1 with the {profile.cluster} backend (one machine)")
+    time = args.time or profile.time
+    check(time >= 1, "--time", time, "minutes >= 1")
+    delay = fit_signal_delay(profile.signal_delay_s, time)
+    if delay != profile.signal_delay_s:
+        log.warning("the stop warning comes %d s before the time limit, not signal_delay_s=%d s: a %d-minute job "
+                    "would be told to stop after %d s; set signal_delay_s (--set) or --time to choose",
+                    delay, profile.signal_delay_s, time, max(0, 60 * time - profile.signal_delay_s))
     return Request(stage=stage, mode=mode, nodes=nodes, tasks_per_node=tasks, gpus_per_node=gpus,
-                   cpus_per_task=args.cpus_per_task or profile.cpus_per_task,
-                   time=args.time or profile.time, name=f"awm-{stage}", array=array if mode == "array" else 1)
+                   cpus_per_task=args.cpus_per_task or profile.cpus_per_task, time=time, name=f"awm-{stage}",
+                   array=array if mode == "array" else 1, signal_delay_s=delay)
 
 
 def sbatch_parameters(profile: Profile, req: Request) -> dict[str, Any]:
     """The SLURM executor's parameters (submitit names) for one job: what the sbatch file says."""
     params: dict[str, Any] = {
         "job_name": req.name, "time": req.time, "nodes": req.nodes, "ntasks_per_node": req.tasks_per_node,
-        "cpus_per_task": req.cpus_per_task, "signal_delay_s": profile.signal_delay_s,
+        "cpus_per_task": req.cpus_per_task, "signal_delay_s": req.signal_delay_s,
         "array_parallelism": profile.array_parallelism, "wckey": "awm",
     }
     if req.gpus_per_node:
@@ -383,7 +404,8 @@ def _submit_parts(profile: Profile, req: Request, record: dict[str, Any], record
             e["part"] = f"{i}/{req.array}"
     merge = MergeTask(req.stage, record["args"], req.array, str(record_dir))
     merge_req = dataclasses.replace(req, array=1, gpus_per_node=0, cpus_per_task=1, time=min(req.time, 30),
-                                    name=f"awm-{req.stage}-merge")
+                                    name=f"awm-{req.stage}-merge",
+                                    signal_delay_s=fit_signal_delay(req.signal_delay_s, min(req.time, 30)))
     if profile.cluster == "slurm":
         extra = {"dependency": f"afterany:{jobs[0].job_id.split('_')[0]}"} if jobs else {}
         merge_job = make_executor(profile, merge_req, folder, **extra).submit(merge)
@@ -493,4 +515,5 @@ def run(args: argparse.Namespace) -> int:
 
 
 def request_from_record(record: dict[str, Any]) -> Request:
-    return Request(**{f.name: record["request"][f.name] for f in dataclasses.fields(Request)})
+    return Request(**{f.name: record["request"][f.name] for f in dataclasses.fields(Request)
+                      if f.name in record["request"]})  # older records: the field's default

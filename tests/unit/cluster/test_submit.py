@@ -188,3 +188,24 @@ def test_golden_and_rendered_scripts_use_only_documented_sbatch_syntax():
                                  "srun true\n#SBATCH --nodes=1", "#SBATCH --nodes=1\n#SBATCH --nodes=2"])
 def test_the_syntax_check_rejects_what_sbatch_would(bad):
     assert _check_sbatch_script(f"#!/bin/bash\n{bad}\n")
+
+
+def test_a_stop_warning_that_does_not_fit_the_time_limit_is_adjusted_and_said():
+    import logging
+
+    name, profile = submit.load_profile(None)  # the default signal_delay_s: 120 s
+    assert profile.signal_delay_s == 120
+    said = logging.Handler()
+    said.emit = lambda record: said.__dict__.setdefault("text", []).append(record.getMessage())
+    logging.getLogger("awm.submit").addHandler(said)
+    try:
+        req = submit.make_request("train", profile, name, _args(time=2))
+    finally:
+        logging.getLogger("awm.submit").removeHandler(said)
+    assert req.signal_delay_s == 30  # a quarter of 120 s, not a warning at the start of every run
+    assert "comes 30 s before the time limit, not signal_delay_s=120 s: a 2-minute job would be told to stop " \
+           "after 0 s" in " ".join(said.text)
+    assert "#SBATCH --signal=USR2@30" in submit.render_sbatch(profile, req, "/LOGS/jobs", python="/P")
+    assert submit.make_request("train", profile, name, _args(time=4)).signal_delay_s == 120  # fits: kept
+    with pytest.raises(ConfigError, match="'signal_delay_s': got 0; valid: seconds >= 10"):
+        submit.load_profile(None, ["signal_delay_s=0"])
