@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("awm.eval.score", "no-reference IQA scores of any folder of images"),
     "upscale": ("awm.upscale.infer", "tiled upscaling of images, folders or shards with any checkpoint"),
     "submit": ("awm.cluster.submit", "run any stage on SLURM (or locally) through submitit"),
+    "launch-config": ("awm.launch", "print the path of a shipped Accelerate launch config (list them without NAME)"),
     "weights": ("awm.eval.weights", "list, stage and verify metric/backbone weights for offline nodes"),
     "niqe-fit": ("awm.eval.niqe", "fit an anime NIQE pristine model on HR images"),
     "report": ("awm.eval.report", "experiment table across training runs"),
