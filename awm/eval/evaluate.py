@@ -263,9 +263,12 @@ def write_outputs(cfg: EvalConfig, parts: list[dict], world: int) -> Path:
     lower = parts[0]["lower_better"]
     results.write_csv(out / "per_image.csv", rows, ["model", "id", "index", *cfg.metrics])
     summary = results.summarize(rows, cfg.metrics, "model")
+    paths = {m: str(Path(m).resolve()) for m in cfg.models if m not in BASELINES}
     extra = {"title": f"Evaluation x{cfg.scale} on {cfg.data}", "data": cfg.data, "scale": cfg.scale,
-             "samples": n, "scored": len({r["index"] for r in rows}), "skipped": dict(skipped)}
+             "samples": n, "scored": len({r["index"] for r in rows}), "skipped": dict(skipped),
+             "model_paths": paths}
     results.write_summary(out, summary, cfg.metrics, lower, extra, "model")
+    link_runs(paths.values(), out / "summary.json")
     results.bar_charts(summary, cfg.metrics, lower, out / "figures")
     crops = sorted((c for p in parts for c in p["crops"]), key=lambda c: c[0])
     if crops:
@@ -276,6 +279,30 @@ def write_outputs(cfg: EvalConfig, parts: list[dict], world: int) -> Path:
         {"world_size": world, "samples": n, "skipped": dict(skipped), "seconds": total,
          "images_per_s": n / total if total else None, "ranks": timing}, indent=1))
     return out
+
+
+EVALS_FILE = "evals.json"
+
+
+def run_folder(model_path: str | Path) -> Path | None:
+    """The training run a model path belongs to (the run folder, or one of its checkpoints), if any."""
+    p = Path(model_path)
+    for d in (p, p.parent.parent):  # runs/<name>, runs/<name>/checkpoints/<which>
+        if (d / "config.yaml").is_file() and (d / "checkpoints").is_dir():
+            return d
+    return None
+
+
+def link_runs(model_paths, summary: Path) -> None:
+    """Note ``summary`` in each evaluated run's ``evals.json``, where ``awm report`` looks: the
+    results are found wherever ``--out`` put them. A run folder that cannot be written is only logged."""
+    for run in {r for r in map(run_folder, model_paths) if r is not None}:
+        path = run / EVALS_FILE
+        try:
+            known = json.loads(path.read_text()).get("summaries", []) if path.is_file() else []
+            atomic_write_text(path, json.dumps({"summaries": sorted({*known, str(summary.resolve())})}, indent=1))
+        except (OSError, ValueError) as e:
+            log.warning("could not note this evaluation in %s (awm report will not find it there): %s", path, e)
 
 
 def evaluate(cfg: EvalConfig) -> Path | None:

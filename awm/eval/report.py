@@ -1,9 +1,11 @@
 """``awm report``: the experiment table across training runs (Markdown + CSV).
 
 A run is ``runs/<name>/`` as awm.train.train writes it: config.yaml (arch, loss, data, scale),
-checkpoints/*/meta.json (step), train_stats.json, and any ``awm eval`` summary.json saved inside
-the run folder (e.g. ``awm eval ... --out runs/<name>/eval``). One row per run; metric columns
-are the means of the run's model in its newest eval summary, with the metric's direction.
+checkpoints/*/meta.json (step), train_stats.json, and the ``awm eval`` summaries of the run: those
+``awm eval`` noted in the run's ``evals.json`` (wherever its ``--out`` was) and any summary.json
+inside the run folder. One row per run; metric columns are the means of the run's model in its
+newest eval summary, with the metric's direction; the baselines evaluated beside the runs
+(bicubic, lanczos) get a row each per eval set, so a run that loses to bicubic shows it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import yaml
 from awm import shardio
 from awm.config import check, from_args
 from awm.eval import results
-from awm.eval.evaluate import BASELINES
+from awm.eval.evaluate import BASELINES, EVALS_FILE, run_folder
 from awm.imageio import atomic_write_text
 from awm.log import get_logger
 
@@ -78,18 +80,50 @@ def _steps(run: Path) -> int | None:
     return max(steps) if steps else None
 
 
+def _eval_summary(run: Path) -> tuple[dict[str, Any], str] | None:
+    """The run's newest eval summary and the run's model name in it: one noted in ``evals.json`` or
+    inside the run folder whose model path is this run (older summaries without paths, inside the
+    run folder: their first model that is not a baseline)."""
+    noted = [Path(p) for p in _json(run / EVALS_FILE).get("summaries", [])]
+    paths = {p.resolve() for p in [*noted, *run.rglob("summary.json")] if p.is_file()}
+    for path in sorted(paths, key=lambda p: p.stat().st_mtime, reverse=True):
+        doc = _json(path)
+        models = [m for m in doc.get("models", {}) if m not in BASELINES]
+        where = doc.get("model_paths") or {}
+        mine = [m for m in models if m in where and (r := run_folder(where[m])) and r.resolve() == run.resolve()]
+        if not mine and not where and run.resolve() in path.parents:
+            mine = models[:1]
+        if mine:
+            return doc, mine[0]
+    return None
+
+
+def _means(stats: dict[str, Any]) -> dict[str, float]:
+    return {m: s["mean"] for m, s in stats.items() if s.get("mean") is not None}
+
+
 def _eval(run: Path) -> tuple[dict[str, float], dict[str, bool], str]:
     """Metric means of the run's model in its newest eval summary (baselines skipped)."""
-    for path in sorted(run.rglob("summary.json"), key=lambda p: p.stat().st_mtime, reverse=True):
-        doc = _json(path)
-        models = {m: s for m, s in doc.get("models", {}).items() if m not in BASELINES}
-        if not models:
-            continue
-        stats = next(iter(models.values()))
-        means = {m: s["mean"] for m, s in stats.items() if s.get("mean") is not None}
-        lower = {m: bool(v.get("lower_better")) for m, v in doc.get("metrics", {}).items()}
-        return means, lower, str(doc.get("data", ""))
-    return {}, {}, ""
+    found = _eval_summary(run)
+    if found is None:
+        return {}, {}, ""
+    doc, model = found
+    lower = {m: bool(v.get("lower_better")) for m, v in doc.get("metrics", {}).items()}
+    return _means(doc["models"][model]), lower, str(doc.get("data", ""))
+
+
+def baseline_rows(runs: list[Path]) -> list[dict[str, Any]]:
+    """One row per baseline and eval set, from the summaries the runs' rows come from."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for run in runs:
+        found = _eval_summary(run)
+        doc = found[0] if found else {}
+        for name, stats in doc.get("models", {}).items():
+            if name in BASELINES:
+                rows.setdefault((name, str(doc.get("data", ""))), {
+                    "run": f"{name} (baseline)", "arch": name, "scale": doc.get("scale", ""),
+                    "eval_data": str(doc.get("data", "")), **_means(stats)})
+    return list(rows.values())
 
 
 def run_row(run: Path) -> tuple[dict[str, Any], dict[str, bool]]:
@@ -117,6 +151,8 @@ def report(cfg: ReportConfig) -> Path:
         row, lo = run_row(Path(r))
         rows.append(row)
         lower.update(lo)
+    ranked = list(rows)  # bold marks the best run; baselines are the reference beside them
+    rows += baseline_rows([Path(r) for r in cfg.runs])
     metric_cols = sorted({k for r in rows for k in r} - set(BASE_COLUMNS))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -127,11 +163,15 @@ def report(cfg: ReportConfig) -> Path:
         cells = [str(r.get(c, "")) for c in BASE_COLUMNS]
         for m in metric_cols:
             v = r.get(m)
-            best = results.best_groups({x["run"]: {m: {"mean": x.get(m)}} for x in rows}, m, lower.get(m, False))
+            best = results.best_groups({x["run"]: {m: {"mean": x.get(m)}} for x in ranked}, m, lower.get(m, False))
             text = "" if v is None else f"{v:.4f}"
-            cells.append(f"**{text}**" if text and r["run"] in best and len(rows) > 1 else text)
+            cells.append(f"**{text}**" if text and r["run"] in best and len(ranked) > 1 else text)
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"{results.UP} higher is better, {results.DOWN} lower is better; best per column in bold."]
+    if metric_cols:
+        lines += ["", f"{results.UP} higher is better, {results.DOWN} lower is better; best run per column in bold."]
+    else:
+        lines += ["", "No evaluation found for these runs: `awm eval --models RUN_DIR ...` notes its results in "
+                  f"each run's {EVALS_FILE}, wherever its --out is."]
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
     return out
 

@@ -45,3 +45,36 @@ def test_report_table(tmp_path) -> None:
 def test_report_rejects_non_run(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="not a run folder"):
         report(ReportConfig(runs=[str(tmp_path)], out=str(tmp_path / "rep")))
+
+
+def test_report_finds_evals_written_elsewhere_and_shows_baseline_rows(tmp_path, monkeypatch) -> None:
+    from awm.eval.evaluate import link_runs
+
+    monkeypatch.chdir(tmp_path)
+    run = _run(tmp_path, "c", "compact", 50, 27.0, 6.0)
+    for p in (run / "eval").iterdir():
+        p.unlink()
+    (run / "eval").rmdir()
+    (run / "checkpoints").mkdir(exist_ok=True)
+    results = tmp_path / "results" / "x2"  # where the README's `awm eval ... --out results/x2` writes
+    results.mkdir(parents=True)
+    summary = {"metrics": {"psnry": {"lower_better": False}}, "data": "shards/eval", "scale": 2,
+               "model_paths": {"runs/c": str(run.resolve()), "other.pth": str(tmp_path / "other.pth")},
+               "models": {"bicubic": {"psnry": {"mean": 27.5}}, "lanczos": {"psnry": {"mean": 27.6}},
+                          "other.pth": {"psnry": {"mean": 99.0}}, "runs/c": {"psnry": {"mean": 27.0}}}}
+    (results / "summary.json").write_text(json.dumps(summary))
+    link_runs([str(run / "checkpoints" / "best"), str(tmp_path / "other.pth")], results / "summary.json")
+    assert json.loads((run / "evals.json").read_text()) == {"summaries": [str((results / "summary.json").resolve())]}
+    out = report(ReportConfig(runs=[str(run)], out=str(tmp_path / "rep")))
+    csv = (out / "report.csv").read_text().splitlines()
+    assert csv[1:] == ["c,compact,seed,2,434,50,pixel.weight=1,done,shards/eval,27.0",
+                       "bicubic (baseline),bicubic,,2,,,,,shards/eval,27.5",
+                       "lanczos (baseline),lanczos,,2,,,,,shards/eval,27.6"]
+    assert "best run per column in bold" in (out / "report.md").read_text()
+
+
+def test_report_without_evals_says_how_to_get_them(tmp_path) -> None:
+    run = _run(tmp_path, "d", "compact", 50, 27.0, 6.0)
+    (run / "eval" / "summary.json").unlink()
+    md = (report(ReportConfig(runs=[str(run)], out=str(tmp_path / "rep"))) / "report.md").read_text()
+    assert "bold" not in md and "No evaluation found for these runs" in md
