@@ -28,6 +28,7 @@ from awm.acquire import clean
 from awm.config import ConfigError, add_dataclass_arguments, check, from_args, help_field, save_beside
 from awm.imageio import MAX_PIXELS_DEFAULT, ImageError, atomic_write_text
 from awm.log import get_logger, progress
+from awm.shardio import INDEX_NAME
 from awm.shardwrite import ShardStats, list_shards, stats_path, write_index, write_shard
 
 log = get_logger("awm.ingest")
@@ -128,6 +129,8 @@ def ingest(cfg: IngestConfig) -> dict[str, Any]:
     t0 = time.time()
     files = sorted(((p, p.relative_to(cfg.src).as_posix()) for p in cfg.src.rglob("*") if p.is_file()),
                    key=lambda x: x[1])
+    if not files:
+        raise ValueError(f"{cfg.src}: no files to ingest (empty folder)")
     dedup = clean.Dedup(cfg.near_dup)
     samples: list[dict[str, Any]] = []
     stats = ShardStats(f"{PREFIX}{0:06d}.tar")
@@ -168,7 +171,10 @@ def ingest(cfg: IngestConfig) -> dict[str, Any]:
     summary = {"files": len(files), "kept": len(dedup), "bytes": nbytes, "shards": nshards,
                "skipped": dict(sorted(skipped.items())), "nskipped": sum(skipped.values()),
                "seconds": round(time.time() - t0, 2)}
-    write_index(cfg.out, PREFIX, extra={"source": "local", "src": str(cfg.src), "ingest": summary})
+    if nshards:
+        write_index(cfg.out, PREFIX, extra={"source": "local", "src": str(cfg.src), "ingest": summary})
+    else:  # nothing kept: no index that would look like a finished (empty) ingest
+        (cfg.out / INDEX_NAME).unlink(missing_ok=True)
     return summary
 
 
@@ -180,7 +186,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = from_args(IngestConfig, args)
     s = ingest(cfg)
-    save_beside(cfg, cfg.out, "ingest")
+    if s["kept"]:
+        save_beside(cfg, cfg.out, "ingest")
     log.info("ingest: kept %d of %d files (%.1f MB) in %d shards, skipped %d %s, %.1f s", s["kept"],
              s["files"], s["bytes"] / 1e6, s["shards"], s["nskipped"], s["skipped"], s["seconds"])
     if s["kept"] == 0:  # unexpected exceptions are not caught as skips: they end the run with exit 1

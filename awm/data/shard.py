@@ -349,12 +349,23 @@ def _check_out(cfg: ShardConfig) -> None:
     atomic_write_text(p, yaml.safe_dump(identity, sort_keys=False))
 
 
+def _no_sources(inp: str, errors: list[str]) -> str:
+    """Why an input has no source, with what it holds instead (file counts by suffix)."""
+    folder = Path(inp)
+    others = Counter(p.suffix.lower() or "(none)" for p in folder.rglob("*") if p.is_file()) if folder.is_dir() \
+        else Counter()
+    what = "; ".join(errors) or (f"{sum(others.values())} other file(s): {dict(others)}" if others else "empty")
+    return f"no sources at {inp}: no raw-*.tar shard and no image file ({what})"
+
+
 def shard(cfg: ShardConfig) -> dict[str, Any]:
     """Run the stage in-process: returns a summary (shards written/skipped, samples, skip counts)."""
     started = time.time()
     require_video(cfg.preset_config())  # validate preset overrides (and PyAV if needed) before any work
-    _check_out(cfg)
     sources, errors = list_sources(cfg.inp)
+    if not sources:  # before the output folder exists: nothing written that looks like a finished run
+        raise ValueError(_no_sources(str(cfg.inp), errors))
+    _check_out(cfg)
     for e in errors:
         log.warning("unreadable input: %s", e)
     nshards = math.ceil(len(sources) / cfg.shard_size)

@@ -77,10 +77,36 @@ def test_ingest_bad_arguments(tmp_path):
     assert main(["ingest", str(tmp_path), "--out", str(tmp_path / "crawl")]) == 2
 
 
-def test_nothing_kept_exits_1(tmp_path):
+def _said(logger: str, run) -> tuple[int, list[str]]:
+    """``run()``'s return value and what it logged on ``logger`` (AWM's handler writes to the real stderr)."""
+    import logging
+
+    lines: list[str] = []
+    h = logging.Handler()
+    h.emit = lambda record: lines.append(record.getMessage())
+    logging.getLogger(logger).addHandler(h)
+    try:
+        return run(), lines
+    finally:
+        logging.getLogger(logger).removeHandler(h)
+
+
+def test_nothing_kept_exits_1_naming_counts_and_writes_no_index(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     for k in range(3):
         (src / f"noise{k}.png").write_bytes(bytes(range(256)) * (k + 1))
-    assert main(["ingest", str(src), "--out", str(tmp_path / "out"), "--no-progress"]) == 1
-    assert read_index(tmp_path / "out")["ingest"]["skipped"] == {"not_an_image": 3}
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "index.json").write_text("{}")  # an earlier run's: must not survive as if complete
+    rc, said = _said("awm.ingest", lambda: main(["ingest", str(src), "--out", str(tmp_path / "out"), "--no-progress"]))
+    assert rc == 1
+    assert f"ingest: no image kept from {src} (3 files; skipped: {{'not_an_image': 3}})" in said
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []
+
+
+def test_an_empty_folder_exits_1_writing_nothing(tmp_path):
+    (tmp_path / "src").mkdir()
+    rc, said = _said("awm.cli", lambda: main(["ingest", str(tmp_path / "src"), "--out", str(tmp_path / "out")]))
+    assert rc == 1 and said == [f"ingest failed: ValueError: {tmp_path / 'src'}: no files to ingest (empty folder) "
+                                "(re-run with --debug for a traceback)"]
+    assert not (tmp_path / "out").exists()

@@ -245,6 +245,28 @@ def test_no_sample_written_exits_1(tmp_path):
     assert "no sample written (skipped: {'not_an_image': 3})" in r.stderr
 
 
+@pytest.mark.parametrize("case", ["empty", "texts"])
+def test_no_sources_exits_1_naming_what_is_there_and_writes_nothing(case, tmp_path):
+    import logging
+
+    src = tmp_path / "src"
+    src.mkdir()
+    if case == "texts":
+        (src / "a.txt").write_text("no image")
+    lines: list[str] = []
+    h = logging.Handler()
+    h.emit = lambda record: lines.append(record.getMessage())
+    logging.getLogger("awm.cli").addHandler(h)
+    try:
+        assert _run("--in", src, "--out", tmp_path / "out") == 1
+    finally:
+        logging.getLogger("awm.cli").removeHandler(h)
+    what = "empty" if case == "empty" else "1 other file(s): {'.txt': 1}"
+    assert lines == [f"shard failed: ValueError: no sources at {src}: no raw-*.tar shard and no image file ({what}) "
+                     "(re-run with --debug for a traceback)"]
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_unexpected_error_on_one_source_exits_1(tmp_path):
     """A source that fails outside the expected skip reasons (here: its file vanished after
     listing) is recorded as error_<Exception> with its id, and the run reports a failure."""
