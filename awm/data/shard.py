@@ -355,7 +355,9 @@ def _no_sources(inp: str, errors: list[str]) -> str:
     others = Counter(p.suffix.lower() or "(none)" for p in folder.rglob("*") if p.is_file()) if folder.is_dir() \
         else Counter()
     what = "; ".join(errors) or (f"{sum(others.values())} other file(s): {dict(others)}" if others else "empty")
-    return f"no sources at {inp}: no raw-*.tar shard and no image file ({what})"
+    pairs = any(folder.glob("train-*.tar")) or any(folder.glob("eval-*.tar"))
+    hint = "; its train-/eval-*.tar are pair shards (awm shard's output): give raw shards or images" if pairs else ""
+    return f"no sources at {inp}: no raw-*.tar shard and no image file ({what}){hint}"
 
 
 def shard(cfg: ShardConfig) -> dict[str, Any]:

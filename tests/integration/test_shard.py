@@ -245,7 +245,7 @@ def test_no_sample_written_exits_1(tmp_path):
     assert "no sample written (skipped: {'not_an_image': 3})" in r.stderr
 
 
-@pytest.mark.parametrize("case", ["empty", "texts"])
+@pytest.mark.parametrize("case", ["empty", "texts", "pairs"])
 def test_no_sources_exits_1_naming_what_is_there_and_writes_nothing(case, tmp_path):
     import logging
 
@@ -253,6 +253,8 @@ def test_no_sources_exits_1_naming_what_is_there_and_writes_nothing(case, tmp_pa
     src.mkdir()
     if case == "texts":
         (src / "a.txt").write_text("no image")
+    if case == "pairs":
+        (src / "train-000000.tar").write_bytes(b"")
     lines: list[str] = []
     h = logging.Handler()
     h.emit = lambda record: lines.append(record.getMessage())
@@ -261,8 +263,10 @@ def test_no_sources_exits_1_naming_what_is_there_and_writes_nothing(case, tmp_pa
         assert _run("--in", src, "--out", tmp_path / "out") == 1
     finally:
         logging.getLogger("awm.cli").removeHandler(h)
-    what = "empty" if case == "empty" else "1 other file(s): {'.txt': 1}"
-    assert lines == [f"shard failed: ValueError: no sources at {src}: no raw-*.tar shard and no image file ({what}) "
+    what = {"empty": "(empty)", "texts": "(1 other file(s): {'.txt': 1})",
+            "pairs": "(1 other file(s): {'.tar': 1}); its train-/eval-*.tar are pair shards (awm shard's output): "
+                     "give raw shards or images"}[case]
+    assert lines == [f"shard failed: ValueError: no sources at {src}: no raw-*.tar shard and no image file {what} "
                      "(re-run with --debug for a traceback)"]
     assert not (tmp_path / "out").exists()
 
