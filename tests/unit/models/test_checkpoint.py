@@ -260,3 +260,20 @@ def test_unrecognised_and_missing_files_are_clear_errors(tmp_path):
     (tmp_path / "ck" / "meta.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(CheckpointError, match="format"):
         load_model(tmp_path / "ck")
+
+
+def test_checkpoints_and_exports_get_the_umask_mode(tmp_path):
+    """safetensors and mkdtemp create 0600/0700: teammates on shared storage could not read them."""
+    import stat
+
+    from awm.models.checkpoint import convert
+
+    umask = os.umask(0)
+    os.umask(umask)
+    ckpt = save_checkpoint(tmp_path / "ck", build_model("compact-tiny", 2), "compact-tiny", {}, 2, step=1)
+    convert(ckpt, tmp_path / "x.safetensors")
+    convert(ckpt, tmp_path / "x.pth")
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [ckpt, *ckpt.iterdir(), tmp_path / "x.safetensors",
+                                                               tmp_path / "x.pth"]}
+    assert modes == {"ck": 0o777 & ~umask, "model.safetensors": 0o666 & ~umask, "meta.json": 0o666 & ~umask,
+                     "x.safetensors": 0o666 & ~umask, "x.pth": 0o666 & ~umask}
