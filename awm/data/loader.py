@@ -118,8 +118,8 @@ def shard_list(location: str | Path, split: str = "train", degrade: str | None =
     counted = ShardSet(str(location), chosen).counted().shards  # a brace pattern's shards: fetched, counted
     shards = [(s.url, int(s.nsamples)) for s in counted if s.nsamples]
     if not shards:
-        raise ConfigError(key, str(location), f"shards holding samples (its {len(chosen)} {chosen[0].name[:-11]}-*.tar "
-                                              "are all empty: see their *_stats.json for the skip reasons)")
+        raise ConfigError(key, str(location), f"shards holding samples (its {len(chosen)} {prefix}-*.tar are all "
+                                              "empty: see their *_stats.json for the skip reasons)")
     return shards
 
 

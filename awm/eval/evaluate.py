@@ -16,6 +16,7 @@ import io
 import json
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -293,7 +294,7 @@ def run_folder(model_path: str | Path) -> Path | None:
     return None
 
 
-def link_runs(model_paths, summary: Path) -> None:
+def link_runs(model_paths: Iterable[str], summary: Path) -> None:
     """Note ``summary`` in each evaluated run's ``evals.json``, where ``awm report`` looks: the
     results are found wherever ``--out`` put them. A run folder that cannot be written is only logged."""
     for run in {r for r in map(run_folder, model_paths) if r is not None}:

@@ -7,9 +7,10 @@ another job's output, a folder or shard set with nothing to upscale) become jobs
 run exits 1. Two files of one folder sharing a stem (``a.png``, ``a.jpg``) get their extension
 in the output name (``a_png_x2.png``, ``a_jpg_x2.png``). Outputs are never read back as inputs:
 a file that is another listed file's output, in a folder where ``awm upscale`` has written
-(``upscale_stats.json``), is an earlier output (rerunning into the input folder). Shards may be anywhere :mod:`awm.shardio` reads
-(a folder with index.json, a .tar, an index.json URL, a brace pattern of .tar URLs, pipe:);
-remote ones are fetched to the shard cache while listing.
+(``upscale_stats.json``), is an earlier output (rerunning into the input folder).
+
+Shards may be anywhere :mod:`awm.shardio` reads (a folder with index.json, a .tar, an index.json
+URL, a brace pattern of .tar URLs, pipe:); remote ones are fetched to the shard cache while listing.
 """
 
 from __future__ import annotations
