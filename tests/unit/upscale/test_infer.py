@@ -272,3 +272,8 @@ def test_cli_shared_stems_get_distinct_outputs_and_reruns_never_read_outputs(ckp
         assert stats["ok"] == 3 and stats["failed"] == 0
     images = sorted(p.name for p in src.iterdir() if p.suffix in (".png", ".jpg"))
     assert images == ["a.jpg", "a.png", "a_jpg_x4.png", "a_png_x4.png", "b.png", "b_x4.png"]
+    for p in src.glob("*_x4.png"):
+        p.unlink()
+    for _ in range(2):  # an output folder inside the input folder: listed with it, never upscaled again
+        assert _upscale("--model", ckpts["nearest"], src, "--out", src / "up", "--tile", 16) == 0
+    assert sorted(p.name for p in (src / "up").rglob("*.png")) == ["a_jpg_x4.png", "a_png_x4.png", "b_x4.png"]
