@@ -65,7 +65,8 @@ def _shard_jobs(tar_path: Path, shown: str, out_dir: Path, suffix: str, fmt: str
             jobs.append(Job(name, tar_path, out, member=members[stems[want]]))
         else:
             have = ", ".join(sorted(k for k in stems if k.startswith("lr_x"))) or "none"
-            jobs.append(Job(name, tar_path, out, error=f"no {want} image in sample (LR scales: {have})"))
+            raw = "; a raw shard's original: upscale the image files, or pair shards" if "hr" not in stems else ""
+            jobs.append(Job(name, tar_path, out, error=f"no {want} image in sample (LR scales: {have}{raw})"))
     return jobs
 
 

@@ -277,3 +277,14 @@ def test_cli_shared_stems_get_distinct_outputs_and_reruns_never_read_outputs(ckp
     for _ in range(2):  # an output folder inside the input folder: listed with it, never upscaled again
         assert _upscale("--model", ckpts["nearest"], src, "--out", src / "up", "--tile", 16) == 0
     assert sorted(p.name for p in (src / "up").rglob("*.png")) == ["a_jpg_x4.png", "a_png_x4.png", "b_x4.png"]
+
+
+def test_raw_shard_samples_are_named_as_originals(tmp_path):
+    from awm.upscale.inputs import collect_jobs
+
+    write_shard(tmp_path / "raw-000000.tar", [{"__key__": "k", "png": encode_image(synth.generate(1, 16, 16), "png"),
+                                               "json": {"id": "k"}}], ShardStats("raw-000000.tar"))
+    write_index(tmp_path, "raw-")
+    [job] = collect_jobs([str(tmp_path)], tmp_path / "o", "x4", "png", 4)
+    assert job.error == ("no lr_x4 image in sample (LR scales: none; a raw shard's original: upscale the image "
+                         "files, or pair shards)")
