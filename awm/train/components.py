@@ -24,8 +24,9 @@ from awm import config as cfgmod
 from awm.config import check
 from awm.models import losses
 from awm.models.archs import build_model, get_spec, model_info
+from awm.train import finetune
 from awm.train.perf import channels_last_for, compile_module, count_flops, meta_copy
-from awm.train.utils import EMA
+from awm.train.utils import EMA, latest_state
 
 if TYPE_CHECKING:
     from awm.models.archs import ModelInfo
@@ -100,6 +101,8 @@ def build_components(cfg: TrainConfig, precision: str) -> Components:
         ds["train_micro_batch_size_per_gpu"] = cfg.data.batch_size
         ds["gradient_clipping"] = cfg.optim.grad_clip
     set_seed(cfg.seed)  # same initial weights on every rank
+    resuming = cfg.checkpoint.resume and latest_state(cfg.run_dir) is not None
+    init = finetune.prepare(cfg, resuming)  # fills model.arch/hparams from model.init when null
     torch.use_deterministic_algorithms(cfg.deterministic)
     torch.backends.cudnn.benchmark = not cfg.deterministic
     torch.backends.cuda.matmul.allow_tf32 = not cfg.deterministic  # fp32 runs: TF32 tensor cores
@@ -111,7 +114,10 @@ def build_components(cfg: TrainConfig, precision: str) -> Components:
     # DeepSpeed flattens parameters into contiguous buffers (a channels_last weight cannot be viewed so)
     channels_last = channels_last_for(get_spec(m.arch).spandrel_id, m.channels_last) and not deepspeed
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    generator = build_model(m.arch, scale, **m.hparams).to(acc.device, memory_format=fmt)
+    generator = build_model(m.arch, scale, **m.hparams)
+    if init is not None:
+        finetune.load_generator(generator, init, cfg)
+    generator = generator.to(acc.device, memory_format=fmt)
     ema = EMA(generator, cfg.ema) if cfg.ema.enabled else None
     betas, wd = (cfg.optim.betas[0], cfg.optim.betas[1]), cfg.optim.weight_decay
     g_params = _trainable(generator)
@@ -124,7 +130,9 @@ def build_components(cfg: TrainConfig, precision: str) -> Components:
               "(LDL's artifact map compares the output with the EMA generator's)")
         c.ema_model = ema.module
     if gan:
-        d = losses.build_discriminator(m.discriminator).to(acc.device, memory_format=fmt)
+        d = losses.build_discriminator(m.discriminator)
+        finetune.load_discriminator(d, cfg, resuming)
+        d = d.to(acc.device, memory_format=fmt)
         c.discriminator_plain, c.discriminator_params = d, _trainable(d)
         c.discriminator_optimizer = make_optimizer(c.discriminator_params, cfg.optim.lr_d, betas, wd,
                                                    acc.device, deepspeed)

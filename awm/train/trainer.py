@@ -67,6 +67,7 @@ class Trainer:
         self.fault = _fault_step(acc.process_index)
         self.writer = None
         self.last_val: dict[str, Any] = {}
+        self.start_val: dict[str, Any] | None = None
         self.window_start, self.wait, self.window_steps = time.perf_counter(), 0.0, 0
         self.stop_seen = False
         # Last: from here on the loader's worker processes exist, and only close() ends them.
@@ -85,6 +86,9 @@ class Trainer:
         if self.main:
             cfgmod.save(cfg, cfg.run_dir / "config.yaml")
             self.writer = SummaryWriter(str(cfg.run_dir / "tb"))
+        if cfg.validation.at_start and self.state.step == 0:  # the starting weights' baseline (model.init)
+            self.validate_if_due(now=True)
+            self.start_val = self.last_val
         while self.state.step < cfg.steps:
             self.train_step()
             if self.state.step % cfg.log.every == 0 or self.state.step == cfg.steps:
@@ -208,9 +212,9 @@ class Trainer:
         w.add_scalar("train/nan_skips", self.state.nan_skips, step)
 
     # -- validate, checkpoint, state --------------------------------------------------------
-    def validate_if_due(self) -> None:
+    def validate_if_due(self, now: bool = False) -> None:
         cfg, step = self.cfg, self.state.step
-        if not ((cfg.validation.every and step % cfg.validation.every == 0) or step == cfg.steps):
+        if not (now or (cfg.validation.every and step % cfg.validation.every == 0) or step == cfg.steps):
             return
         self.last_val, grid = validate(cfg, self.c, self.eval_model, self.val_skips)
         if self.main:
@@ -252,7 +256,7 @@ class Trainer:
         self.close()
         stats = {"status": status, "step": state.step, "steps": cfg.steps, "run_dir": str(cfg.run_dir),
                  "best": {"metric": cfg.checkpoint.metric, "value": state.best, "step": state.best_step},
-                 "validation": self.last_val, "nan_skips": state.nan_skips, "skipped": state.skipped,
+                 "validation": self.last_val, "validation_at_start": self.start_val, "nan_skips": state.nan_skips, "skipped": state.skipped,
                  "eval_skipped": dict(self.val_skips), "world_size": self.world, "precision": self.precision,
                  "flops_per_pair": {("gan" if k else "l1"): v for k, v in self.flops.items()},
                  "wall_s": round(wall, 2), "config_digest": cfgmod.digest(cfg)}
