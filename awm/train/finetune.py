@@ -41,6 +41,11 @@ log = get_logger("awm.train")
 SHOWN = 8  # keys listed per kind in an error message
 
 
+class InitMismatchError(CheckpointError):
+    """``model.init_strict`` and the file's tensors differ from the model's (names or shapes): the run
+    fails on its input (exit 1), not on a malformed config."""
+
+
 @dataclass
 class InitWeights:
     """The generator weights to start from, in the key layout of the architecture they belong to."""
@@ -119,8 +124,9 @@ def load_state(module: nn.Module, state: dict[str, torch.Tensor], strict: bool, 
     state = {theirs_names.get(k, k): v for k, v in state.items()}
     missing, unexpected, mismatched = _diff(ours, state)
     if (missing or unexpected or mismatched) and strict:
-        raise ConfigError(key, file, f"weights that fit {expected} ({_table(missing, unexpected, mismatched, SHOWN)}); "
-                          "set model.init_strict=false to load the tensors that fit")
+        raise InitMismatchError(f"{key}={file}: the weights do not fit {expected}: "
+                                f"{_table(missing, unexpected, mismatched, SHOWN)}; set model.init_strict=false "
+                                "to load the tensors that fit")
     skip = {k for k, _, _ in mismatched} | set(unexpected)
     fitting = {back[k]: v for k, v in state.items() if k not in skip}
     module.load_state_dict(fitting, strict=False)

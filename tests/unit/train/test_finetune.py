@@ -92,10 +92,10 @@ def test_set_arch_must_match_strictly_or_loads_what_fits(tmp_path, records):
     cfg = _cfg(tmp_path, tmp_path / "net_g.pth", **wider)
     init = finetune.prepare(cfg, resuming=False)
     gen = build_model("rrdb-tiny", 2, num_block=2)
-    with pytest.raises(ConfigError, match=r"missing from the file body\.1\.rdb1\.conv1\.weight"):
+    with pytest.raises(finetune.InitMismatchError, match=r"missing from the file body\.1\.rdb1\.conv1\.weight"):
         finetune.load_generator(gen, init, cfg)
     narrow = _cfg(tmp_path, tmp_path / "net_g.pth", **{"model.arch": "rrdb-tiny", "model.hparams": "{num_feat: 8}"})
-    with pytest.raises(ConfigError, match=r"shape mismatch conv_first\.weight: file \[16, 12, 3, 3\] vs model "
+    with pytest.raises(finetune.InitMismatchError, match=r"shape mismatch conv_first\.weight: file \[16, 12, 3, 3\] vs model "
                                           r"\[8, 12, 3, 3\]"):
         finetune.load_generator(build_model("rrdb-tiny", 2, num_feat=8), finetune.prepare(narrow, False), narrow)
     loose = _cfg(tmp_path, tmp_path / "net_g.pth", **wider, **{"model.init_strict": "false"})
@@ -136,5 +136,5 @@ def test_discriminator_init_from_a_file_and_a_run_state(tmp_path):
         assert all(torch.equal(a, b) for a, b in zip(d.state_dict().values(), src.state_dict().values(),
                                                      strict=True))
     wide = load_config("tiny-cpu", [f"model.init_discriminator={tmp_path / 'net_d.pth'}"])
-    with pytest.raises(ConfigError, match="shape mismatch conv0.weight"):
+    with pytest.raises(finetune.InitMismatchError, match="shape mismatch conv0.weight"):
         finetune.load_discriminator(build_discriminator(DiscriminatorConfig(num_feat=16)), wide, resuming=False)
