@@ -11,6 +11,9 @@ Colour order (decision): every tensor in AWM is RGB. APISR trained its weights o
 published results and users' outputs come from. ``load_model`` therefore feeds APISR weights
 RGB by default, like APISR's inference; ``color_order="bgr"`` wraps the model so it sees BGR as
 in APISR training (input and output channels swapped, callers still pass and get RGB).
+Training from such a file (``model.init``) uses :func:`fold_bgr` instead: the swap goes into the
+first and last convs' weights, so the network stays a plain model of its class that computes in
+RGB (:data:`TRAINED_COLOR_ORDER` says which origins trained on BGR).
 """
 
 from __future__ import annotations
