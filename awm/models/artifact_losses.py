@@ -9,6 +9,7 @@ device. Tensors are RGB in [0, 1], NCHW; every term is computed in float32.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 
@@ -64,6 +65,13 @@ class ColorConfig:
         check(self.pool >= 1, "color.pool", self.pool, ">= 1")
 
 
+def _reflect_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """``F.pad(x, mode="reflect")`` from slices and flips: CUDA's ReflectionPad2d backward is
+    nondeterministic (refused under ``deterministic=true``); these ops' backward is not."""
+    x = torch.cat([x[..., 1:pad + 1].flip(-1), x, x[..., -pad - 1:-1].flip(-1)], -1)
+    return torch.cat([x[..., 1:pad + 1, :].flip(-2), x, x[..., -pad - 1:-1, :].flip(-2)], -2)
+
+
 def ldl_artifact_map(sr: torch.Tensor, ema: torch.Tensor, hr: torch.Tensor, kernel: int = 7) -> torch.Tensor:
     """LDL's refined artifact map M (N,1,H,W): Liang, Zeng & Zhang, "Details or Artifacts: A Locally
     Discriminative Learning Approach to Realistic Image Super-Resolution", CVPR 2022.
@@ -77,8 +85,7 @@ def ldl_artifact_map(sr: torch.Tensor, ema: torch.Tensor, hr: torch.Tensor, kern
     r = (hr - sr).abs().sum(1, keepdim=True)
     r_ema = (hr - ema).abs().sum(1, keepdim=True)
     patch = r.var(dim=(1, 2, 3), keepdim=True) ** 0.2
-    pad = kernel // 2
-    rp = F.pad(r, (pad, pad, pad, pad), mode="reflect")
+    rp = _reflect_pad(r, kernel // 2)
     mean = F.avg_pool2d(rp, kernel, stride=1)
     mean_sq = F.avg_pool2d(rp * rp, kernel, stride=1)
     k2 = kernel * kernel
@@ -202,6 +209,12 @@ class ArtifactLoss(nn.Module):
 
     def forward(self, sr: torch.Tensor, hr: torch.Tensor, ema: torch.Tensor | None = None
                 ) -> dict[str, torch.Tensor]:
+        # fp32 whatever the step's autocast: variances (E[x^2] - E[x]^2) cancel badly in bf16
+        device = sr.device.type
+        with torch.autocast(device, enabled=False) if device in ("cpu", "cuda") else contextlib.nullcontext():
+            return self._terms(sr, hr, ema)
+
+    def _terms(self, sr: torch.Tensor, hr: torch.Tensor, ema: torch.Tensor | None) -> dict[str, torch.Tensor]:
         terms: dict[str, torch.Tensor] = {}
         if self.ldl.weight > 0:
             if ema is None:
