@@ -1,7 +1,8 @@
 """Fine-tuning from released layouts, 2 processes: a tiny RRDBNet saved as BasicSR ``params_ema`` and
 as APISR's ``model_state_dict`` (trained on BGR); ``awm train model.init=FILE`` validates before the
 first update at the PSNR-Y of evaluating FILE directly (its own colour handling, the same images,
-crops and PSNR function), then trains on; a shape mismatch under init_strict exits 1 naming the keys."""
+crops and PSNR function), then trains on, and a rerun resumes from its state, ignoring the file; a
+shape mismatch under init_strict exits 1 naming the keys."""
 
 from __future__ import annotations
 
@@ -89,6 +90,15 @@ def test_finetune_starts_at_the_files_own_psnr_and_trains_on(data, released, tmp
     init.load_state_dict(load_model(file, color_order="rgb").module.state_dict())
     changed = [k for k, v in init.state_dict().items() if not torch.equal(first[k], v)]
     assert changed  # training went on from the file's weights
+    if layout == "basicsr":  # run again, longer: it resumes from its state and ignores the file
+        longer = [a for a in args if not a.startswith(("steps=", "gan_start="))] + ["steps=6", "gan_start=6"]
+        again = subprocess.run(torchrun(port, longer), env=env(), capture_output=True, text=True, timeout=600,
+                               cwd=ROOT)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert f"resumed from {run / 'state'} at step 4" in again.stderr
+        assert "ignored: resuming from the run's saved state" in again.stderr
+        assert "validation at step 0" not in again.stderr
+        assert json.loads((run / "train_stats.json").read_text())["step"] == 6
 
 
 def test_shape_mismatch_under_init_strict_exits_1_naming_the_keys(data, released, tmp_path):
