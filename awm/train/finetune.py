@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+import yaml
 from torch import nn
 
 from awm.config import ConfigError
@@ -57,13 +58,25 @@ class InitWeights:
     color_order: str
 
 
+def _resolved_before(cfg: TrainConfig) -> dict[str, Any]:
+    """The model section the run's first start resolved and saved (``config.yaml``), or {}."""
+    saved = cfg.run_dir / "config.yaml"
+    return (yaml.safe_load(saved.read_text()) or {}).get("model", {}) if saved.is_file() else {}
+
+
 def prepare(cfg: TrainConfig, resuming: bool) -> InitWeights | None:
     """Read ``model.init``, resolve arch/hparams/colour order into ``cfg.model``; None when there is no
-    init or the run resumes (then the file is read only if the architecture must come from it)."""
+    init or the run resumes. A resumed run takes what its first start resolved from its
+    ``config.yaml`` (the state wins; the file is read only if that is missing)."""
     m = cfg.model
     if m.init is None:
         return None
-    if resuming and m.arch is not None:
+    before = _resolved_before(cfg) if resuming else {}
+    if before.get("init") == str(m.init) and before.get("arch"):
+        if m.arch is None:
+            m.arch, m.hparams = before["arch"], dict(before.get("hparams") or {})
+        if m.init_color_order == "auto":
+            m.init_color_order = before.get("init_color_order", "auto")
         log.info("model.init %s ignored: resuming from the run's saved state (the state wins)", m.init)
         return None
     try:

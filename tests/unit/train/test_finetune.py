@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from awm import config as cfgmod
 from awm.config import ConfigError
 from awm.models.archs import build_model
 from awm.models.checkpoint import ChannelSwap, CheckpointError, basicsr_state_dict, fold_bgr, save_checkpoint
@@ -115,6 +116,16 @@ def test_resume_ignores_init_and_our_run_dirs_load(tmp_path, records):
     assert any("ignored: resuming" in line for line in records)
     init = finetune.prepare(_cfg(tmp_path, tmp_path / "old"), resuming=False)
     assert (init.source, init.color_order) == ("awm", "rgb")
+    # a resumed run takes what its first start resolved (config.yaml), even once the file is gone
+    torch.save({"model_state_dict": basicsr_state_dict(_random("rrdb-tiny", 2, seed=5))}, tmp_path / "a.pth")
+    first = _cfg(tmp_path, tmp_path / "a.pth")
+    finetune.prepare(first, resuming=False)
+    cfgmod.save(first, first.run_dir / "config.yaml")
+    (tmp_path / "a.pth").unlink()
+    again = _cfg(tmp_path, tmp_path / "a.pth")
+    assert finetune.prepare(again, resuming=True) is None
+    assert (again.model.arch, again.model.init_color_order) == ("rrdb-tiny", "bgr")
+    assert again.model.hparams == first.model.hparams
     with pytest.raises(ConfigError, match="model.init"):
         finetune.prepare(_cfg(tmp_path, tmp_path / "nothing.pth"), resuming=False)
 
