@@ -98,7 +98,8 @@ def test_finetune_starts_at_the_files_own_psnr_and_trains_on(data, released, tmp
         assert f"resumed from {run / 'state'} at step 4" in again.stderr
         assert "ignored: resuming from the run's saved state" in again.stderr
         assert "validation at step 0" not in again.stderr
-        assert json.loads((run / "train_stats.json").read_text())["step"] == 6
+        resumed = json.loads((run / "train_stats.json").read_text())
+        assert resumed["step"] == 6 and resumed["validation_at_start"] == start  # still reported
 
 
 def test_shape_mismatch_under_init_strict_exits_1_naming_the_keys(data, released, tmp_path):
