@@ -11,11 +11,15 @@ Colour order (decision): every tensor in AWM is RGB. APISR trained its weights o
 published results and users' outputs come from. ``load_model`` therefore feeds APISR weights
 RGB by default, like APISR's inference; ``color_order="bgr"`` wraps the model so it sees BGR as
 in APISR training (input and output channels swapped, callers still pass and get RGB).
+Training from such a file (``model.init``) uses :func:`fold_bgr` instead: the swap goes into the
+first and last convs' weights, so the network stays a plain model of its class that computes in
+RGB (:data:`TRAINED_COLOR_ORDER` says which origins trained on BGR).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import pickle
@@ -49,6 +53,8 @@ WRAPPERS: tuple[tuple[str, str], ...] = (
 )
 PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel and torch.compile
 ColorOrder = Literal["rgb", "bgr"]
+# The channel order each source's weights were trained on (APISR: OpenCV images, never converted).
+TRAINED_COLOR_ORDER: dict[str, ColorOrder] = {"apisr": "bgr", "realesrgan": "rgb", "plain": "rgb", "awm": "rgb"}
 
 
 class CheckpointError(ValueError):
@@ -309,6 +315,18 @@ def basicsr_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     return _esrgan_to_basicsr(state) if isinstance(module, ESRGAN) else state
 
 
+def basicsr_names(module: nn.Module) -> dict[str, str]:
+    """Our state-dict key -> the BasicSR name users know it by (identity except for ESRGAN/RRDBNet)."""
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    module = unwrap_module(module)
+    keys = list(module.state_dict())
+    if not isinstance(module, ESRGAN):
+        return {k: k for k in keys}
+    renamed = _esrgan_to_basicsr({k: torch.tensor(i) for i, k in enumerate(keys)})
+    return {keys[int(i)]: name for name, i in renamed.items()}
+
+
 def convert(src: str | Path, out: str | Path) -> dict[str, Any]:
     """Export any loadable checkpoint to a spandrel-loadable file and check spandrel reproduces it.
 
@@ -355,3 +373,49 @@ def run(args: argparse.Namespace) -> int:
     """Convert and print a one-line JSON summary."""
     print(json.dumps(convert(args.checkpoint, args.out)))
     return 0
+
+
+def _end_convs(module: nn.Module, x: torch.Tensor) -> tuple[str, str]:
+    """Names of the first and the last Conv2d a forward pass runs (the ones touching colour)."""
+    order: list[str] = []
+    hooks = [m.register_forward_hook(lambda *_, n=name: order.append(n))
+             for name, m in module.named_modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            module(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    if not order:
+        raise CheckpointError(f"{type(module).__name__} has no Conv2d to fold a channel swap into")
+    return order[0], order[-1]
+
+
+def fold_bgr(module: nn.Module, size_multiple: int = 1, size_min: int = 1) -> nn.Module:
+    """A copy of ``module`` whose weights compute, on RGB, what ``module`` computes on BGR.
+
+    Equal to ``ChannelSwap(module)`` but a plain network of the same class and keys, so it trains
+    and saves like any other: the first conv's input channels and the last conv's output
+    channels are reversed in colour groups (pixel-(un)shuffle keeps each colour's sub-pixels
+    together: channel ``c * r^2 + k``). Checked on a random input; an architecture with colour
+    handling outside those convs (a per-channel mean that is not in its state dict) raises.
+    """
+    side = max(size_min, 16)
+    side += -side % size_multiple
+    x = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0))
+    module = module.eval()
+    first, last = _end_convs(module, x)
+    folded = copy.deepcopy(module)
+    convs = dict(folded.named_modules())
+    with torch.no_grad():
+        w = convs[first].weight
+        w.copy_(w.unflatten(1, (3, -1)).flip(1).flatten(1, 2))
+        for t in (convs[last].weight, convs[last].bias):
+            if t is not None:
+                t.copy_(t.unflatten(0, (3, -1)).flip(0).flatten(0, 1))
+        want, got = module(x.flip(1)).flip(1), folded(x)
+    if not torch.allclose(got, want, rtol=1e-4, atol=1e-5):
+        raise CheckpointError(f"{type(module).__name__}: a BGR->RGB swap cannot be folded into its first/last "
+                              f"convs ({first}, {last}); max abs diff {float((got - want).abs().max()):.2e}")
+    return folded
+

@@ -1,4 +1,5 @@
-"""Training losses from typed config: pixel, perceptual (VGG19 + anime ResNet50), GAN.
+"""Training losses from typed config: pixel, perceptual (VGG19 + anime ResNet50), GAN, and the
+artifact terms of :mod:`awm.models.artifact_losses` (LDL, focal frequency, MS-SSIM, colour).
 
 Every term has an explicit weight; a weight of 0 switches a term off visibly, and layer names are
 checked against the backbone, so a typo fails at load time instead of silently training without
@@ -23,11 +24,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from awm.config import check
+from awm.models.artifact_losses import ArtifactLoss, ColorConfig, FFLConfig, LDLConfig, MSSSIMConfig
 from awm.models.discriminators import DiscriminatorConfig, build_discriminator
 
-__all__ = ["BACKBONE_WEIGHTS", "BackboneWeights", "DiscriminatorConfig", "GANConfig", "LossConfig",
-           "PerceptualConfig", "PixelConfig", "build_discriminator", "build_discriminator_loss",
-           "build_generator_loss", "build_pixel_loss"]
+__all__ = ["BACKBONE_WEIGHTS", "ArtifactLoss", "BackboneWeights", "ColorConfig", "DiscriminatorConfig", "FFLConfig",
+           "GANConfig", "LDLConfig", "LossConfig", "MSSSIMConfig", "PerceptualConfig", "PixelConfig",
+           "build_artifact_loss", "build_discriminator", "build_discriminator_loss", "build_generator_loss",
+           "build_pixel_loss"]
 
 
 @dataclass(frozen=True)
@@ -146,14 +149,23 @@ class GANConfig:
 
 @dataclass
 class LossConfig:
-    """All generator loss terms; defaults are the seed's GAN stage (APISR weights)."""
+    """All generator loss terms; defaults are the seed's GAN stage (APISR weights).
+
+    ``ldl``, ``ffl``, ``msssim`` and ``color`` (:mod:`awm.models.artifact_losses`, off by default)
+    apply in both stages; perceptual and GAN terms in the GAN stage only.
+    """
 
     pixel: PixelConfig = field(default_factory=PixelConfig)
     perceptual: PerceptualConfig = field(default_factory=PerceptualConfig)
     gan: GANConfig = field(default_factory=GANConfig)
+    ldl: LDLConfig = field(default_factory=LDLConfig)
+    ffl: FFLConfig = field(default_factory=FFLConfig)
+    msssim: MSSSIMConfig = field(default_factory=MSSSIMConfig)
+    color: ColorConfig = field(default_factory=ColorConfig)
 
     def __post_init__(self):
-        total = self.pixel.weight + self.perceptual.vgg_weight + self.perceptual.anime_weight + self.gan.weight
+        total = (self.pixel.weight + self.perceptual.vgg_weight + self.perceptual.anime_weight + self.gan.weight
+                 + self.ldl.weight + self.ffl.weight + self.msssim.weight + self.color.weight)
         check(total > 0, "loss", "all weights 0", "at least one term with weight > 0")
 
 
@@ -364,6 +376,12 @@ def build_pixel_loss(cfg: LossConfig) -> PixelLoss:
 def build_generator_loss(cfg: LossConfig) -> GeneratorLoss:
     """Generator loss; loads only the backbones whose weight is > 0 (missing files fail here)."""
     return GeneratorLoss(cfg)
+
+
+def build_artifact_loss(cfg: LossConfig) -> ArtifactLoss | None:
+    """The LDL / focal frequency / MS-SSIM / colour terms, or None when all their weights are 0."""
+    loss = ArtifactLoss(cfg.ldl, cfg.ffl, cfg.msssim, cfg.color)
+    return loss if loss.active else None
 
 
 def build_discriminator_loss(cfg: LossConfig) -> DiscriminatorLoss:

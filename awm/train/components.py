@@ -24,8 +24,9 @@ from awm import config as cfgmod
 from awm.config import check
 from awm.models import losses
 from awm.models.archs import build_model, get_spec, model_info
+from awm.train import finetune
 from awm.train.perf import channels_last_for, compile_module, count_flops, meta_copy
-from awm.train.utils import EMA
+from awm.train.utils import EMA, latest_state
 
 if TYPE_CHECKING:
     from awm.models.archs import ModelInfo
@@ -57,6 +58,8 @@ class Components:
     discriminator_optimizer: torch.optim.Optimizer | None = None
     generator_loss: nn.Module | None = None
     discriminator_loss: nn.Module | None = None
+    artifact_loss: nn.Module | None = None  # LDL/FFL/MS-SSIM/colour terms, both stages
+    ema_model: nn.Module | None = None  # the EMA generator, run when LDL needs its output
     deepspeed: bool = False  # its engine steps inside backward: no device-side skip there
 
     def optimizers(self, gan: bool) -> list[torch.optim.Optimizer]:
@@ -98,6 +101,8 @@ def build_components(cfg: TrainConfig, precision: str) -> Components:
         ds["train_micro_batch_size_per_gpu"] = cfg.data.batch_size
         ds["gradient_clipping"] = cfg.optim.grad_clip
     set_seed(cfg.seed)  # same initial weights on every rank
+    resuming = cfg.checkpoint.resume and latest_state(cfg.run_dir) is not None
+    init = finetune.prepare(cfg, resuming)  # fills model.arch/hparams from model.init when null
     torch.use_deterministic_algorithms(cfg.deterministic)
     torch.backends.cudnn.benchmark = not cfg.deterministic
     torch.backends.cuda.matmul.allow_tf32 = not cfg.deterministic  # fp32 runs: TF32 tensor cores
@@ -109,15 +114,25 @@ def build_components(cfg: TrainConfig, precision: str) -> Components:
     # DeepSpeed flattens parameters into contiguous buffers (a channels_last weight cannot be viewed so)
     channels_last = channels_last_for(get_spec(m.arch).spandrel_id, m.channels_last) and not deepspeed
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    generator = build_model(m.arch, scale, **m.hparams).to(acc.device, memory_format=fmt)
+    generator = build_model(m.arch, scale, **m.hparams)
+    if init is not None:
+        finetune.load_generator(generator, init, cfg)
+    generator = generator.to(acc.device, memory_format=fmt)
     ema = EMA(generator, cfg.ema) if cfg.ema.enabled else None
     betas, wd = (cfg.optim.betas[0], cfg.optim.betas[1]), cfg.optim.weight_decay
     g_params = _trainable(generator)
     g_opt = make_optimizer(g_params, cfg.optim.lr_g, betas, wd, acc.device, deepspeed)
     c = Components(acc, info, channels_last, generator, generator, g_params, g_opt,
                    losses.build_pixel_loss(cfg.loss).to(acc.device), ema, deepspeed=deepspeed)
+    c.artifact_loss = losses.build_artifact_loss(cfg.loss)
+    if c.artifact_loss is not None and c.artifact_loss.needs_ema:
+        check(ema is not None, "loss.ldl.weight", cfg.loss.ldl.weight, "0 when ema.enabled is false "
+              "(LDL's artifact map compares the output with the EMA generator's)")
+        c.ema_model = ema.module
     if gan:
-        d = losses.build_discriminator(m.discriminator).to(acc.device, memory_format=fmt)
+        d = losses.build_discriminator(m.discriminator)
+        finetune.load_discriminator(d, cfg, resuming)
+        d = d.to(acc.device, memory_format=fmt)
         c.discriminator_plain, c.discriminator_params = d, _trainable(d)
         c.discriminator_optimizer = make_optimizer(c.discriminator_params, cfg.optim.lr_d, betas, wd,
                                                    acc.device, deepspeed)
@@ -144,6 +159,8 @@ def losses_and_backward(c: Components, lr: torch.Tensor, hr: torch.Tensor, gan: 
             terms = c.generator_loss(sr, hr, c.adversary(sr))
         else:
             terms = {"pixel": c.pixel_loss(sr, hr)}
+        if c.artifact_loss is not None:
+            terms.update(c.artifact_loss(sr, hr, _ema_output(c, lr)))
         loss = sum(terms.values())
     if not gan:
         backward(loss)  # only the generator is in the graph (and DeepSpeed's backward takes no inputs=)
@@ -153,6 +170,14 @@ def losses_and_backward(c: Components, lr: torch.Tensor, hr: torch.Tensor, gan: 
         d_terms = c.discriminator_loss(c.discriminator(torch.cat([hr, sr.detach()])))
     backward(sum(d_terms.values()))
     return {**terms, **d_terms}
+
+
+def _ema_output(c: Components, lr: torch.Tensor) -> torch.Tensor | None:
+    """The EMA generator's output on this batch (LDL's reference), without a graph."""
+    if c.ema_model is None:
+        return None
+    with torch.no_grad():
+        return c.ema_model(lr)
 
 
 def flops_per_pair(c: Components, patch: int, scale: int, gan: bool) -> int:
@@ -170,7 +195,8 @@ def flops_per_pair(c: Components, patch: int, scale: int, gan: bool) -> int:
         twin = dataclasses.replace(c, generator=g, generator_params=_trainable(g), pixel_loss=copy(c.pixel_loss),
                                    discriminator=d, adversary=d, discriminator_params=[],
                                    generator_loss=copy(c.generator_loss) if gan else None,
-                                   discriminator_loss=copy(c.discriminator_loss) if gan else None)
+                                   discriminator_loss=copy(c.discriminator_loss) if gan else None,
+                                   artifact_loss=copy(c.artifact_loss), ema_model=copy(c.ema_model))
         where = device or torch.device("meta")
         lr, hr = torch.rand(batch, 3, q, q, device=where), torch.rand(batch, 3, q * scale, q * scale, device=where)
         return count_flops(lambda: losses_and_backward(twin, lr, hr, gan))

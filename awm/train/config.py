@@ -26,8 +26,20 @@ __all__ = ["RECIPES", "CheckpointConfig", "EMAConfig", "LogConfig", "ModelConfig
 
 @dataclass
 class ModelConfig:
-    arch: str = field(default="rrdb-6b", metadata={"help": "architecture name from awm.models.archs.ARCHS"})
+    arch: str | None = field(default=None, metadata={
+        "help": "architecture name from awm.models.archs.ARCHS (null: from model.init, else rrdb-6b)"})
     hparams: dict[str, Any] = field(default_factory=dict)
+    init: str | None = field(default=None, metadata={
+        "help": "start from these weights: an AWM checkpoint/run dir or a released .pth/.safetensors (APISR, "
+                "BasicSR params_ema/params, plain state dict, anything spandrel detects); ignored on resume"})
+    init_discriminator: str | None = field(default=None, metadata={
+        "help": "start the discriminator from a weights file or an AWM run/state dir; ignored on resume"})
+    init_color_order: Literal["auto", "rgb", "bgr"] = field(default="auto", metadata={
+        "help": "channel order model.init was trained on; auto: by its origin (APISR bgr, others rgb); "
+                "bgr is folded into the first/last convs so the network computes in RGB"})
+    init_strict: bool = field(default=True, metadata={
+        "help": "every tensor of model.init must fit (else exit naming the keys); false: load what fits, "
+                "log the rest"})
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     channels_last: bool | None = field(default=None, metadata={
         "help": "NHWC memory format (null: by architecture, awm.train.perf.CHANNELS_LAST: convnets yes, transformers no)"})
@@ -36,6 +48,10 @@ class ModelConfig:
                 "reduce-overhead (CUDA graphs; static shapes); true means default"})
 
     def __post_init__(self) -> None:
+        if self.arch is None and self.init is None:
+            self.arch = "rrdb-6b"
+        check(self.arch is not None or not self.hparams, "model.hparams", self.hparams,
+              "{} when model.arch is null (taken from model.init with the architecture)")
         if isinstance(self.compile, bool):
             self.compile = "default" if self.compile else "none"
         check(self.compile in get_args(CompileMode), "model.compile", self.compile,
@@ -64,6 +80,9 @@ class ValidationConfig:
     max_images: int = 64
     crop: int | None = field(default=256, metadata={"help": "centred HR crop per eval image (null: whole)"})
     grid_images: int = 4
+    at_start: bool = field(default=False, metadata={
+        "help": "also validate before the first update (a fine-tuning start's baseline; train_stats.json "
+                "validation_at_start); it may become 'best'"})
 
 
 @dataclass

@@ -25,6 +25,7 @@ from awm import config as cfgmod
 from awm.data.degrade_device import degrade_batch
 from awm.data.loader import SkipCounter, augment, epoch_steps, train_loader
 from awm.eval.psnr_ssim import psnr_ssim_y
+from awm.imageio import atomic_write_text
 from awm.log import get_logger
 from awm.train.components import Components, apply_update, flops_per_pair, losses_and_backward
 from awm.train.perf import DevicePrefetcher, peak_tflops
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from awm.train.config import TrainConfig
 
 log = get_logger("awm.train")
+START_VAL = "validation_at_start.json"
 
 
 class Trainer:
@@ -67,6 +69,7 @@ class Trainer:
         self.fault = _fault_step(acc.process_index)
         self.writer = None
         self.last_val: dict[str, Any] = {}
+        self.start_val: dict[str, Any] | None = None
         self.window_start, self.wait, self.window_steps = time.perf_counter(), 0.0, 0
         self.stop_seen = False
         # Last: from here on the loader's worker processes exist, and only close() ends them.
@@ -85,6 +88,13 @@ class Trainer:
         if self.main:
             cfgmod.save(cfg, cfg.run_dir / "config.yaml")
             self.writer = SummaryWriter(str(cfg.run_dir / "tb"))
+        if cfg.validation.at_start and self.state.step == 0:  # the starting weights' baseline (model.init)
+            self.validate_if_due(now=True)
+            self.start_val = self.last_val
+            if self.main:  # kept beside the state: a resumed run reports it too
+                atomic_write_text(cfg.run_dir / START_VAL, json.dumps(self.start_val))
+        elif (cfg.run_dir / START_VAL).is_file():
+            self.start_val = json.loads((cfg.run_dir / START_VAL).read_text())
         while self.state.step < cfg.steps:
             self.train_step()
             if self.state.step % cfg.log.every == 0 or self.state.step == cfg.steps:
@@ -208,9 +218,9 @@ class Trainer:
         w.add_scalar("train/nan_skips", self.state.nan_skips, step)
 
     # -- validate, checkpoint, state --------------------------------------------------------
-    def validate_if_due(self) -> None:
+    def validate_if_due(self, now: bool = False) -> None:
         cfg, step = self.cfg, self.state.step
-        if not ((cfg.validation.every and step % cfg.validation.every == 0) or step == cfg.steps):
+        if not (now or (cfg.validation.every and step % cfg.validation.every == 0) or step == cfg.steps):
             return
         self.last_val, grid = validate(cfg, self.c, self.eval_model, self.val_skips)
         if self.main:
@@ -246,13 +256,12 @@ class Trainer:
             self.save_weights("last")
 
     def finish(self, status: str, wall: float) -> dict[str, Any]:
-        from awm.imageio import atomic_write_text
-
         cfg, state = self.cfg, self.state
         self.close()
         stats = {"status": status, "step": state.step, "steps": cfg.steps, "run_dir": str(cfg.run_dir),
                  "best": {"metric": cfg.checkpoint.metric, "value": state.best, "step": state.best_step},
-                 "validation": self.last_val, "nan_skips": state.nan_skips, "skipped": state.skipped,
+                 "validation": self.last_val, "validation_at_start": self.start_val,
+                 "nan_skips": state.nan_skips, "skipped": state.skipped,
                  "eval_skipped": dict(self.val_skips), "world_size": self.world, "precision": self.precision,
                  "flops_per_pair": {("gan" if k else "l1"): v for k, v in self.flops.items()},
                  "wall_s": round(wall, 2), "config_digest": cfgmod.digest(cfg)}

@@ -1,7 +1,7 @@
 """The steady-state step never waits for the device, and a non-finite step is skipped on the device.
 
 2-process `tiny-cpu`-style runs (gloo): host reads of tensors (item, bool, float, int, tolist, cpu,
-numpy) counted between two log steps with the GAN stage and EMA on, a NaN batch injected inside
+numpy) counted between two log steps with the GAN stage, EMA and the artifact losses on, a NaN batch injected inside
 that window; and a NaN injected at a known step leaves that step's weights unchanged.
 """
 
@@ -30,8 +30,9 @@ def data(tmp_path_factory) -> Path:
 
 def test_twenty_steady_steps_make_no_host_device_sync(data, tmp_path):
     first, second = 20, 40
+    artifact_terms = {f"loss.{k}.weight": 0.1 for k in ("ldl", "ffl", "msssim", "color")}  # LDL runs the EMA
     args = tiny(data, tmp_path, "probe", steps=44, gan_start=5, **{"log.every": 20, "ema.enabled": "true",
-                                                                  "deterministic": "false"})
+                                                                  "deterministic": "false", **artifact_terms})
     cmd = torchrun(29751, [str(ROOT / "tests" / "integration" / "sync_probe.py"), str(tmp_path / "counts"),
                            str(first), str(second), "--", *args], module=False)
     r = subprocess.run(cmd, env=env(AWM_FAULT_NONFINITE_STEP="30:1"), capture_output=True, text=True,
