@@ -94,7 +94,7 @@ def sweep_request(profile: sub.Profile, profile_name: str, args: argparse.Namesp
 def submit_sweep(profile: sub.Profile, profile_name: str, args: argparse.Namespace) -> int:
     """Prepare the sweep folder, submit its unfinished points as an array and the summary after it."""
     from awm.sweep.spec import load_spec
-    from awm.sweep.sweep import finish, owner_alive, prepare, spec_path
+    from awm.sweep.sweep import finish, open_sweep, owner_alive, prepare, spec_path
 
     parser, _ = cli.build_parser("sweep")
     try:
@@ -103,7 +103,8 @@ def submit_sweep(profile: sub.Profile, profile_name: str, args: argparse.Namespa
         raise ConfigError("awm sweep arguments", " ".join(args.stage_args), "SPEC [--out DIR]") from None
     if ns.point is not None:
         raise ConfigError("--point", ns.point, "no --point: awm submit sweep submits every unfinished point")
-    sweep = prepare(load_spec(spec_path(ns.spec), ns.out))
+    spec = load_spec(spec_path(ns.spec), ns.out)
+    sweep = open_sweep(spec) if args.dry_run else prepare(spec)  # a dry run writes nothing
     todo = []
     for p in sweep.pending():
         rec = sweep.status(p)

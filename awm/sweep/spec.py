@@ -141,10 +141,6 @@ class Point:
         blob = json.dumps(self.delta, sort_keys=True, default=str).encode()
         return "p" + hashlib.sha256(blob).hexdigest()[:8]
 
-    def overrides(self) -> list[str]:
-        """``key=value`` items (JSON values parse back through YAML as the same numbers and strings)."""
-        return [f"{k}={json.dumps(v)}" for k, v in self.delta.items()]
-
 
 def load_spec(path: str | Path, out: str | None = None) -> SweepSpec:
     """The spec from YAML; ``out`` replaces its folder. Every point's train config is built here, so a
@@ -158,12 +154,17 @@ def load_spec(path: str | Path, out: str | None = None) -> SweepSpec:
 
 
 def point_config(spec: SweepSpec, point: Point, folder: Path):
-    """The point's training config: the spec's recipe and overrides, the swept values, its run folder."""
-    from awm.train.config import load_config
+    """The point's training config: the spec's recipe and overrides, its run folder, then the swept
+    values (set as typed values, not re-parsed text; a swept key replaces the same override)."""
+    from awm.train.config import TrainConfig, load_config
 
-    base = list(spec.train.overrides) + point.overrides()
     try:
-        return load_config(spec.train.config, base + [f"runs={folder / 'runs'}", f"name={point.id}"])
+        base = load_config(spec.train.config, list(spec.train.overrides)
+                           + [f"runs={folder / 'runs'}", f"name={point.id}"])
+        data = cfgmod.to_dict(base)
+        for key, value in point.delta.items():
+            cfgmod.set_dotted(data, key, value)
+        return cfgmod.from_dict(TrainConfig, data)
     except ConfigError as e:
         raise ConfigError(f"point {point.id} ({_delta_text(point.delta)}): {e.key}", e.value, e.valid) from None
 

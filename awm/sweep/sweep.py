@@ -44,6 +44,7 @@ log = get_logger("awm.sweep")
 SPEC_NAME, POINTS_NAME, POINT_NAME = "spec.yaml", "points.json", "point.json"
 # The spec's parts that decide what a finished point holds: a rerun must not change them.
 FIXED_PARTS = ("train", "eval", "processes")
+KILLED = "its process or job ended without recording a result (killed?)"
 
 
 @dataclass
@@ -254,7 +255,7 @@ def finish(sweep: Sweep, ended: bool = True) -> int:
         for p in sweep.points:
             rec = sweep.status(p)
             if rec["state"] == "running" and not owner_alive(rec["attempts"][-1]):
-                mark_dead(sweep, p, "its process or job ended without recording a result (killed?)")
+                mark_dead(sweep, p, KILLED)
     entries = write_points(sweep)
     counts: dict[str, int] = {}
     for e in entries:
@@ -284,6 +285,7 @@ def run_sweep(sweep: Sweep) -> int:
         if rec["state"] == "running" and owner_alive(rec["attempts"][-1]):
             log.error("point %s is running elsewhere (%s): skipped", p.id, rec["attempts"][-1])
             continue
+        mark_dead(sweep, p, KILLED)
         log.info("point %s: %s", p.id, _delta_text(p))
         if sweep.spec.processes > 1:
             torchrun_point(sweep, p)
