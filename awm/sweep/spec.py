@@ -24,12 +24,15 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from awm import config as cfgmod
 from awm.config import ConfigError, check
 from awm.eval.metrics import DEFAULT_FULL_REFERENCE
 from awm.log import get_logger
+
+if TYPE_CHECKING:
+    from awm.train.config import TrainConfig
 
 log = get_logger("awm.sweep")
 
@@ -153,7 +156,7 @@ def load_spec(path: str | Path, out: str | None = None) -> SweepSpec:
     return spec
 
 
-def point_config(spec: SweepSpec, point: Point, folder: Path):
+def point_config(spec: SweepSpec, point: Point, folder: Path) -> TrainConfig:
     """The point's training config: the spec's recipe and overrides, its run folder, then the swept
     values (set as typed values, not re-parsed text; a swept key replaces the same override)."""
     from awm.train.config import TrainConfig, load_config

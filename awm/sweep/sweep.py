@@ -29,7 +29,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -38,6 +38,10 @@ from awm.config import ConfigError
 from awm.imageio import atomic_write_text
 from awm.log import get_logger
 from awm.sweep.spec import Point, SweepSpec, load_spec, point_config, points
+
+if TYPE_CHECKING:
+    from awm.eval.evaluate import EvalConfig
+    from awm.train.config import TrainConfig
 
 log = get_logger("awm.sweep")
 
@@ -109,7 +113,7 @@ def prepare(spec: SweepSpec) -> Sweep:
 
 def write_points(sweep: Sweep) -> list[dict[str, Any]]:
     """``points.json``: every point of the spec with its state and last error (one writer at a time:
-    the local driver, or the merge job after a SLURM array)."""
+    the local driver, or the summary job after a SLURM array)."""
     entries = []
     for p in sweep.points:
         rec = sweep.status(p)
@@ -132,7 +136,7 @@ def _job() -> str | None:
     return e.get("SLURM_JOB_ID")
 
 
-def eval_config(spec: SweepSpec, cfg: Any):
+def eval_config(spec: SweepSpec, cfg: TrainConfig) -> EvalConfig:
     """The point's ``awm eval``: its chosen checkpoint on the spec's eval set, into ``<run>/eval``."""
     from awm.eval.evaluate import EvalConfig
 
