@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import socket
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 
 from awm import cli
 from awm.cluster import submit as sub
-from awm.cluster.jobs import StageFailed, export_rendezvous
+from awm.cluster.jobs import StageFailed, _preempt_signal, export_rendezvous
 from awm.config import ConfigError, to_dict
 from awm.log import get_logger
 
@@ -35,9 +36,13 @@ class PointTask:
     def __call__(self) -> dict[str, Any]:
         from awm.sweep.spec import load_spec
         from awm.sweep.sweep import open_sweep, run_point, spec_path
+        from awm.train import train
 
         started = time.time()
         export_rendezvous()
+        # SLURM's warning before the time limit (or a preemption): training saves its state and the
+        # point ends 'preempted'; submitting the sweep again resumes it.
+        signal.signal(_preempt_signal(), lambda *_: train.request_stop())
         sweep = open_sweep(load_spec(spec_path(self.folder)))
         point = next(p for p in sweep.points if p.id == self.point_id)
         state = run_point(sweep, point)
