@@ -23,6 +23,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -244,7 +245,16 @@ def torchrun_point(sweep: Sweep, point: Point) -> int:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc_per_node={sweep.spec.processes}", "-m", "awm", "sweep", str(sweep.folder), "--point", point.id]
     log.info("point %s: %s", point.id, " ".join(cmd))
-    code = subprocess.run(cmd, check=False).returncode
+    proc = subprocess.Popen(cmd)
+    # A stop request (SIGTERM/SIGUSR1) goes to torchrun as SIGTERM, which it passes on to the ranks: they
+    # save their state and exit (torchrun itself would die of a SIGUSR1).
+    forward = {sig: signal.signal(sig, lambda *_: proc.send_signal(signal.SIGTERM))
+               for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        code = proc.wait()
+    finally:
+        for sig, handler in forward.items():
+            signal.signal(sig, handler)
     if code != 0:
         mark_dead(sweep, point, f"torchrun exited with code {code}; its log is above")
     return code
@@ -296,6 +306,9 @@ def run_sweep(sweep: Sweep) -> int:
         else:
             run_point(sweep, p)
         write_points(sweep)
+        if sweep.status(p)["state"] == "preempted":  # SIGTERM/SIGUSR1: the sweep stops, not just this point
+            log.warning("stop requested: point %s saved its state; the next awm sweep resumes it", p.id)
+            break
     return finish(sweep)
 
 

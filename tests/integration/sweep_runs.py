@@ -24,11 +24,13 @@ def make_data(root: Path) -> tuple[Path, Path]:
     return train, evals
 
 
-def write_spec(path: Path, data: tuple[Path, Path], out: Path, space: dict | None = None, processes: int = 1) -> Path:
+def write_spec(path: Path, data: tuple[Path, Path], out: Path, space: dict | None = None, processes: int = 1,
+               seed: int = 0, overrides: tuple[str, ...] = ()) -> Path:
     doc = {"name": "tiny", "out": str(out), "processes": processes,
-           "train": {"config": "tiny-cpu", "overrides": [f"data.train={data[0]}", f"data.eval={data[1]}", *TINY]},
+           "train": {"config": "tiny-cpu",
+                     "overrides": [f"data.train={data[0]}", f"data.eval={data[1]}", *TINY, *overrides]},
            "eval": {"name": "tiny-eval", "metrics": ["psnry", "ssim"], "tile": 0},
-           "search": {"space": space or {"loss.pixel.weight": [1.0, 0.5], "data.limit": [2, 8]}}}
+           "search": {"space": space or {"loss.pixel.weight": [1.0, 0.5], "data.limit": [2, 8]}, "seed": seed}}
     path.write_text(yaml.safe_dump(doc))
     return path
 

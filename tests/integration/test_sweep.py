@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -15,8 +16,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sweep_runs import check_report, make_data, point_record, points, write_spec  # noqa: E402
+from train_runs import env  # noqa: E402
 
 from awm import cli  # noqa: E402
+from awm.sweep import spec as sweep_spec  # noqa: E402
 from awm.sweep.sweep import KILLED  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -81,12 +84,26 @@ def test_a_failing_point_is_named_and_the_others_still_run(data, tmp_path, capsy
     assert len(point_record(out, good)["attempts"]) == 1 and len(point_record(out, bad[0]["id"])["attempts"]) == 2
 
 
-def test_a_point_of_two_processes_runs_under_torchrun(data, tmp_path):
+def test_points_of_two_processes_run_under_torchrun_and_a_stop_ends_the_sweep(data, tmp_path):
+    """SIGTERM to ``awm sweep`` reaches the running point's ranks through torchrun: they save their state,
+    the point ends 'preempted' and the sweep stops there (exit 1), with no later point started."""
     out = tmp_path / "sweep"
-    spec = write_spec(tmp_path / "sweep.yaml", data, out, space={"data.limit": [4]}, processes=2)
-    assert cli.main(["sweep", str(spec)]) == 0
-    (pid,) = points(out)
-    attempt = point_record(out, pid)["attempts"][-1]
-    assert attempt["state"] == "done" and attempt["processes"] == 2
-    stats = json.loads((out / "runs" / pid / "train_stats.json").read_text())
-    assert stats["world_size"] == 2
+    spec = write_spec(tmp_path / "sweep.yaml", data, out, space={"steps": [3, 400]}, processes=2, seed=1,
+                      overrides=("log.every=1",))
+    short, long = sweep_spec.points(sweep_spec.load_spec(spec))
+    assert (short.delta, long.delta) == ({"steps": 3}, {"steps": 400})  # seed 1: the short point runs first
+    proc = subprocess.Popen([sys.executable, "-m", "awm", "sweep", str(spec)], env=env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    for line in proc.stderr:
+        if "step 1/400" in line:
+            proc.send_signal(signal.SIGTERM)  # the driver only: it passes the stop on
+            break
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1, stderr[-3000:]
+    assert "2 points: 1 done, 1 preempted" in stdout
+    done, stopped = point_record(out, short.id), point_record(out, long.id)
+    assert done["state"] == "done" and done["attempts"][0]["processes"] == 2
+    assert json.loads((out / "runs" / short.id / "train_stats.json").read_text())["world_size"] == 2
+    assert stopped["state"] == "preempted"
+    saved = json.loads((out / "runs" / long.id / "state" / "complete.json").read_text())["step"]
+    assert 1 <= saved < 400
