@@ -3,6 +3,7 @@ killed mid-run, rerun by ``awm sweep``; a failing point named; a point of 2 proc
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -82,6 +83,10 @@ def test_a_failing_point_is_named_and_the_others_still_run(data, tmp_path, capsy
     assert cli.main(["sweep", str(out)]) == 1  # the folder continues the sweep: the done point is skipped
     good = next(pid for pid, p in states.items() if p["state"] == "done")
     assert len(point_record(out, good)["attempts"]) == 1 and len(point_record(out, bad[0]["id"])["attempts"]) == 2
+    assert cli.main(["report", str(out)]) == 0  # the failed point is a row too, with no metrics
+    rows = {r["point"]: r for r in csv.DictReader((out / "report" / "sweep.csv").open())}
+    assert rows[bad[0]["id"]]["state"] == "failed" and rows[bad[0]["id"]]["psnry"] == ""
+    assert rows[good]["state"] == "done" and float(rows[good]["psnry"]) > 10
 
 
 def test_points_of_two_processes_run_under_torchrun_and_a_stop_ends_the_sweep(data, tmp_path):
