@@ -169,10 +169,11 @@ def point_config(spec: SweepSpec, point: Point, folder: Path) -> TrainConfig:
             cfgmod.set_dotted(data, key, value)
         return cfgmod.from_dict(TrainConfig, data)
     except ConfigError as e:
-        raise ConfigError(f"point {point.id} ({_delta_text(point.delta)}): {e.key}", e.value, e.valid) from None
+        raise ConfigError(f"point {point.id} ({delta_text(point.delta)}): {e.key}", e.value, e.valid) from None
 
 
-def _delta_text(delta: dict[str, Any]) -> str:
+def delta_text(delta: dict[str, Any]) -> str:
+    """``key=value, ...``: how logs and errors name a point besides its id."""
     return ", ".join(f"{k}={v}" for k, v in delta.items())
 
 

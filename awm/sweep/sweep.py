@@ -38,7 +38,7 @@ from awm import config as cfgmod
 from awm.config import ConfigError
 from awm.imageio import atomic_write_text
 from awm.log import get_logger
-from awm.sweep.spec import Point, SweepSpec, load_spec, point_config, points
+from awm.sweep.spec import Point, SweepSpec, delta_text, load_spec, point_config, points
 
 if TYPE_CHECKING:
     from awm.eval.evaluate import EvalConfig
@@ -190,7 +190,7 @@ def run_point(sweep: Sweep, point: Point) -> str:
         attempt["state"], attempt["error"] = "failed", f"{type(e).__name__}: {e}"
         if attempt["train_s"] == 0.0:
             attempt["train_s"] = round(time.perf_counter() - t0, 3)
-        log.error("point %s (%s) failed: %s", point.id, _delta_text(point), attempt["error"])
+        log.error("point %s (%s) failed: %s", point.id, delta_text(point.delta), attempt["error"])
         if d.world_size > 1:
             _record(sweep, point, record, attempt, d.is_main)
             raise
@@ -205,10 +205,6 @@ def _record(sweep: Sweep, point: Point, record: dict[str, Any], attempt: dict[st
     record["state"] = attempt["state"]
     if main:
         sweep.write_status(point, record)
-
-
-def _delta_text(point: Point) -> str:
-    return ", ".join(f"{k}={v}" for k, v in point.delta.items())
 
 
 def owner_alive(attempt: dict[str, Any]) -> bool:
@@ -277,8 +273,8 @@ def finish(sweep: Sweep, ended: bool = True) -> int:
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     bad = [e for e in entries if e["state"] != "done"]
     for e in bad:
-        delta = ", ".join(f"{k}={v}" for k, v in e["delta"].items())
-        log.error("point %s (%s): %s%s", e["id"], delta, e["state"], f": {e['error']}" if e["error"] else "")
+        why = f": {e['error']}" if e["error"] else ""
+        log.error("point %s (%s): %s%s", e["id"], delta_text(e["delta"]), e["state"], why)
     print(f"sweep {sweep.spec.name}: {len(entries)} points: {summary}  ({sweep.folder})")
     if bad:
         print(f"rerun the unfinished points with: awm sweep {sweep.folder}")
@@ -300,7 +296,7 @@ def run_sweep(sweep: Sweep) -> int:
             log.error("point %s is running elsewhere (%s): skipped", p.id, rec["attempts"][-1])
             continue
         mark_dead(sweep, p, KILLED)
-        log.info("point %s: %s", p.id, _delta_text(p))
+        log.info("point %s: %s", p.id, delta_text(p.delta))
         if sweep.spec.processes > 1:
             torchrun_point(sweep, p)
         else:
