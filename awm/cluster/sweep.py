@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import shutil
 import signal
 import socket
 import time
@@ -22,9 +24,30 @@ from awm import cli
 from awm.cluster import submit as sub
 from awm.cluster.jobs import StageFailed, _preempt_signal, export_rendezvous
 from awm.config import ConfigError, to_dict
+from awm.imageio import atomic_write_text
 from awm.log import get_logger
 
 log = get_logger("awm.submit")
+
+
+SUBMISSIONS = "submissions.json"  # in the sweep folder: the SLURM jobs each submission queued
+
+
+def queued_jobs(folder: Path) -> list[str]:
+    """SLURM jobs of this sweep's earlier submissions that are still queued or running: their points
+    must not be started a second time (a queued point has no record yet)."""
+    p = Path(folder) / SUBMISSIONS
+    if not p.is_file() or shutil.which("sacct") is None:
+        return []
+    ids = sorted({j.split("_")[0] for s in json.loads(p.read_text()) for j in s["jobs"]})
+    return sub._active_jobs(ids)
+
+
+def _remember(folder: Path, record_dir: Path, entries: list[dict[str, Any]]) -> None:
+    p = folder / SUBMISSIONS
+    done = json.loads(p.read_text()) if p.is_file() else []
+    done.append({"submission": str(record_dir), "jobs": [e["job_id"] for e in entries]})
+    atomic_write_text(p, json.dumps(done, indent=1))
 
 
 class PointTask:
@@ -110,6 +133,10 @@ def submit_sweep(profile: sub.Profile, profile_name: str, args: argparse.Namespa
         raise ConfigError("--point", ns.point, "no --point: awm submit sweep submits every unfinished point")
     spec = load_spec(spec_path(ns.spec), ns.out)
     sweep = open_sweep(spec) if args.dry_run else prepare(spec)  # a dry run writes nothing
+    active = queued_jobs(sweep.folder)
+    if active:
+        raise ConfigError("sweep", str(sweep.folder), f"a sweep with no jobs queued or running; still active: "
+                          f"{', '.join(active)} (wait for them, or scancel them)")
     todo = []
     for p in sweep.pending():
         rec = sweep.status(p)
@@ -143,6 +170,7 @@ def submit_sweep(profile: sub.Profile, profile_name: str, args: argparse.Namespa
         entries += sub.describe_jobs([job], "summary")
         record["jobs"] += entries
         sub.save_record(record_dir, record)
+        _remember(sweep.folder, record_dir, entries)
         sub.print_jobs(entries, profile, record_dir)
         return sub._wait(jobs + [job]) if args.wait else 0
     record["jobs"] += entries

@@ -10,6 +10,8 @@ The sweep folder::
     points.json        every point: id, config delta, state (pending/running/done/failed/preempted)
     runs/<id>/         the point's training run (resumes from its state), eval/ (awm eval's
                        output) and point.json (its state and every attempt: host, job, seconds)
+    submissions.json   the SLURM jobs of each awm submit sweep: while any is queued or running,
+                       neither awm sweep nor awm submit sweep starts the sweep again
 
 A point is done once its eval has written; anything else is rerun by the next ``awm sweep``
 (training resumes from the run's saved state). A failed point is named in the log and makes
@@ -284,10 +286,15 @@ def finish(sweep: Sweep, ended: bool = True) -> int:
 def run_sweep(sweep: Sweep) -> int:
     """Every point not done yet, one after another, then the summary."""
     from awm import dist
+    from awm.cluster.sweep import queued_jobs
 
     if dist.env().world_size > 1:
         raise ConfigError("launcher", "torchrun", "one process: awm sweep starts each point's processes itself "
                           "(processes: N in the spec)")
+    active = queued_jobs(sweep.folder)
+    if active:
+        raise ConfigError("sweep", str(sweep.folder), "a sweep with no SLURM jobs queued or running (awm submit "
+                          f"sweep); still active: {', '.join(active)} (wait for them, or scancel them)")
     todo = sweep.pending()
     log.info("sweep %s: %d points, %d to run (%s)", sweep.spec.name, len(sweep.points), len(todo), sweep.folder)
     for p in todo:

@@ -1,5 +1,6 @@
 """awm submit sweep on the real two-node SLURM cluster (n1, n2): the 4 points of a tiny-cpu sweep as one array
-(two per node), the summary job after it, awm report over the result; submitting again submits nothing."""
+(two per node), the summary job after it, awm report over the result; while its jobs are queued the sweep is not
+started again; once done, submitting again submits nothing."""
 
 from __future__ import annotations
 
@@ -38,10 +39,13 @@ def test_sweep_points_run_as_an_array_over_both_nodes(slurm_cluster, tmp_path, c
     spec = write_spec(tmp_path / "sweep.yaml", data, out)
     # 2000M of a node's 4000M per point: two points per node, so the array spreads over n1 and n2
     submit = ["submit", "sweep", str(spec), "--profile", "cpu-test", "--set", f"log_dir={logs}", "--set", "mem=2000M"]
-    assert cli.main([*submit, "--wait"]) == 0
+    assert cli.main(submit) == 0
     record = json.loads(next(logs.glob("sweep-*/submission.json")).read_text())
     assert [j["kind"] for j in record["jobs"]] == ["point"] * 4 + ["summary"]
-    states = _states([j["job_id"] for j in record["jobs"]])
+    capsys.readouterr()
+    assert cli.main(["sweep", str(spec)]) == 2  # its jobs are queued or running: not started twice
+    assert "still active" in capsys.readouterr().err
+    states = _states([j["job_id"] for j in record["jobs"]], timeout=240)
     assert set(states.values()) == {"COMPLETED"}, states
     attempts = {pid: point_record(out, pid)["attempts"] for pid in points(out)}
     assert all(len(a) == 1 and a[0]["state"] == "done" for a in attempts.values())
