@@ -93,3 +93,11 @@ def test_a_folder_keeps_its_train_and_eval_parts_but_may_grow_its_space(tmp_path
     assert {p.id for p in first.points} < {p.id for p in grown.points}
     with pytest.raises(ConfigError, match="train differ"):
         prepare(from_dict(SweepSpec, {**base, "train": {"overrides": ["steps=4"]}}))
+
+
+def test_the_readme_spec_is_a_valid_sweep(tmp_path):
+    text = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    section = text[text.index("### 7. Sweeps"):]
+    block = section[section.index("```yaml\n") + 8:section.index("```", section.index("```yaml\n") + 8)]
+    spec = load_spec(write(tmp_path / "sweep.yaml", yaml.safe_load(block)))  # every point's config builds
+    assert len(points(spec)) == 8 and spec.processes == 8 and spec.quality == "psnry"
