@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "weights": ("awm.eval.weights", "list, stage and verify metric/backbone weights for offline nodes"),
     "niqe-fit": ("awm.eval.niqe", "fit an anime NIQE pristine model on HR images"),
     "report": ("awm.eval.report", "experiment table across training runs"),
+    "sweep": ("awm.sweep.sweep", "grid/random search over train config keys: train + eval per point, resumable"),
     "convert": ("awm.models.checkpoint", "convert an AWM checkpoint to a BasicSR/spandrel-loadable file"),
     "demo": ("awm.demo", "the whole pipeline on built-in generated wallpapers"),
 }

@@ -3,6 +3,7 @@
     awm submit shard --in raw/ --out shards/ --profile slurm/cpu.yaml --array 16
     awm submit train --config rrdb-x2 --profile slurm/gpu-a100x8.yaml --nodes 2
     awm submit --retry .slurm/shard-20250101-120000-1a2b     # only the parts that failed
+    awm submit sweep sweep.yaml --profile slurm/gpu-a100x8.yaml   # one array task per sweep point
 
 Data stages with ``--part`` (crawl, shard) become an array job over ``--part i/n`` plus a merge
 step: on SLURM the merge is a job that depends on the array (afterany) and checks that every part
@@ -121,11 +122,12 @@ class Request:
 
     mode: ``train`` (nodes x tasks ranks, requeues itself), ``array`` (a data stage with
     ``--part``: ``array`` parts + a merge), ``ranks`` (a data stage that splits its work over
-    ranks, like eval: one job of ``tasks_per_node`` ranks) or ``single`` (any other stage).
+    ranks, like eval: one job of ``tasks_per_node`` ranks), ``sweep`` (an array of sweep points,
+    each ``nodes x tasks_per_node`` ranks, + a summary; awm.cluster.sweep) or ``single`` (any other stage).
     """
 
     stage: str
-    mode: Literal["train", "array", "ranks", "single"]
+    mode: Literal["train", "array", "ranks", "sweep", "single"]
     nodes: int
     tasks_per_node: int
     gpus_per_node: int
@@ -471,6 +473,10 @@ def _active_jobs(job_ids: list[str]) -> list[str]:
 def retry(record_dir: Path, args: argparse.Namespace, overrides: list[str]) -> int:
     """Resubmit only the parts of an array submission that have no completion marker, then merge."""
     record = load_record(record_dir)
+    if record["request"]["mode"] == "sweep":
+        raise ConfigError("--retry", str(record_dir), "an array submission (--array over --part); a sweep is "
+                          f"submitted again instead, which runs only its unfinished points: awm submit sweep "
+                          f"{record['folder']} --profile {record['profile_name']}")
     if record["request"]["mode"] != "array":
         raise ConfigError("--retry", str(record_dir), "an array submission (--array over --part); "
                           "other jobs are resubmitted whole and resume by themselves")
@@ -506,6 +512,10 @@ def run(args: argparse.Namespace) -> int:
     if args.stage is None:
         raise ConfigError("stage", None, "a stage to run, e.g. awm submit shard --in raw/ --out shards/ ...")
     profile_name, profile = load_profile(args.profile, overrides)
+    if args.stage == "sweep":
+        from awm.cluster.sweep import submit_sweep
+
+        return submit_sweep(profile, profile_name, args)
     req = make_request(args.stage, profile, profile_name, args)
     ns = check_stage_args(req, args.stage_args)
     if args.dry_run:

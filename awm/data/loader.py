@@ -70,6 +70,9 @@ class DataConfig:
                 "device, batched), auto (device when training on a GPU)"})
     epoch_steps: int | None = field(default=None, metadata={
         "help": "optimizer steps per epoch (null: one pass over the index's samples)"})
+    limit: int | None = field(default=None, metadata={
+        "help": "train on only the first N samples of data.train (in index order; null: all), e.g. for a "
+                "data-scale study in a sweep"})
     max_pixels: int = MAX_PIXELS_DEFAULT
     max_bad_in_a_row: int = field(default=1000, metadata={
         "help": "stop with an error after this many unusable samples in a row (undecodable, too small): "
@@ -87,6 +90,7 @@ class DataConfig:
         check(self.prefetch >= 1, "data.prefetch", self.prefetch, ">= 1")
         check(self.max_bad_in_a_row >= 1, "data.max_bad_in_a_row", self.max_bad_in_a_row, ">= 1")
         check(self.epoch_steps is None or self.epoch_steps >= 1, "data.epoch_steps", self.epoch_steps, ">= 1")
+        check(self.limit is None or self.limit >= 1, "data.limit", self.limit, "null or an integer >= 1")
         check(self.degrade_on in ("auto", "worker", "device"), "data.degrade_on", self.degrade_on,
               "auto, worker or device")
 
@@ -145,6 +149,16 @@ def check_data(cfg: DataConfig) -> None:
             held = ", ".join(f"lr_x{s}" for s in scales) or "HR only"
             raise ConfigError("data.scale", cfg.scale, f"a scale the {key} shards hold ({location}: {held}), or "
                                                         "data.degrade=PRESET to degrade HR on the fly")
+
+
+def limited_counts(counts: list[int], limit: int | None) -> list[int]:
+    """Per-shard sample counts cut to the first ``limit`` samples in order (``data.limit``): the
+    shards after the cut count 0, so sampling never reaches them."""
+    out, left = [], limit if limit is not None else sum(counts)
+    for n in counts:
+        out.append(min(n, left))
+        left -= out[-1]
+    return out
 
 
 def _find(sample: dict[str, Any], stem: str) -> bytes | None:
@@ -216,7 +230,8 @@ class PairStream(torch.utils.data.IterableDataset):
     def __init__(self, cfg: DataConfig, shards: list[tuple[Path, int]], seed: int, rank: int, start: int = 0):
         super().__init__()
         self.cfg, self.shards, self.seed, self.rank, self.start = cfg, shards, seed, rank, start
-        self.cum = np.cumsum([n for _, n in shards])
+        # Sampling covers the first data.limit samples only; the reader still checks each shard's full count.
+        self.cum = np.cumsum(limited_counts([n for _, n in shards], cfg.limit))
         self.preset = None
 
     def _draw(self, hr: np.ndarray, rng: np.random.Generator, key: str) -> dict[str, Any]:
@@ -374,7 +389,7 @@ def epoch_steps(cfg: DataConfig, world_size: int, accum: int) -> int:
     """Optimizer steps in one epoch: about one visit of every sample across all ranks."""
     if cfg.epoch_steps:
         return cfg.epoch_steps
-    total = sum(n for _, n in shard_list(cfg.train, "train", cfg.degrade))
+    total = sum(limited_counts([n for _, n in shard_list(cfg.train, "train", cfg.degrade)], cfg.limit))
     images_per_step = cfg.batch_size * accum * world_size / cfg.patches_per_image
     return max(1, round(total / images_per_step))
 

@@ -177,11 +177,18 @@ def report(cfg: ReportConfig) -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (runs/<name>)")
-    parser.add_argument("--out", default=argparse.SUPPRESS, help="output folder (default: report)")
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                        help="run folders (runs/<name>), or one sweep folder (awm sweep: its points' table and plots)")
+    parser.add_argument("--out", default=argparse.SUPPRESS,
+                        help="output folder (default: report; for a sweep: <sweep>/report)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from awm.sweep.report import is_sweep, report_sweep
+
+    if len(args.runs) == 1 and is_sweep(Path(args.runs[0])):
+        print(report_sweep(Path(args.runs[0]), getattr(args, "out", None)) / "sweep.md")
+        return 0
     out = report(from_args(ReportConfig, args))
     print(out / "report.md")
     return 0

@@ -247,8 +247,11 @@ def info_from_model(model: nn.Module, arch: str, scale: int, desc: ImageModelDes
 
 @functools.lru_cache(maxsize=64)
 def _info_cached(arch: str, scale: int, hp_json: str) -> ModelInfo:
-    model = build_model(arch, scale, **json.loads(hp_json))
-    desc = describe(export_state_dict(model))
+    # The builds draw initial weights: from a forked RNG, so that whether this call was cached
+    # (a second run in one process, e.g. a sweep's points) does not change what a seeded run draws next.
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(arch, scale, **json.loads(hp_json))
+        desc = describe(export_state_dict(model))
     spec = get_spec(arch)
     if desc.architecture.id != spec.spandrel_id or desc.scale != scale:
         raise ValueError(f"spandrel reads {arch} x{scale} back as {desc.architecture.id} x{desc.scale}; "

@@ -14,6 +14,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from pairs import make_pair_shards  # noqa: E402
 
+from awm.config import ConfigError  # noqa: E402
 from awm.data.loader import (  # noqa: E402
     DataConfig,
     PairStream,
@@ -203,3 +204,17 @@ def test_hr_only_raw_shards_train_and_validate_with_a_preset(tmp_path):
     again = [(k, lr) for k, lr, _ in eval_pairs(raw, 2, 0, 1, crop=32, degrade="seed")]
     assert [k for k, _ in first] == ["r0", "r1", "r2"] and first[0][1].shape == (16, 16, 3)
     assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(first, again, strict=True))  # same LR every time
+
+
+def test_limit_trains_on_the_first_samples_only(shards):
+    c = cfg(shards, limit=4, batch_size=4, patches_per_image=1, streams=2)
+    stream, reader, keys, skipped = PairStream(c, shard_list(shards), 0, 0), TarReader(), [], Counter()
+    real = reader.read
+    reader.read = lambda path, i: (keys.append(real(path, i)["__key__"]), real(path, i))[1]
+    for i in range(12):
+        stream.make_batch(i, reader, skipped)
+    assert set(keys) == {f"img{i:05d}" for i in range(4)}  # the corrupt img00004 (5th) is never drawn
+    assert not skipped
+    assert epoch_steps(c, world_size=1, accum=1) == 1
+    with pytest.raises(ConfigError, match="data.limit"):
+        cfg(shards, limit=0)

@@ -67,3 +67,13 @@ def test_tiny_forward_backward_under_bf16_autocast(arch):
     assert y.shape == (2, 3, 32, 32) and torch.isfinite(loss)
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert sum(float(g.abs().sum()) for g in grads) > 0
+
+
+def test_model_info_leaves_the_global_rng_alone():
+    """Its first (uncached) call builds models; a seeded run after it must draw what a fresh process
+    draws, or a sweep's second in-process point starts from other weights than the same run alone."""
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    model_info("compact", 2, num_feat=8, num_conv=3)  # hyperparameters no other test asks for: not cached
+    assert torch.equal(torch.rand(4), expected)
