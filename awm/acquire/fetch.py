@@ -1,4 +1,5 @@
-"""A polite HTTP client for crawling: one global rate limit shared by every worker thread,
+"""A polite HTTP client for crawling: one rate limit shared by every worker thread (and, through a
+file on the crawl's shared output folder, by every process of an array job),
 bounded retries with exponential backoff and jitter, ``Retry-After``, a response size cap, a
 whole-transfer deadline, and redirects followed by hand so they can only lead to http(s).
 
@@ -7,11 +8,15 @@ Failures are ``FetchError`` with a short ``reason`` that the crawler records as 
 
 from __future__ import annotations
 
+import fcntl
+import os
 import random
+import struct
 import threading
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 from urllib.parse import urljoin
 
 import requests
@@ -56,6 +61,54 @@ class RateLimiter:
             self._next = max(self._next, time.monotonic() + seconds)
 
 
+class SharedRateLimiter(RateLimiter):
+    """``RateLimiter`` for many processes, possibly on several nodes: the next allowed start (a wall
+    clock time) lives in a small file, read and advanced under ``flock``.
+
+    Every request of every part of a crawl takes the next free slot of one schedule spaced
+    ``1/rate`` apart (virtual scheduling, no burst allowance), so the site sees at most ``rate``
+    request starts per second from the whole job whatever the number of parts, however they are
+    staggered, and a Retry-After received by one part pauses them all. Needs a file system whose
+    ``flock`` works across nodes (local disks, NFSv4, Lustre mounted with ``flock``) and clocks
+    kept in step by NTP (a skew of d seconds can let d*rate requests through early).
+    """
+
+    def __init__(self, rate: float, path: Path):
+        super().__init__(rate)
+        self.path = Path(path)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644) if self.interval else -1
+
+    def _advance(self, update) -> float:
+        """``update(stored_next, now) -> new_next`` under the file lock; returns (start, now)."""
+        with self._lock:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                raw = os.pread(self._fd, 8, 0)
+                stored = struct.unpack("<d", raw)[0] if len(raw) == 8 else 0.0
+                now = time.time()
+                start, new = update(stored, now)
+                os.pwrite(self._fd, struct.pack("<d", new), 0)
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        return start - now
+
+    def wait(self) -> None:
+        if not self.interval:
+            return
+        delay = self._advance(lambda nxt, now: (max(now, nxt), max(now, nxt) + self.interval))
+        if delay > 0:
+            time.sleep(delay)
+
+    def hold(self, seconds: float) -> None:
+        if self.interval:
+            self._advance(lambda nxt, now: (now, max(nxt, now + seconds)))
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
 def parse_retry_after(value: str | None) -> float | None:
     """Seconds from a Retry-After header (delta-seconds or an HTTP date); None if absent/garbled."""
     if not value:
@@ -83,9 +136,9 @@ class FetchSettings:
 class HttpClient:
     """Thread-safe GETs (one ``requests.Session`` per thread) with the politeness rules above."""
 
-    def __init__(self, settings: FetchSettings, seed: int | None = None):
+    def __init__(self, settings: FetchSettings, seed: int | None = None, limiter: RateLimiter | None = None):
         self.s = settings
-        self.limiter = RateLimiter(settings.rate)
+        self.limiter = limiter or RateLimiter(settings.rate)
         self._local = threading.local()
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
