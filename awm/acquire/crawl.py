@@ -213,7 +213,7 @@ class Crawler:
                 raise FetchError("bad_json", True, detail=f"expected a list, got {str(value)[:80]}")
             entries[:] = value
 
-        self.http.get(url, MAX_PAGE_BYTES, params=params, check=parse)
+        self.http.get(url, MAX_PAGE_BYTES, params=params, check=parse, priority=True)
         ids = [i for i in map(booru.post_id_of, entries) if i is not None]
         if entries and not ids:
             raise FetchError("bad_json", False, detail="a page without any post id: cannot page on")
@@ -230,6 +230,8 @@ class Crawler:
         pid = booru.post_id_of(raw)
         if pid is None:
             return None
+        if not self.cfg.max_per_tag and not self.part.takes(booru.family_of(raw, pid)):
+            return None  # another part's post, and no quota to count it in: skip the parsing
         try:
             post = booru.normalise(self.cfg.site.dialect, raw, self.cfg.url)
         except booru.BadPost as e:

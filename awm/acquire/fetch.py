@@ -48,7 +48,7 @@ class RateLimiter:
         self._next = 0.0
         self._lock = threading.Lock()
 
-    def wait(self) -> None:
+    def wait(self, priority: bool = False) -> None:
         with self._lock:
             now = time.monotonic()
             start = max(now, self._next)
@@ -65,10 +65,12 @@ class SharedRateLimiter(RateLimiter):
     """``RateLimiter`` for many processes, possibly on several nodes: the next allowed start (a wall
     clock time) lives in a small file, read and advanced under ``flock``.
 
-    Every request of every part of a crawl takes the next free slot of one schedule spaced
-    ``1/rate`` apart (virtual scheduling, no burst allowance), so the site sees at most ``rate``
-    request starts per second from the whole job whatever the number of parts, however they are
-    staggered, and a Retry-After received by one part pauses them all. Needs a file system whose
+    Every request of every part of a crawl takes a slot of one schedule spaced ``1/rate`` apart
+    (no burst allowance), so the site sees at most ``rate`` request starts per second from the
+    whole job whatever the number of parts, however they are staggered, and a Retry-After received
+    by one part pauses them all. A download claims a slot only once it is due (it polls), while a
+    ``priority`` request (a listing page) reserves the next free slot at once: the listing, which
+    every part waits on, never queues behind the downloads of all parts. Needs a file system whose
     ``flock`` works across nodes (local disks, NFSv4, Lustre mounted with ``flock``) and clocks
     kept in step by NTP (a skew of d seconds can let d*rate requests through early).
     """
@@ -79,7 +81,7 @@ class SharedRateLimiter(RateLimiter):
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644) if self.interval else -1
 
     def _advance(self, update) -> float:
-        """``update(stored_next, now) -> new_next`` under the file lock; returns (start, now)."""
+        """``update(stored_next, now) -> (start, new_next)`` under the file lock; returns start - now."""
         with self._lock:
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             try:
@@ -92,11 +94,15 @@ class SharedRateLimiter(RateLimiter):
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
         return start - now
 
-    def wait(self) -> None:
+    def wait(self, priority: bool = False) -> None:
         if not self.interval:
             return
-        delay = self._advance(lambda nxt, now: (max(now, nxt), max(now, nxt) + self.interval))
-        if delay > 0:
+        if priority:
+            delay = self._advance(lambda nxt, now: (max(now, nxt), max(now, nxt) + self.interval))
+            if delay > 0:
+                time.sleep(delay)
+            return
+        while (delay := self._advance(lambda nxt, now: (nxt, nxt) if nxt > now else (now, now + self.interval))) > 0:
             time.sleep(delay)
 
     def hold(self, seconds: float) -> None:
@@ -162,13 +168,13 @@ class HttpClient:
             return full / 2 + self._rng.uniform(0, full / 2)
 
     def get(self, url: str, max_bytes: int, params: dict[str, str] | None = None,
-            check=None) -> bytes:
+            check=None, priority: bool = False) -> bytes:
         """Body of ``url`` after up to ``retries`` retries; ``check(body)`` may raise a retryable
         FetchError (e.g. md5 mismatch) to have a corrupted transfer fetched again."""
         attempt = 0
         while True:
             try:
-                data = self._get_once(url, max_bytes, params)
+                data = self._get_once(url, max_bytes, params, priority)
                 if check is not None:
                     check(data)
                 return data
@@ -183,11 +189,11 @@ class HttpClient:
                 time.sleep(delay)
                 attempt += 1
 
-    def _get_once(self, url: str, max_bytes: int, params: dict[str, str] | None) -> bytes:
+    def _get_once(self, url: str, max_bytes: int, params: dict[str, str] | None, priority: bool = False) -> bytes:
         for hop in range(self.s.max_redirects + 1):
             if not url_allowed(url):
                 raise FetchError("bad_redirect" if hop else "bad_url", False, detail=url[:100])
-            self.limiter.wait()
+            self.limiter.wait(priority)
             self._count("requests")
             try:
                 r = self._session().get(url, params=params if hop == 0 else None, stream=True,
