@@ -1,17 +1,21 @@
 """Near-duplicate search over 64-bit perceptual hashes: multi-index hashing (pigeonhole bands).
 
-Two hashes within Hamming distance ``r`` differ in at most ``r`` bits, so when the 64 bits are
-cut into ``r + 1`` disjoint bands at least one band is *identical* in both (the pigeonhole
+Cut the 64 bits into ``m`` disjoint bands. Two hashes within Hamming distance ``r`` differ in
+at most ``r`` bits, so at least one band differs in at most ``r // m`` bits (the pigeonhole
 principle; Norouzi, Punjani and Fleet, "Fast Search in Hamming Space with Multi-Index Hashing",
-CVPR 2012). The index keeps one exact-match table per band; a lookup gathers the items sharing
-any band with the query and verifies only those. With ``r = 4`` the bands are 12-13 bits, so a
-lookup touches about ``5 * n / 2**13`` candidates instead of all ``n`` (at 10^6 kept hashes:
-~600 instead of 10^6; measured in tests/benchmarks/bench_dedup.py). Answers are exactly those
-of a linear scan: the earliest added item within the radius (tests/unit/acquire/test_nearindex.py).
+CVPR 2012). The index keeps one exact-match table per band; a lookup probes, in each band, the
+query's band value and every value within ``r // m`` bits of it, and verifies only the items
+found there. ``m`` is chosen for the expected size so that buckets stay small: for ``r = 4`` and
+~10^6 hashes, 3 bands of 21-22 bits probed within 1 bit (69 probes, ~0.5 items per bucket), so a
+lookup costs about the same at 10^4 as at 10^6 kept hashes, where the linear scan it replaces
+grows with every hash kept (tests/benchmarks/bench_dedup.py). Answers are exactly those of a
+linear scan: the earliest added item within the radius (tests/unit/acquire/test_nearindex.py).
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections import defaultdict
 
 import numpy as np
@@ -19,10 +23,9 @@ import numpy as np
 BITS = 64
 
 
-def bands(radius: int) -> list[tuple[int, int]]:
-    """``radius + 1`` (shift, mask) pairs that cut 64 bits into near-equal disjoint bands."""
-    n = radius + 1
-    sizes = [BITS // n + (1 if i < BITS % n else 0) for i in range(n)]
+def bands(count: int) -> list[tuple[int, int]]:
+    """``count`` (shift, mask) pairs that cut 64 bits into near-equal disjoint bands."""
+    sizes = [BITS // count + (1 if i < BITS % count else 0) for i in range(count)]
     out, shift = [], 0
     for size in sizes:
         out.append((shift, (1 << size) - 1))
@@ -30,15 +33,30 @@ def bands(radius: int) -> list[tuple[int, int]]:
     return out
 
 
+def choose_bands(radius: int, capacity: int) -> int:
+    """The band count with the fewest expected probes + candidate checks per lookup at ``capacity`` items."""
+    def cost(m: int) -> float:
+        width = BITS // m
+        probes = sum(math.comb(width, k) for k in range(radius // m + 1))
+        return m * probes * (1 + capacity / 2 ** width)
+    return min(range(1, radius + 2), key=cost)
+
+
+def _flips(width: int, within: int) -> list[int]:
+    """Every ``width``-bit mask with at most ``within`` bits set."""
+    return [sum(1 << b for b in bits) for k in range(within + 1) for bits in itertools.combinations(range(width), k)]
+
+
 class HammingIndex:
     """Items ``(hash, item_id)`` in insertion order; ``nearest_first(h)`` gives the earliest added
     item within ``radius`` bits of ``h`` (the dedup winner rule: first kept wins)."""
 
-    def __init__(self, radius: int):
+    def __init__(self, radius: int, capacity: int = 1 << 20):
         if not 0 <= radius < BITS // 2:
-            raise ValueError(f"radius {radius}: 0..{BITS // 2 - 1} (each band needs at least 2 bits)")
+            raise ValueError(f"radius {radius}: 0..{BITS // 2 - 1}")
         self.radius = radius
-        self._bands = bands(radius)
+        m = choose_bands(radius, capacity)
+        self._bands = [(shift, mask, _flips(mask.bit_length(), radius // m)) for shift, mask in bands(m)]
         self._tables: list[defaultdict[int, list[int]]] = [defaultdict(list) for _ in self._bands]
         self._hashes: list[int] = []
         self._ids: list[int] = []
@@ -50,20 +68,22 @@ class HammingIndex:
         pos = len(self._hashes)
         self._hashes.append(h)
         self._ids.append(item_id)
-        for (shift, mask), table in zip(self._bands, self._tables, strict=True):
+        for (shift, mask, _), table in zip(self._bands, self._tables, strict=True):
             table[(h >> shift) & mask].append(pos)
 
     def nearest_first(self, h: int) -> int | None:
         """The id of the earliest added item within the radius, or None."""
         best = None
         hashes, r = self._hashes, self.radius
-        for (shift, mask), table in zip(self._bands, self._tables, strict=True):
-            for pos in table.get((h >> shift) & mask, ()):
-                if best is not None and pos >= best:
-                    break  # positions in a bucket ascend: nothing earlier follows
-                if (hashes[pos] ^ h).bit_count() <= r:
-                    best = pos
-                    break
+        for (shift, mask, flips), table in zip(self._bands, self._tables, strict=True):
+            v = (h >> shift) & mask
+            for f in flips:
+                for pos in table.get(v ^ f, ()):
+                    if best is not None and pos >= best:
+                        break  # positions in a bucket ascend: nothing earlier follows
+                    if (hashes[pos] ^ h).bit_count() <= r:
+                        best = pos
+                        break
         return None if best is None else self._ids[best]
 
 
