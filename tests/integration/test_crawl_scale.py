@@ -123,6 +123,7 @@ def check_result(srv: BooruServer, out: Path, keep: set[int], dups: dict[int, tu
     assert max_in_window([t for t, _, _ in srv.queries]) <= 2 * RATE * 1.1
 
 
+@pytest.mark.slow
 def test_array_crawl_lists_once_within_one_rate_and_dedups_across_parts(tmp_path):
     out, logs = tmp_path / "out", tmp_path / "logs"
     n_posts, parts = 20_000, 4

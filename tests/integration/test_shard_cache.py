@@ -101,6 +101,7 @@ print(reads)
 """
 
 
+@pytest.mark.slow
 def test_bounded_cache_never_pulls_a_shard_from_under_a_reader(served, tmp_path):
     srv, root = served
     cache = tmp_path / "cache"
