@@ -139,9 +139,10 @@ class CrawlConfig:
     def fingerprint(self) -> dict[str, Any]:
         """What decides the dataset; resuming with other values is refused."""
         keys = ("source", "tags", "min_side", "max_pixels", "shard_size", "part", "variants",
-                "near_dup", "webp", "max_bytes", "min_complexity", "min_jpeg_quality", "max_per_tag",
-                "balance_tags")
-        return {"url": self.url, "ratings": self.ratings, **{k: getattr(self, k) for k in keys}}
+                "near_dup", "webp", "max_bytes")
+        curation = {k: getattr(self, k) for k in ("min_complexity", "min_jpeg_quality", "max_per_tag", "balance_tags")
+                    if getattr(self, k) != getattr(CrawlConfig, k)}  # when set: crawls from before still resume
+        return {"url": self.url, "ratings": self.ratings, **{k: getattr(self, k) for k in keys}, **curation}
 
 
 @dataclass

@@ -238,3 +238,8 @@ def test_curation_and_dedup_against_an_ingested_folder(tmp_path):
     before = {p.name: p.read_bytes() for p in out.glob("raw-*")}
     assert merge.dedup(out, 4, [ingested])["new"] == 0
     assert {p.name: p.read_bytes() for p in out.glob("raw-*")} == before
+    (local / "c.png").write_bytes(png(59))  # and the other way round: an ingest after the crawl
+    assert main(["ingest", str(local), "--out", str(tmp_path / "ingest2"), "--dedup-against", str(out),
+                 "--no-progress"]) == 0
+    (r,) = json.loads((tmp_path / "ingest2" / "dedup.json").read_text())["dropped"].values()
+    assert (r["reason"], r["of"]) == ("duplicate_md5", 59) and read_index(tmp_path / "ingest2")["nsamples"] == 2
