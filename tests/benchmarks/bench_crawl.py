@@ -121,6 +121,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--latency", type=float, default=0.03, help="per-file server delay, 2nd scenario")
     a = ap.parse_args()
+    import webdataset  # noqa: F401 - the shard writer's import pulls in torch (seconds): not crawl work
+
     w, h = map(int, a.size.split("x"))
     files = [encode_image(generate(1000 + i, w, h), "png" if i % 2 else "jpg", None if i % 2 else 95) for i in range(a.images)]
     result: dict = {"images": a.images, "size": a.size, "mb": round(sum(map(len, files)) / 1e6, 2),
