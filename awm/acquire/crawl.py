@@ -106,6 +106,7 @@ class CrawlConfig:
         check(-1 <= self.near_dup < 32, "near_dup", self.near_dup, "-1 (off) .. 31")
         check(0 <= self.min_complexity <= 1, "min_complexity", self.min_complexity, "0..1")
         check(self.min_jpeg_quality <= 100, "min_jpeg_quality", self.min_jpeg_quality, "0..100")
+        check(0 <= self.max_wait <= 3600, "max_wait", self.max_wait, "0..3600 seconds")
         check(self.timeout > 0 and self.backoff >= 0 and self.max_bytes > 0, "timeout/backoff/max_bytes",
               (self.timeout, self.backoff, self.max_bytes), "positive numbers")
         try:

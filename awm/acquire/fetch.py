@@ -61,6 +61,9 @@ class RateLimiter:
             self._next = max(self._next, time.monotonic() + seconds)
 
 
+CLOCK_STEP_S = 3600.0  # a stored next start further ahead than this is a clock step, not a Retry-After
+
+
 class SharedRateLimiter(RateLimiter):
     """``RateLimiter`` for many processes, possibly on several nodes: the next allowed start (a wall
     clock time) lives in a small file, read and advanced under ``flock``.
@@ -88,6 +91,8 @@ class SharedRateLimiter(RateLimiter):
                 raw = os.pread(self._fd, 8, 0)
                 stored = struct.unpack("<d", raw)[0] if len(raw) == 8 else 0.0
                 now = time.time()
+                if stored > now + CLOCK_STEP_S:  # the wall clock was stepped back: do not stall for it
+                    stored = now
                 start, new = update(stored, now)
                 os.pwrite(self._fd, struct.pack("<d", new), 0)
             finally:
