@@ -58,7 +58,7 @@ class IngestConfig:
         check(self.min_side >= 0, "min_side", self.min_side, ">= 0")
         check(self.max_pixels > 0 and self.max_bytes > 0, "max_pixels/max_bytes",
               (self.max_pixels, self.max_bytes), "> 0")
-        check(self.near_dup >= -1, "near_dup", self.near_dup, ">= -1 (-1 = off)")
+        check(-1 <= self.near_dup < 32, "near_dup", self.near_dup, "-1 (off) .. 31")
         check(self.shard_size >= 1, "shard_size", self.shard_size, ">= 1")
         check(1 <= self.workers <= 64, "workers", self.workers, "1..64")
 
