@@ -186,7 +186,7 @@ def phash_gray(gray: np.ndarray) -> int:
     small = cv2.resize(gray, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
     low = cv2.dct(small)[:8, :8].flatten()
     bits = low > np.median(low[1:])
-    return int(sum(1 << i for i, b in enumerate(bits) if b))
+    return int(np.packbits(bits, bitorder="little").view("<u8")[0])  # bit i = coefficient i
 
 
 def to_signed64(h: int) -> int:
