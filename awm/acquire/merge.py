@@ -82,6 +82,8 @@ def dedup(out: Path, near: int = 4, against: list[Path] | tuple[Path, ...] = (),
     d = clean.Dedup(near)
     source_of: dict[int, str] = {}
     for folder in against:
+        if Path(folder).resolve() == out.resolve():
+            raise ValueError(f"{folder}: --dedup-against names the output folder itself")
         if not (Path(folder) / "index.json").is_file():
             raise FileNotFoundError(f"{folder}: not a raw shard folder (no index.json) for --dedup-against")
         for e in scan(Path(folder), prefix):
