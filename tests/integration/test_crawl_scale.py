@@ -68,7 +68,7 @@ def build(srv: BooruServer, n_posts: int, every: int, parts: int) -> tuple[set[i
 
 def crawl_argv(url: str, out: Path, *extra: str) -> list[str]:
     return ["crawl", "--source", "konachan", "--base-url", url, "--out", str(out), "--rate", str(RATE),
-            "--workers", "8", "--shard-size", "16", "--min-side", "16", "--timeout", "5", "--backoff", "0.05",
+            "--workers", "8", "--shard-size", "8", "--min-side", "16", "--timeout", "5", "--backoff", "0.05",
             "--retries", "4", "--no-progress", *extra]
 
 
@@ -128,7 +128,7 @@ def test_array_crawl_lists_once_within_one_rate_and_dedups_across_parts(tmp_path
     out, logs = tmp_path / "out", tmp_path / "logs"
     n_posts, parts = 20_000, 4
     with BooruServer() as srv:
-        keep, dups = build(srv, n_posts, every=79, parts=parts)
+        keep, dups = build(srv, n_posts, every=151, parts=parts)
         srv.page_faults("", "", "503", "", "429:1")  # two listing retries
         argv = ["submit", *crawl_argv(srv.url, out), "--array", str(parts), "--profile", "local",
                 "--set", f"log_dir={logs}"]
