@@ -11,7 +11,15 @@ A location is what a user writes for ``--in``/``--data``/``data.train``/``data.e
 
 Remote shards (http(s), pipe:) are fetched whole into a cache folder before use
 (``AWM_SHARD_CACHE``, default ``~/.cache/awm/shards``), so random access and re-reads cost
-nothing and a stage never reads a half-sent stream. A fetch writes a temp file, checks its size
+nothing and a stage never reads a half-sent stream. ``AWM_SHARD_CACHE_MAX`` (bytes, or with a
+K/M/G/T suffix) bounds the cache: after each fetch the least recently used shards are deleted
+until it fits, except shards in use. A reader holds a *lease* (a shared ``flock`` on
+``<shard>.lease``) from before it looks for the file until it is done with it, and the pruner
+deletes a shard only while holding that lock exclusively (non-blocking: a leased shard is
+skipped), so no reader ever finds its shard missing or half-written. ``AWM_SHARD_CACHE=off``:
+front-to-back readers (:func:`iter_tar`: validation, eval) stream each shard straight from its
+URL, never storing it; random access (:class:`TarReader`: training) keeps a private temporary
+copy only while the shard is open. A fetch writes a temp file, checks its size
 (against ``Content-Length``, the index's ``filesize`` and the tar end-of-archive blocks) and
 only then renames it into place, under a lock file, so the ranks of one node share one download
 and no partial or corrupt file is ever under a cached name. Connection errors, 5xx/429, short
@@ -34,10 +42,12 @@ import os
 import re
 import struct
 import tarfile
+import tempfile
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -47,6 +57,7 @@ from awm.log import get_logger
 
 log = get_logger("awm.shardio")
 CACHE_ENV = "AWM_SHARD_CACHE"
+CACHE_MAX_ENV = "AWM_SHARD_CACHE_MAX"
 RETRIES_ENV = "AWM_SHARD_RETRIES"
 BACKOFF_ENV = "AWM_SHARD_BACKOFF"
 INDEX_NAME = "index.json"
@@ -211,6 +222,27 @@ def _from_index(loc: str, index: dict[str, Any], absolute) -> ShardSet:
 
 # ---------------------------------------------------------------- fetching and the cache
 
+def cache_off() -> bool:
+    return os.environ.get(CACHE_ENV, "").strip().lower() == "off"
+
+
+def cache_limit() -> int | None:
+    """``AWM_SHARD_CACHE_MAX`` in bytes (None: unbounded); an error names the variable."""
+    text = os.environ.get(CACHE_MAX_ENV, "").strip().upper().removesuffix("B")
+    if not text:
+        return None
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(text[-1:], 1)
+    digits = text[:-1] if scale > 1 else text
+    try:
+        value = float(digits) * scale
+    except ValueError:
+        raise ValueError(f"{CACHE_MAX_ENV}={os.environ[CACHE_MAX_ENV]!r}: a size like 50G, 800M or "
+                         "a number of bytes") from None
+    if value < 0:
+        raise ValueError(f"{CACHE_MAX_ENV}={os.environ[CACHE_MAX_ENV]!r}: not negative")
+    return int(value)
+
+
 def cache_dir() -> Path:
     base = os.environ.get(CACHE_ENV)
     if base:
@@ -316,13 +348,96 @@ def cache_path(url: str) -> Path:
     return cache_dir() / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}-{_name_of(url)}"
 
 
+def _ref(ref: ShardRef | str | Path) -> ShardRef:
+    return ref if isinstance(ref, ShardRef) else ShardRef(str(ref), _name_of(str(ref)))
+
+
+_PINNED: dict[str, Any] = {}  # lease files of shards handed out by local_path: held until exit
+
+
 def local_path(ref: ShardRef | str) -> Path:
-    """A readable local file holding the shard: the path itself, or its cached copy (fetched once)."""
-    ref = ref if isinstance(ref, ShardRef) else ShardRef(str(ref), _name_of(str(ref)))
+    """A readable local file holding the shard: the path itself, or its cached copy (fetched once).
+
+    A cached shard handed out here stays leased (never pruned) for the life of this process;
+    readers that finish with shards one by one use :func:`lease` instead."""
+    ref = _ref(ref)
     if not is_remote(ref.url):
         return Path(ref.url)
+    if cache_off():
+        raise ShardFetchError(f"{ref.url}: {CACHE_ENV}=off, and this stage needs the whole shard as a file; "
+                              "set a cache folder (and a bound, AWM_SHARD_CACHE_MAX)")
+    dest = cache_path(ref.url)
+    if str(dest) in _PINNED:
+        _fetch_into_cache(ref, dest)  # checked again: fetched anew if it went stale
+    else:
+        held = lease(ref)
+        held.__enter__()
+        _PINNED[str(dest)] = held
+    return dest
+
+
+@contextmanager
+def lease(ref: ShardRef | str) -> Iterator[Path]:
+    """A local file of the shard that stays in place (complete) until the context exits.
+
+    Local shards are themselves. Cached ones: a shared lock on ``<shard>.lease`` is taken first,
+    then the shard is fetched if missing, marked used (mtime) and the cache pruned to its bound.
+    With the cache off: a private temporary copy, deleted at exit."""
+    ref = _ref(ref)
+    if not is_remote(ref.url):
+        yield Path(ref.url)
+        return
+    if cache_off():
+        fd, tmp = tempfile.mkstemp(prefix=".awm-shard-", suffix=".tar")
+        os.close(fd)
+        try:
+            _attempts(ref.url, lambda: _download(ref.url, Path(tmp), lambda p: _check_tar(p, ref.url, ref.filesize)))
+            yield Path(tmp)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return
     dest = cache_path(ref.url)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest.with_name(dest.name + ".lease"), "a") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_SH)
+        _fetch_into_cache(ref, dest)
+        os.utime(dest)
+        prune_cache(cache_limit())
+        yield dest
+
+
+def prune_cache(limit: int | None) -> int:
+    """Delete least recently used cached shards until the cache holds at most ``limit`` bytes,
+    skipping shards whose lease is held; returns the bytes left. Lock and lease files are never
+    deleted (a process may be about to lock them)."""
+    if limit is None:
+        return -1
+    files = []
+    for p in cache_dir().glob("*.tar"):
+        try:
+            st = p.stat()
+        except FileNotFoundError:  # pruned by another process meanwhile
+            continue
+        files.append((st.st_mtime, p, st.st_size))
+    total = sum(size for _, _, size in files)
+    for _, p, size in sorted(files):
+        if total <= limit:
+            break
+        with open(p.with_name(p.name + ".lease"), "a") as held:
+            try:
+                fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # in use
+            if p.is_file():
+                p.unlink()
+                total -= size
+    if total > limit:
+        log.debug("shard cache %s: %d bytes in use, above %s", cache_dir(), total, CACHE_MAX_ENV)
+    return total
+
+
+def _fetch_into_cache(ref: ShardRef, dest: Path) -> None:
+    """The cached copy of ``ref`` complete under its name (fetched if missing or stale)."""
     with open(dest.with_name(dest.name + ".lock"), "w") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # ranks of one node: one downloads, the rest wait
         try:
@@ -331,12 +446,11 @@ def local_path(ref: ShardRef | str) -> Path:
             if dest.is_file():
                 try:
                     _check_tar(dest, ref.url, ref.filesize)
-                    return dest
+                    return
                 except _Retry as e:
                     log.warning("cached %s of %s is stale (%s): fetching again", dest, ref.url, e)
                     dest.unlink()
             _attempts(ref.url, lambda: _download(ref.url, dest, lambda p: _check_tar(p, ref.url, ref.filesize)))
-            return dest
         finally:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
@@ -345,16 +459,75 @@ def local_path(ref: ShardRef | str) -> Path:
 
 def iter_tar(shard: ShardRef | str | Path) -> Iterator[dict[str, Any]]:
     """Samples of a shard front to back as ``{"__key__", "__url__", ext: bytes}`` (webdataset's
-    tar stream parser; remote shards are read from their cached copy)."""
-    from webdataset.gopen import gopen
+    tar stream parser; remote shards are read from their cached copy, leased while read, or
+    streamed from their URL when the cache is off)."""
+    ref = _ref(shard)
+    if is_remote(ref.url) and cache_off():
+        yield from _stream_samples(ref)
+        return
+    with lease(ref) as path, open(path, "rb") as stream:
+        yield from _samples(stream, ref.url)
+
+
+@contextmanager
+def _open_stream(url: str):
+    """A readable byte stream of a remote shard; closing a pipe: raises if its command failed."""
+    if url.startswith("pipe:"):
+        from webdataset.gopen import gopen
+
+        stream = gopen(url, "rb")
+        try:
+            yield stream
+        finally:
+            stream.close()
+        return
+    import requests
+
+    with requests.get(url, stream=True, timeout=_TIMEOUT_S) as r:
+        if r.status_code != 200:
+            err = f"{url}: HTTP {r.status_code} {r.reason}"
+            if r.status_code >= 500 or r.status_code == 429:
+                raise OSError(err)
+            raise ShardFetchError(err)
+        r.raw.decode_content = True
+        yield r.raw
+
+
+def _samples(stream, url: str) -> Iterator[dict[str, Any]]:
     from webdataset.tariterators import tar_file_iterator
 
-    ref = shard if isinstance(shard, ShardRef) else ShardRef(str(shard), _name_of(str(shard)))
-    path = local_path(ref)
-    with gopen(str(path), "rb") as stream:
-        files = ((f["fname"], f["data"]) for f in tar_file_iterator(stream, skip_meta=None))
-        for key, group in group_members(files, ref.url):
-            yield {"__key__": key, "__url__": ref.url, **group}
+    files = ((f["fname"], f["data"]) for f in tar_file_iterator(stream, skip_meta=None))
+    for key, group in group_members(files, url):
+        yield {"__key__": key, "__url__": url, **group}
+
+
+def _stream_samples(ref: ShardRef) -> Iterator[dict[str, Any]]:
+    """A remote shard's samples straight from the network: http(s) as one streamed response
+    (its Content-Length enforced, so a cut body is an error, not a short shard), pipe: through
+    webdataset's ``gopen``. A stream that breaks is opened again and the samples already given are
+    skipped, up to ``AWM_SHARD_RETRIES`` times; a shard that ends with another number of samples
+    than its index says is an error naming it."""
+    retries, backoff = _retries()
+    given = 0
+    for attempt in range(retries + 1):
+        try:
+            with _open_stream(ref.url) as stream:
+                for i, sample in enumerate(_samples(stream, ref.url)):
+                    if i >= given:
+                        given += 1
+                        yield sample
+            if ref.nsamples is not None and given != ref.nsamples:
+                raise tarfile.ReadError(f"{given} samples, the index says {ref.nsamples}")
+            return
+        except ShardFetchError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a network fault, a cut body, a failed command: retry
+            if attempt == retries:
+                raise ShardFetchError(f"{ref.url}: {type(e).__name__}: {e} (streamed; gave up after "
+                                      f"{retries + 1} attempts)") from None
+            log.warning("%s: %s; streaming again from sample %d (retry %d/%d)", ref.url, e, given,
+                        attempt + 1, retries)
+            time.sleep(backoff * 2 ** attempt)
 
 
 def tar_members(path: str | Path) -> Iterator[tuple[str, tuple[int, int]]]:
@@ -383,15 +556,27 @@ class TarReader:
     def __init__(self, max_open: int = 64, nsamples: dict[str, int] | None = None):
         self.max_open = max_open
         self.nsamples = nsamples or {}
-        self._open: OrderedDict[str, tuple[Any, list[tuple[str, dict[str, tuple[int, int]]]]]] = OrderedDict()
+        self._open: OrderedDict[str, tuple[Any, list[tuple[str, dict[str, tuple[int, int]]]], Any]] = OrderedDict()
 
     def _shard(self, url: str):
         if url in self._open:
             self._open.move_to_end(url)
             return self._open[url]
+        held = lease(url)  # kept while the shard is open: the cache never prunes it under us
+        path = held.__enter__()
+        try:
+            tar, samples = self._index(url, path)
+        except BaseException:
+            held.__exit__(None, None, None)
+            raise
+        self._open[url] = (tar, samples, held)
+        while len(self._open) > self.max_open:
+            self._release(self._open.popitem(last=False)[1])
+        return self._open[url]
+
+    def _index(self, url: str, path: Path):
         from wids.wids_mmtar import MMIndexedTar
 
-        path = local_path(url)
         if path.stat().st_size == 0:
             raise tarfile.ReadError(f"{url}: empty file")
         try:
@@ -408,19 +593,22 @@ class TarReader:
         if want is not None and len(samples) != want:
             tar.close()
             raise ShardFetchError(f"{url}: {len(samples)} samples, the index says {want} (shard changed?)")
-        self._open[url] = (tar, samples)
-        while len(self._open) > self.max_open:
-            self._open.popitem(last=False)[1][0].close()
-        return self._open[url]
+        return tar, samples
+
+    @staticmethod
+    def _release(entry) -> None:
+        tar, _, held = entry
+        tar.close()
+        held.__exit__(None, None, None)
 
     def read(self, url: str | Path, i: int) -> dict[str, Any]:
         """Sample ``i`` of the shard as ``{"__key__", ext: bytes}``; IndexError if there is none."""
-        tar, samples = self._shard(str(url))
+        tar, samples, _ = self._shard(str(url))
         key, members = samples[i]
         data = tar.mmapped_file
         return {"__key__": key, **{ext: data[o:o + s] for ext, (o, s) in members.items()}}
 
     def close(self) -> None:
-        for tar, _ in self._open.values():
-            tar.close()
+        for entry in self._open.values():
+            self._release(entry)
         self._open.clear()

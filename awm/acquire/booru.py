@@ -106,6 +106,15 @@ def post_id_of(raw: Any) -> int | None:
     return v
 
 
+def family_of(raw: dict, pid: int) -> int:
+    """``Post.family`` straight from a listing entry, without normalising the rest (a malformed
+    parent id gives the post's own id: ``normalise`` rejects that entry in the part owning that id)."""
+    try:
+        return _int(raw, "parent_id", pid, optional=True) or pid
+    except BadPost:
+        return pid
+
+
 def _status(dialect: Dialect, raw: dict) -> str:
     if dialect == "moebooru":
         return str(raw.get("status") or "active")

@@ -7,7 +7,11 @@ Why it survives ``kill -9`` at any instant:
   spool, then marked done; on restart an assigned-but-not-done shard is simply written again
   from the same spool files, so it gets the same name and the same samples;
 - spool files and temp files that no committed row refers to are deleted on start.
-Post states: pending -> ready -> assigned -> sharded, or skipped (with a reason) at any point.
+Post states: pending -> ready -> assigned -> sharded, or skipped (with a reason, and for dedup and
+variant skips the id of the kept post it duplicates) at any point; ``dropped`` is a sharded post
+the merge step removed as a duplicate of a post elsewhere (another part, run or source).
+The listing itself is shared by all parts (``awm.acquire.listing``); a part records how many of
+its pages it has read, and a part's decisions on a page are committed with that count.
 """
 
 from __future__ import annotations
@@ -29,10 +33,11 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS posts (
   id INTEGER PRIMARY KEY, status TEXT NOT NULL, reason TEXT, md5 TEXT, family INTEGER,
-  phash INTEGER, ext TEXT, nbytes INTEGER, shard INTEGER, meta TEXT);
+  phash INTEGER, ext TEXT, nbytes INTEGER, shard INTEGER, meta TEXT, dup_of INTEGER);
 CREATE INDEX IF NOT EXISTS posts_status ON posts(status, id);
 CREATE INDEX IF NOT EXISTS posts_shard ON posts(shard);
 CREATE TABLE IF NOT EXISTS shards (idx INTEGER PRIMARY KEY, done INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS tag_counts (tag TEXT PRIMARY KEY, n INTEGER NOT NULL);
 """
 KEPT = ("ready", "assigned", "sharded")
 
@@ -54,6 +59,8 @@ class CrawlState:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        if "dup_of" not in {r[1] for r in self.db.execute("PRAGMA table_info(posts)")}:  # older states
+            self.db.execute("ALTER TABLE posts ADD COLUMN dup_of INTEGER")
         self._shard_started = time.time()
 
     # ---- small helpers -------------------------------------------------------------------
@@ -89,22 +96,27 @@ class CrawlState:
                               f"{[before.get(k) for k in diff]}, or a new --out")
 
     # ---- listing ------------------------------------------------------------------------
-    def record_page(self, rows: list[tuple], cursor: int | None, done: bool, noid: int = 0) -> None:
-        """Rows (id, status, reason, md5, family, meta_json) and the new cursor, atomically."""
+    def record_page(self, rows: list[tuple], pages: int, done: bool, noid: int = 0,
+                    tags: dict[str, int] | None = None) -> None:
+        """Rows (id, status, reason, md5, family, meta_json), the count of listing pages read and the
+        tag quota's new counts, atomically."""
         self.db.execute("BEGIN")
         self.db.executemany("INSERT OR IGNORE INTO posts (id, status, reason, md5, family, meta) "
                             "VALUES (?, ?, ?, ?, ?, ?)", rows)
-        if cursor is not None:
-            self.set("cursor", str(cursor))
+        self.db.executemany("INSERT OR REPLACE INTO tag_counts VALUES (?, ?)", sorted((tags or {}).items()))
+        self.set("pages", str(pages))
         if done:
             self.set("listing_done", "1")
         if noid:
             self.set("noid_skips", str(int(self.get("noid_skips", "0")) + noid))
         self.db.execute("COMMIT")
 
-    def cursor(self) -> int | None:
-        c = self.get("cursor")
-        return int(c) if c is not None else None
+    def page_index(self) -> int:
+        """The next shared listing page this part reads."""
+        return int(self.get("pages", "0"))
+
+    def tag_counts(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT tag, n FROM tag_counts").fetchall())
 
     def listing_done(self) -> bool:
         return self.get("listing_done") == "1"
@@ -118,8 +130,9 @@ class CrawlState:
         return self.db.execute(q + " ORDER BY id DESC LIMIT ?", (*args, n)).fetchall()
 
     # ---- decisions ----------------------------------------------------------------------
-    def skip(self, post_id: int, reason: str) -> None:
-        self.db.execute("UPDATE posts SET status='skipped', reason=? WHERE id=?", (reason, post_id))
+    def skip(self, post_id: int, reason: str, dup_of: int | None = None) -> None:
+        self.db.execute("UPDATE posts SET status='skipped', reason=?, dup_of=? WHERE id=?",
+                        (reason, dup_of, post_id))
 
     def stage(self, post_id: int, ext: str, data: bytes) -> Path:
         """Write a download to a temp spool name (worker thread; no fsync: spool files are
@@ -140,11 +153,12 @@ class CrawlState:
         self.db.execute("UPDATE posts SET status='ready', ext=?, nbytes=?, phash=?, meta=? WHERE id=?",
                         (ext, nbytes, phash, json.dumps(meta, sort_keys=True), post_id))
 
-    def kept(self) -> list[tuple[str, int | None, int]]:
-        """(md5, phash, family) of every kept post: what dedup and the variant policy start from."""
+    def kept(self) -> list[tuple[int, str, int | None, int]]:
+        """(id, md5, phash, family) of every kept post in listing order: what dedup and the variant
+        policy start from."""
         marks = ",".join("?" * len(KEPT))
-        return self.db.execute(f"SELECT md5, phash, family FROM posts WHERE status IN ({marks})",
-                               KEPT).fetchall()
+        return self.db.execute(f"SELECT id, md5, phash, family FROM posts WHERE status IN ({marks}) "
+                               "ORDER BY id DESC", KEPT).fetchall()
 
     # ---- shards -------------------------------------------------------------------------
     def _next_index(self) -> int:
@@ -254,7 +268,7 @@ class CrawlState:
     # ---- summary ------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
         skipped = Counter(dict(self.db.execute(
-            "SELECT reason, COUNT(*) FROM posts WHERE status='skipped' GROUP BY reason").fetchall()))
+            "SELECT reason, COUNT(*) FROM posts WHERE status IN ('skipped', 'dropped') GROUP BY reason").fetchall()))
         noid = int(self.get("noid_skips", "0"))
         if noid:
             skipped["bad_metadata"] += noid

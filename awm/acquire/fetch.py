@@ -1,4 +1,5 @@
-"""A polite HTTP client for crawling: one global rate limit shared by every worker thread,
+"""A polite HTTP client for crawling: one rate limit shared by every worker thread (and, through a
+file on the crawl's shared output folder, by every process of an array job),
 bounded retries with exponential backoff and jitter, ``Retry-After``, a response size cap, a
 whole-transfer deadline, and redirects followed by hand so they can only lead to http(s).
 
@@ -7,11 +8,15 @@ Failures are ``FetchError`` with a short ``reason`` that the crawler records as 
 
 from __future__ import annotations
 
+import fcntl
+import os
 import random
+import struct
 import threading
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 from urllib.parse import urljoin
 
 import requests
@@ -43,7 +48,7 @@ class RateLimiter:
         self._next = 0.0
         self._lock = threading.Lock()
 
-    def wait(self) -> None:
+    def wait(self, priority: bool = False) -> None:
         with self._lock:
             now = time.monotonic()
             start = max(now, self._next)
@@ -54,6 +59,65 @@ class RateLimiter:
     def hold(self, seconds: float) -> None:
         with self._lock:
             self._next = max(self._next, time.monotonic() + seconds)
+
+
+CLOCK_STEP_S = 3600.0  # a stored next start further ahead than this is a clock step, not a Retry-After
+
+
+class SharedRateLimiter(RateLimiter):
+    """``RateLimiter`` for many processes, possibly on several nodes: the next allowed start (a wall
+    clock time) lives in a small file, read and advanced under ``flock``.
+
+    Every request of every part of a crawl takes a slot of one schedule spaced ``1/rate`` apart
+    (no burst allowance), so the site sees at most ``rate`` request starts per second from the
+    whole job whatever the number of parts, however they are staggered, and a Retry-After received
+    by one part pauses them all. A download claims a slot only once it is due (it polls), while a
+    ``priority`` request (a listing page) reserves the next free slot at once: the listing, which
+    every part waits on, never queues behind the downloads of all parts. Needs a file system whose
+    ``flock`` works across nodes (local disks, NFSv4, Lustre mounted with ``flock``) and clocks
+    kept in step by NTP (a skew of d seconds can let d*rate requests through early).
+    """
+
+    def __init__(self, rate: float, path: Path):
+        super().__init__(rate)
+        self.path = Path(path)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644) if self.interval else -1
+
+    def _advance(self, update) -> float:
+        """``update(stored_next, now) -> (start, new_next)`` under the file lock; returns start - now."""
+        with self._lock:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                raw = os.pread(self._fd, 8, 0)
+                stored = struct.unpack("<d", raw)[0] if len(raw) == 8 else 0.0
+                now = time.time()
+                if stored > now + CLOCK_STEP_S:  # the wall clock was stepped back: do not stall for it
+                    stored = now
+                start, new = update(stored, now)
+                os.pwrite(self._fd, struct.pack("<d", new), 0)
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        return start - now
+
+    def wait(self, priority: bool = False) -> None:
+        if not self.interval:
+            return
+        if priority:
+            delay = self._advance(lambda nxt, now: (max(now, nxt), max(now, nxt) + self.interval))
+            if delay > 0:
+                time.sleep(delay)
+            return
+        while (delay := self._advance(lambda nxt, now: (nxt, nxt) if nxt > now else (now, now + self.interval))) > 0:
+            time.sleep(delay)
+
+    def hold(self, seconds: float) -> None:
+        if self.interval:
+            self._advance(lambda nxt, now: (now, max(nxt, now + seconds)))
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -83,9 +147,9 @@ class FetchSettings:
 class HttpClient:
     """Thread-safe GETs (one ``requests.Session`` per thread) with the politeness rules above."""
 
-    def __init__(self, settings: FetchSettings, seed: int | None = None):
+    def __init__(self, settings: FetchSettings, seed: int | None = None, limiter: RateLimiter | None = None):
         self.s = settings
-        self.limiter = RateLimiter(settings.rate)
+        self.limiter = limiter or RateLimiter(settings.rate)
         self._local = threading.local()
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
@@ -109,13 +173,13 @@ class HttpClient:
             return full / 2 + self._rng.uniform(0, full / 2)
 
     def get(self, url: str, max_bytes: int, params: dict[str, str] | None = None,
-            check=None) -> bytes:
+            check=None, priority: bool = False) -> bytes:
         """Body of ``url`` after up to ``retries`` retries; ``check(body)`` may raise a retryable
         FetchError (e.g. md5 mismatch) to have a corrupted transfer fetched again."""
         attempt = 0
         while True:
             try:
-                data = self._get_once(url, max_bytes, params)
+                data = self._get_once(url, max_bytes, params, priority)
                 if check is not None:
                     check(data)
                 return data
@@ -130,11 +194,11 @@ class HttpClient:
                 time.sleep(delay)
                 attempt += 1
 
-    def _get_once(self, url: str, max_bytes: int, params: dict[str, str] | None) -> bytes:
+    def _get_once(self, url: str, max_bytes: int, params: dict[str, str] | None, priority: bool = False) -> bytes:
         for hop in range(self.s.max_redirects + 1):
             if not url_allowed(url):
                 raise FetchError("bad_redirect" if hop else "bad_url", False, detail=url[:100])
-            self.limiter.wait()
+            self.limiter.wait(priority)
             self._count("requests")
             try:
                 r = self._session().get(url, params=params if hop == 0 else None, stream=True,

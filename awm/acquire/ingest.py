@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from awm.acquire import clean
+from awm.acquire import clean, merge
 from awm.config import ConfigError, add_dataclass_arguments, check, from_args, help_field, save_beside
 from awm.imageio import MAX_PIXELS_DEFAULT, ImageError, atomic_write_text
 from awm.log import get_logger, progress
@@ -48,6 +48,8 @@ class IngestConfig:
     webp: bool = help_field("also keep webp files", default=False)
     shard_size: int = help_field("samples per raw shard", default=100)
     workers: int = help_field("threads reading and decoding", default=2)
+    dedup_against: str = help_field("comma-separated raw shard folders (a crawl, an earlier ingest) whose "
+                                    "samples win over this folder's duplicates", default="")
     max_bytes: int = help_field("skip files larger than this, bytes", default=100 << 20)
     progress: bool = help_field("show a progress bar", default=True)
 
@@ -57,9 +59,13 @@ class IngestConfig:
         check(self.min_side >= 0, "min_side", self.min_side, ">= 0")
         check(self.max_pixels > 0 and self.max_bytes > 0, "max_pixels/max_bytes",
               (self.max_pixels, self.max_bytes), "> 0")
-        check(self.near_dup >= -1, "near_dup", self.near_dup, ">= -1 (-1 = off)")
+        check(-1 <= self.near_dup < 32, "near_dup", self.near_dup, "-1 (off) .. 31")
         check(self.shard_size >= 1, "shard_size", self.shard_size, ">= 1")
         check(1 <= self.workers <= 64, "workers", self.workers, "1..64")
+
+    @property
+    def against(self) -> list[Path]:
+        return [Path(x.strip()) for x in self.dedup_against.split(",") if x.strip()]
 
 
 def stable_id(md5: str) -> int:
@@ -117,7 +123,7 @@ def sample_of(item: Item) -> dict[str, Any]:
     sid = stable_id(c.md5)
     meta = {"id": sid, "source": "local", "file_name": item.rel, "tags": "", "rating": None,
             "width": c.width, "height": c.height, "md5": c.md5, "file_url": None, "parent_id": None,
-            "score": None,
+            "score": None, **c.metadata(),
             "fetched_at": datetime.fromtimestamp(item.mtime, timezone.utc).isoformat(timespec="seconds")}
     return {"__key__": str(sid), c.format: item.data, "json": meta}
 
@@ -146,14 +152,16 @@ def ingest(cfg: IngestConfig) -> dict[str, Any]:
         samples, last, stats = [], stats, ShardStats(f"{PREFIX}{nshards:06d}.tar")
 
     cfg.out.mkdir(parents=True, exist_ok=True)
+    (cfg.out / merge.RECORD).unlink(missing_ok=True)  # shards are rewritten from scratch: so are drops
     for item in progress(_ordered(cfg, files), total=len(files), desc="ingest", unit="file",
                          enabled=cfg.progress):
-        reason = item.reason or dedup.skip_reason(item.checked.md5, item.checked.phash)
+        hit = None if item.reason else dedup.skip_reason(item.checked.md5, item.checked.phash)
+        reason = item.reason or (hit[0] if hit else None)
         if reason:
             stats.skip(reason)
             skipped[reason] += 1
             continue
-        dedup.add(item.checked.md5, item.checked.phash)
+        dedup.add(item.checked.md5, item.checked.phash, stable_id(item.checked.md5))
         samples.append(sample_of(item))
         nbytes += len(item.data)
         if len(samples) >= cfg.shard_size:
@@ -171,6 +179,9 @@ def ingest(cfg: IngestConfig) -> dict[str, Any]:
     summary = {"files": len(files), "kept": len(dedup), "bytes": nbytes, "shards": nshards,
                "skipped": dict(sorted(skipped.items())), "nskipped": sum(skipped.values()),
                "seconds": round(time.time() - t0, 2)}
+    if cfg.against:
+        summary["dedup"] = merge.dedup(cfg.out, cfg.near_dup, cfg.against, PREFIX)
+        summary["kept"] -= summary["dedup"]["dropped"]
     if nshards:
         write_index(cfg.out, PREFIX, extra={"source": "local", "src": str(cfg.src), "ingest": summary})
     else:  # nothing kept: no index that would look like a finished (empty) ingest

@@ -152,7 +152,9 @@ class MergeTask:
                 f"resubmit only those with: awm submit --retry {self.record_dir}")
         snapshots = [json.loads(part_marker(Path(self.record_dir), i).read_text()).get("index_extra", {})
                      for i in range(self.nparts)]
-        result = merge_index(stage_output(self.stage, self.args, self.nparts), snapshots, self.nparts)
+        out = stage_output(self.stage, self.args, self.nparts)
+        extra = {"dedup": crawl_dedup(self.args, self.nparts)} if self.stage == "crawl" else {}
+        result = merge_index(out, snapshots, self.nparts, extra)
         atomic_write_text(Path(self.record_dir) / "merged.json", json.dumps(result, indent=1))
         return result
 
@@ -167,6 +169,16 @@ def stage_output(stage: str, args: list[str], nparts: int) -> Path:
     return Path(out)
 
 
+def crawl_dedup(args: list[str], nparts: int) -> dict[str, Any]:
+    """A crawl's merge: duplicates across its parts, earlier runs and --dedup-against folders."""
+    from awm.acquire import crawl, merge
+    from awm.config import from_args
+
+    parser, _ = cli.build_parser("crawl")
+    cfg = from_args(crawl.CrawlConfig, parser.parse_args(["crawl", *args, "--part", f"0/{nparts}"]))
+    return merge.dedup(cfg.out, cfg.near_dup, cfg.against)
+
+
 def _index_extra(out: Path) -> dict[str, Any]:
     """What a stage added to ``index.json`` besides the shard list and totals (its per-part stats)."""
     p = out / "index.json"
@@ -175,7 +187,8 @@ def _index_extra(out: Path) -> dict[str, Any]:
     return {k: v for k, v in json.loads(p.read_text()).items() if k not in INDEX_KEYS}
 
 
-def merge_index(out: Path, snapshots: list[dict[str, Any]], nparts: int) -> dict[str, Any]:
+def merge_index(out: Path, snapshots: list[dict[str, Any]], nparts: int,
+                merged: dict[str, Any] | None = None) -> dict[str, Any]:
     """One ``index.json`` over every part's shards (``write_index`` merges their stats files).
 
     The stages' own keys are kept where all parts agree (split, scales, preset, seed...); keys whose
@@ -189,13 +202,13 @@ def merge_index(out: Path, snapshots: list[dict[str, Any]], nparts: int) -> dict
     common = {k: snapshots[0][k] for k in keys
               if all(k in s for s in snapshots) and all(s[k] == snapshots[0][k] for s in snapshots)}
     differ = sorted(keys - set(common))
-    extra = dict(common)
+    extra = {**common, **(merged or {})}
     if differ:
         extra["parts"] = [{"part": f"{i}/{nparts}", **{k: s[k] for k in differ if k in s}}
                           for i, s in enumerate(snapshots)]
     index = json.loads(write_index(out, prefixes[0], extra).read_text())
     return {"index": str(out / "index.json"), "nshards": index["nshards"], "nsamples": index["nsamples"],
-            "skipped": index["skipped"]}
+            "skipped": index["skipped"], **(merged or {})}
 
 
 def _preempt_signal() -> signal.Signals:

@@ -7,7 +7,8 @@
 
 Data stages with ``--part`` (crawl, shard) become an array job over ``--part i/n`` plus a merge
 step: on SLURM the merge is a job that depends on the array (afterany) and checks that every part
-finished before merging the per-part shard stats into one ``index.json``, so ``awm submit``
+finished before merging the per-part shard stats into one ``index.json`` (for a crawl, after
+dropping duplicates across its parts: ``awm.acquire.merge``), so ``awm submit``
 returns at once; with ``--cluster local``/``debug`` it waits and merges in-process. Data stages
 that split their work over ranks instead (eval, score) run as one job of ``--array`` ranks.
 Training is one job of ``nodes x gpus_per_node`` tasks (one per GPU) that requeues itself on

@@ -10,6 +10,7 @@ and ``/redirect?to=URL``. Faults are queued per path and consumed one per reques
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import socket
@@ -36,16 +37,18 @@ class _QuietServer(ThreadingHTTPServer):
 class BooruServer:
     """Posts are stored with Moebooru field names; ``/posts.json`` renames them Danbooru's way."""
 
-    def __init__(self, file_delay: float = 0.0):
+    def __init__(self, file_delay: float = 0.0, host: str = "127.0.0.1"):
         self.posts: dict[int, dict] = {}
+        self._ids_desc: list[int] | None = None  # listing order, rebuilt after posts change
         self.raw_entries: list[dict] = []  # malformed entries served verbatim on the first page
         self.files: dict[str, bytes] = {}
         self.faults: dict[str, list[str]] = {}
         self.requests: list[tuple[float, str]] = []
+        self.queries: list[tuple[float, str, str]] = []  # (time, path, query string) of every request
         self.file_delay = file_delay
         self._lock = threading.Lock()
-        self.httpd = _QuietServer(("127.0.0.1", 0), _handler(self))
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.httpd = _QuietServer((host, 0), _handler(self))
+        self.url = f"http://{host}:{self.httpd.server_address[1]}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     def __enter__(self) -> BooruServer:
@@ -75,6 +78,7 @@ class BooruServer:
             "status": "active", "is_held": False, "frames": [], "width": 0, "height": 0}
         post.update(fields)
         self.posts[pid] = post
+        self._ids_desc = None
         return post
 
     def page_faults(self, *actions: str) -> None:
@@ -104,11 +108,19 @@ class BooruServer:
         ratings = [t[7:] for t in tags if t.startswith("rating:")]
         if danbooru and page.startswith("b"):
             below, page = int(page[1:]), "1"
-        posts = [p for pid, p in sorted(self.posts.items(), reverse=True)
-                 if (below is None or pid < below) and (not ratings or p["rating"] in ratings)
-                 and all((t[1:] not in p["tags"].split()) if t.startswith("-") else t in p["tags"].split()
-                         for t in plain)]
+        if self._ids_desc is None:
+            self._ids_desc = sorted(self.posts, reverse=True)
+        ids = self._ids_desc
+        first = 0 if below is None else len(ids) - bisect.bisect_left(ids[::-1], below)
         start = (int(page) - 1) * limit
+        posts = []
+        for pid in ids[first:]:
+            p = self.posts[pid]
+            if (not ratings or p["rating"] in ratings) and all(
+                    (t[1:] not in p["tags"].split()) if t.startswith("-") else t in p["tags"].split() for t in plain):
+                posts.append(p)
+                if len(posts) >= start + limit:
+                    break
         out = [self._danbooru(p) if danbooru else p for p in posts[start:start + limit]]
         if below is None and start == 0:
             out = self.raw_entries + out
@@ -157,6 +169,7 @@ def _handler(server: BooruServer):
                 queue = server.faults.get(path) or []
                 action = queue.pop(0) if queue else ""
                 server.requests.append((time.monotonic(), path))
+                server.queries.append((time.monotonic(), path, parts.query))
             if action.startswith("slow:"):
                 time.sleep(float(action[5:]))
                 action = ""

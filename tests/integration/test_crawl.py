@@ -11,10 +11,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from awm.acquire import merge
 from awm.cli import main
-from awm.imageio import sniff_format
+from awm.data.synth import generate
+from awm.imageio import encode_image, sniff_format
 from awm.shardwrite import iter_tar, list_shards, read_index
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -191,3 +194,52 @@ def test_nothing_kept_exits_1(tmp_path):
             srv.posts[pid].update(status="deleted", file_url=None)
         assert main(crawl_args(srv, tmp_path / "out")) == 1  # every post listed is skipped
         assert skip_reasons(tmp_path / "out") == {3: "deleted", 2: "deleted", 1: "deleted"}
+
+
+def test_curation_and_dedup_against_an_ingested_folder(tmp_path):
+    """--max-per-tag (balanced over --balance-tags), --min-jpeg-quality and --min-complexity are
+    recorded skips; a crawl merged against an ingest folder drops the pictures that folder has,
+    naming the id they duplicate and its folder; the merge runs again as a no-op."""
+    local, ingested, out = tmp_path / "local", tmp_path / "ingested", tmp_path / "out"
+    local.mkdir()
+    (local / "a.png").write_bytes(png(60))  # the same bytes as post 60
+    (local / "b.png").write_bytes(encode_image(np.clip(generate(58, 72, 48).astype(np.int16) + 3, 0, 255)
+                                               .astype(np.uint8), "png"))  # post 58, a shade brighter
+    assert main(["ingest", str(local), "--out", str(ingested), "--no-progress"]) == 0
+    with BooruServer() as srv:
+        tags = {60: "wallpaper a", 59: "wallpaper a", 58: "wallpaper a b", 57: "wallpaper a",
+                56: "wallpaper a b", 55: "wallpaper b", 54: "wallpaper b c"}
+        for pid, t in tags.items():
+            srv.add_post(pid, png(pid), width=72, height=48, tags=t)
+        srv.add_post(53, encode_image(generate(53, 72, 48), "jpg", 30), "jpg", width=72, height=48, tags="wallpaper c")
+        srv.add_post(52, encode_image(np.full((48, 72, 3), 90, np.uint8), "png"), width=72, height=48,
+                     tags="wallpaper c")
+        args = crawl_args(srv, out, "--max-per-tag", "2", "--balance-tags", "a b", "--min-jpeg-quality", "50",
+                          "--min-complexity", "0.005", "--dedup-against", str(ingested))
+        assert main(args) == 0
+    # a: 60, 59 fill it; 58 counts for b (b: 58, 56); 57 (a only) and 55 (b only) are over quota;
+    # 54 has c, which is not balanced: b is full, c does not count -> over quota.
+    reasons = skip_reasons(out)
+    assert {k: reasons[k] for k in (57, 55, 54, 53, 52)} == {
+        57: "tag_quota", 55: "tag_quota", 54: "tag_quota", 53: "low_jpeg_quality", 52: "low_complexity"}
+    assert set(read_samples(out)) == {59, 56}  # 60 and 58 are in the ingested folder
+    record = json.loads((out / "dedup.json").read_text())["dropped"]
+    assert {int(k): (r["reason"], r["of_folder"]) for k, r in record.items()} == {
+        60: ("duplicate_md5", str(ingested)), 58: ("near_duplicate", str(ingested))}
+    with sqlite3.connect(out / "crawl_state-0of1.sqlite") as db:
+        assert dict(db.execute("SELECT id, status FROM posts WHERE id IN (60, 58)").fetchall()) == {
+            60: "dropped", 58: "dropped"}
+    db.close()
+    index = read_index(out)
+    assert index["nsamples"] == 2 and index["skipped"]["duplicate_md5"] == 1
+    assert index["crawl"]["kept"] == 2
+    meta = json.loads(read_samples(out)[59]["json"])
+    assert set(meta) >= {"phash", "complexity", "jpeg_quality"} and meta["jpeg_quality"] is None
+    before = {p.name: p.read_bytes() for p in out.glob("raw-*")}
+    assert merge.dedup(out, 4, [ingested])["new"] == 0
+    assert {p.name: p.read_bytes() for p in out.glob("raw-*")} == before
+    (local / "c.png").write_bytes(png(59))  # and the other way round: an ingest after the crawl
+    assert main(["ingest", str(local), "--out", str(tmp_path / "ingest2"), "--dedup-against", str(out),
+                 "--no-progress"]) == 0
+    (r,) = json.loads((tmp_path / "ingest2" / "dedup.json").read_text())["dropped"].values()
+    assert (r["reason"], r["of"]) == ("duplicate_md5", 59) and read_index(tmp_path / "ingest2")["nsamples"] == 2

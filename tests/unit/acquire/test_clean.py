@@ -2,6 +2,8 @@ import hashlib
 import struct
 import zlib
 
+import cv2
+import numpy as np
 import pytest
 
 from awm.acquire import booru, clean
@@ -52,17 +54,43 @@ def test_phash_and_dedup():
     assert clean.from_signed64(clean.to_signed64(h)) == h and -(1 << 63) <= clean.to_signed64(h) < 1 << 63
     d = clean.Dedup(threshold=4)
     assert d.skip_reason("m1", h) is None
-    d.add("m1", h)
-    assert d.skip_reason("m1", None) == "duplicate_md5"
-    assert d.skip_reason("m2", h ^ 0b111) == "near_duplicate"
-    assert d.skip_reason("m2", h ^ 0b11111) is None
+    d.add("m1", h, 7)
+    d.add("m3", h ^ 0b1, 8)  # a later near copy: lookups still name the first kept
+    assert d.skip_reason("m1", None) == ("duplicate_md5", 7)
+    assert d.skip_reason("m2", h ^ 0b111) == ("near_duplicate", 7)
+    assert d.skip_reason("m2", h ^ 0b111111) is None
     off = clean.Dedup(threshold=-1)
-    off.add("m1", h)
+    off.add("m1", h, 1)
     assert off.skip_reason("m2", h) is None and len(off) == 1
     many = clean.Dedup(0)
-    for i in range(3000):  # grows past its initial buffer
-        many.add(str(i), i * 0x9E3779B97F4A7C15 % (1 << 64))
-    assert many.near(2999 * 0x9E3779B97F4A7C15 % (1 << 64))
+    for i in range(3000):
+        many.add(str(i), i * 0x9E3779B97F4A7C15 % (1 << 64), i)
+    assert many.near(2999 * 0x9E3779B97F4A7C15 % (1 << 64)) == 2999
+
+
+def test_jpeg_quality_from_quantisation_tables():
+    img = generate(5, 160, 90)
+    for q in (30, 75, 95):
+        assert clean.jpeg_quality(encode_image(img, "jpg", q)) == q
+    assert clean.jpeg_quality(encode_image(img, "png")) is None
+    assert clean.jpeg_quality(b"\xff\xd8\xff\xdb\x00") is None  # cut inside the table
+    low = clean.check_image(encode_image(img, "jpg", 40), clean.allowed_formats(False), 25_600_000, 0)
+    assert low.jpeg_quality == 40 and low.metadata()["jpeg_quality"] == 40
+    assert clean.curation_skip_reason(low, 0.0, 60) == "low_jpeg_quality"
+    assert clean.curation_skip_reason(low, 0.0, 30) is None
+
+
+def test_complexity_orders_flat_below_detailed():
+    flat = np.full((300, 400), 128, np.uint8)
+    edges = np.tile(np.array([0, 0, 255, 255], np.uint8), (300, 100))  # 2-px stripes: a step everywhere
+    scene = cv2.cvtColor(generate(1, 400, 300), cv2.COLOR_RGB2GRAY)
+    assert clean.complexity(flat) == 0.0
+    assert 0.0 < clean.complexity(scene) < clean.complexity(edges) <= 1.0
+    big = cv2.resize(scene, (1600, 1200), interpolation=cv2.INTER_CUBIC)  # scored at 512 px: same range
+    assert abs(clean.complexity(big) - clean.complexity(cv2.resize(scene, (512, 384)))) < 0.01
+    c = clean.check_image(_png(3), clean.allowed_formats(False), 25_600_000, 0)
+    assert clean.curation_skip_reason(c, c.complexity + 0.01, 0) == "low_complexity"
+    assert clean.curation_skip_reason(c, c.complexity, 0) is None
 
 
 def test_booru_normalise_both_dialects():
