@@ -22,7 +22,7 @@ and ``tests/benchmarks/bench_eval.py`` measures both. What each step copies from
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import cv2
@@ -68,7 +68,7 @@ def psnr_y(img: np.ndarray, ref: np.ndarray, color_space: str = "ycbcr", crop_bo
     return 10.0 * math.log10(1.0 / (mse + 1e-8))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _gauss_1d(size: int, sigma: float) -> np.ndarray:
     m = (size - 1) / 2.0
     x = np.arange(-m, m + 1)
@@ -76,7 +76,7 @@ def _gauss_1d(size: int, sigma: float) -> np.ndarray:
     return g / g.sum()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _fspecial(size: int, sigma: float) -> np.ndarray:
     """pyiqa's ``fspecial`` Gaussian exactly: float64 formula, rounded to float32, used as float64."""
     m = (size - 1) / 2.0

@@ -22,10 +22,11 @@ from __future__ import annotations
 import importlib.util
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
