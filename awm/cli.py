@@ -3,6 +3,10 @@
 The registry below is explicit (no import side effects): each stage module defines
 ``add_arguments(parser)`` and ``run(args) -> int`` and is imported only when its command runs,
 so ``awm --help`` stays fast. Exit codes: 0 ok, 1 failure, 2 usage error.
+
+Every command also takes ``--debug`` (tracebacks; before or after the command name) and
+``--no-progress`` (no progress bars, also in the processes it starts: ``AWM_NO_PROGRESS=1``);
+an option the command does not know is reported with that command's usage.
 """
 
 from __future__ import annotations
@@ -48,8 +52,20 @@ def _stage_module(name: str):
         raise
 
 
+def _common_flags(p: argparse.ArgumentParser) -> None:
+    """``--debug`` and ``--no-progress`` on a command, unless its module defines them itself."""
+    if "--debug" not in p._option_string_actions:
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on failure")
+    if "--no-progress" not in p._option_string_actions:
+        p.add_argument("--no-progress", dest="progress", action="store_false", default=argparse.SUPPRESS,
+                       help="no progress bars (logs only), e.g. for batch logs")
+
+
 def build_parser(command: str | None = None) -> tuple[argparse.ArgumentParser, dict]:
-    """The top-level parser; only ``command``'s module is imported to fill in its arguments."""
+    """The top-level parser; only ``command``'s module is imported to fill in its arguments.
+
+    ``modules`` maps ``command`` to its module, and ``"parser:" + command`` to its subparser.
+    """
     parser = argparse.ArgumentParser(
         prog="awm", formatter_class=_Formatter,
         description="AWM: anime-wallpaper super-resolution, from crawl to upscale.",
@@ -63,8 +79,10 @@ def build_parser(command: str | None = None) -> tuple[argparse.ArgumentParser, d
         if name == command:
             mod = _stage_module(name)
             modules[name] = mod
+            modules["parser:" + name] = p
             if mod is not None:
                 mod.add_arguments(p)
+                _common_flags(p)
     return parser, modules
 
 
@@ -76,9 +94,14 @@ def main(argv: list[str] | None = None) -> int:
     command = next((a for a in argv if a in COMMANDS), None)
     parser, modules = build_parser(command)
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # with the command's usage, not the top level's
+            sub = modules.get(f"parser:{args.command}", parser)
+            sub.error("unrecognized arguments: " + " ".join(unknown))
     except SystemExit as e:
         return int(e.code or 0)
+    if getattr(args, "progress", True) is False:
+        os.environ["AWM_NO_PROGRESS"] = "1"
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
