@@ -53,12 +53,24 @@ def _stage_module(name: str):
 
 
 def _common_flags(p: argparse.ArgumentParser) -> None:
-    """``--debug`` and ``--no-progress`` on a command, unless its module defines them itself."""
+    """``--debug`` and ``--no-progress`` on a command (and its actions), unless it defines them itself."""
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _common_flags(child)
     if "--debug" not in p._option_string_actions:
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on failure")
     if "--no-progress" not in p._option_string_actions:
         p.add_argument("--no-progress", dest="progress", action="store_false", default=argparse.SUPPRESS,
                        help="no progress bars (logs only), e.g. for batch logs")
+
+
+def _chosen(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The innermost parser that ``args`` went through (a command's action, e.g. ``weights list``)."""
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction) and getattr(args, action.dest or "", None) in action.choices:
+            return _chosen(action.choices[getattr(args, action.dest)], args)
+    return p
 
 
 def build_parser(command: str | None = None) -> tuple[argparse.ArgumentParser, dict]:
@@ -96,8 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args, unknown = parser.parse_known_args(argv)
         if unknown:  # with the command's usage, not the top level's
-            sub = modules.get(f"parser:{args.command}", parser)
-            sub.error("unrecognized arguments: " + " ".join(unknown))
+            _chosen(modules.get(f"parser:{args.command}", parser), args).error("unrecognized arguments: " + " ".join(unknown))
     except SystemExit as e:
         return int(e.code or 0)
     if getattr(args, "progress", True) is False:
