@@ -188,3 +188,20 @@ def test_golden_and_rendered_scripts_use_only_documented_sbatch_syntax():
                                  "srun true\n#SBATCH --nodes=1", "#SBATCH --nodes=1\n#SBATCH --nodes=2"])
 def test_the_syntax_check_rejects_what_sbatch_would(bad):
     assert _check_sbatch_script(f"#!/bin/bash\n{bad}\n")
+
+
+def test_log_hint_points_at_the_files_holding_awms_log(tmp_path, capsys):
+    """awm logs to stderr, which submitit writes to *_log.err: the printed tail -F must show it."""
+    import glob
+
+    from awm.data.synth import write_dataset
+
+    write_dataset(tmp_path / "img", 2, seed=3, long_side=(64, 96))
+    code = cli.main(["submit", "shard", "--in", str(tmp_path / "img"), "--out", str(tmp_path / "out"), "--scales", "2",
+                     "--profile", "local", "--wait", "--set", f"log_dir={tmp_path / 'logs'}"])
+    assert code == 0
+    hint = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("logs:"))
+    pattern = hint.split("tail -F ", 1)[1].strip()
+    assert pattern.endswith("*_log.err")
+    logged = "".join(Path(p).read_text() for p in glob.glob(pattern))
+    assert "awm.shard" in logged, logged[-2000:]
