@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from awm import skips
 from awm.acquire import clean
 from awm.config import ConfigError, add_dataclass_arguments, check, from_args, help_field, save_beside
 from awm.imageio import MAX_PIXELS_DEFAULT, ImageError, atomic_write_text
@@ -132,6 +133,7 @@ def ingest(cfg: IngestConfig) -> dict[str, Any]:
     samples: list[dict[str, Any]] = []
     stats = ShardStats(f"{PREFIX}{0:06d}.tar")
     skipped: collections.Counter = collections.Counter()
+    names: dict[str, list[str]] = {}
     nshards = nbytes = 0
 
     last: ShardStats | None = None
@@ -147,8 +149,9 @@ def ingest(cfg: IngestConfig) -> dict[str, Any]:
                          enabled=cfg.progress):
         reason = item.reason or dedup.skip_reason(item.checked.md5, item.checked.phash)
         if reason:
-            stats.skip(reason)
+            stats.skip(reason, names=[item.rel])
             skipped[reason] += 1
+            skips.add_name(names, reason, item.rel)
             continue
         dedup.add(item.checked.md5, item.checked.phash)
         samples.append(sample_of(item))
@@ -159,6 +162,7 @@ def ingest(cfg: IngestConfig) -> dict[str, Any]:
         flush()
     elif last is not None and stats.skipped:  # skips after the last sample: count them in its stats
         last.skipped.update(stats.skipped)
+        last.skipped_names = skips.merge_names([last.skipped_names, stats.skipped_names])
         atomic_write_text(stats_path(cfg.out / last.shard), json.dumps(last.to_json(), indent=1, sort_keys=True))
     for stale in list_shards(cfg.out, PREFIX):
         digits = stale.stem[len(PREFIX):]
@@ -167,7 +171,7 @@ def ingest(cfg: IngestConfig) -> dict[str, Any]:
             stats_path(stale).unlink(missing_ok=True)
     summary = {"files": len(files), "kept": len(dedup), "bytes": nbytes, "shards": nshards,
                "skipped": dict(sorted(skipped.items())), "nskipped": sum(skipped.values()),
-               "seconds": round(time.time() - t0, 2)}
+               "skipped_names": dict(sorted(names.items())), "seconds": round(time.time() - t0, 2)}
     write_index(cfg.out, PREFIX, extra={"source": "local", "src": str(cfg.src), "ingest": summary})
     return summary
 

@@ -307,7 +307,7 @@ def validate(cfg: TrainConfig, c: Components, model: torch.nn.Module, skipped: C
             h, w = (lr.shape[0] // info.size_multiple * info.size_multiple,
                     lr.shape[1] // info.size_multiple * info.size_multiple)
             if min(h, w) < max(info.size_min, 1):
-                skipped["eval_too_small"] += 1
+                skipped["too_small"] += 1
                 continue
             x = to_tensor(lr[:h, :w]).to(acc.device)
             y = to_tensor(hr[:h * s, :w * s]).to(acc.device)
