@@ -22,6 +22,7 @@ from awm import __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     "crawl": ("awm.acquire.crawl", "download originals from a Moebooru/Danbooru API into raw shards"),
     "ingest": ("awm.acquire.ingest", "turn a local folder of images into raw shards"),
+    "split": ("awm.acquire.split", "split a folder of images into train/ and eval/, duplicates on one side"),
     "shard": ("awm.data.shard", "degrade HR into LR/HR pairs and write train/eval shards"),
     "train": ("awm.train.train", "train a model from pair shards (Accelerate, DDP, bf16, resume)"),
     "eval": ("awm.eval.evaluate", "evaluate models and baselines on eval shards into one table"),
