@@ -205,3 +205,11 @@ def test_log_hint_points_at_the_files_holding_awms_log(tmp_path, capsys):
     assert pattern.endswith("*_log.err")
     logged = "".join(Path(p).read_text() for p in glob.glob(pattern))
     assert "awm.shard" in logged, logged[-2000:]
+
+
+def test_documented_retry_folders_are_where_submit_writes():
+    """The README's `--retry DIR` examples point into the profiles' default log_dir (.slurm/)."""
+    repo = Path(__file__).resolve().parents[3]
+    text = "".join((repo / f).read_text() for f in ("README.md", "slurm/README.md", "awm/cluster/submit.py"))
+    folders = re.findall(r"--retry (?!SUBMISSION_DIR)([\w./-]+)", text)
+    assert folders and all(f.startswith(submit.Profile().log_dir + "/") for f in folders), folders
