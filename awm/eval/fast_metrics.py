@@ -28,33 +28,35 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-# pyiqa's colour matrices (rgb2yiq, rgb2ycbcr in pyiqa.utils.color_util), applied the way it does.
-_YIQ = [[0.299, 0.587, 0.114], [0.5959, -0.2746, -0.3213], [0.2115, -0.5227, 0.3112]]
-_YCBCR = [[65.481, -37.797, 112.0], [128.553, -74.203, -93.786], [24.966, 112.0, -18.214]]
+# The luma rows of pyiqa's colour matrices (rgb2yiq, rgb2ycbcr in pyiqa.utils.color_util), float32.
+_YIQ_Y = tuple(np.float32(w) for w in (0.299, 0.587, 0.114))
+_YCBCR_Y = tuple(np.float32(w) for w in (65.481, 128.553, 24.966))
 
 
 def luma(img: np.ndarray, color_space: str, scale255: bool) -> np.ndarray:
     """pyiqa's ``to_y_channel`` of an 8-bit RGB image, bit for bit, as float64.
 
-    The float32 matrix product goes through torch as in pyiqa: numpy's float32 sums round
-    differently, and a luma off by one level at a .5 tie moves NIQE's block statistics.
+    pyiqa multiplies the float32 image (uint8 / 255) by a float32 matrix in torch; for a 3-term
+    dot product that is ``(r*w0 + g*w1) + b*w2`` in float32 without fused multiply-adds, which
+    numpy computes exactly so (equal for every one of the 2^24 colours, checked against torch in
+    tests/unit/eval/test_fast_metrics.py). Other orders differ in the last bit, and a luma off by
+    one level at a .5 tie moves NIQE's block statistics.
     """
-    import torch
-
-    from awm.imageio import to_tensor
-
-    x = to_tensor(img)
     if color_space == "yiq":
-        y = torch.matmul(x.permute(0, 2, 3, 1), torch.tensor(_YIQ).t()).permute(0, 3, 1, 2)
+        w, bias = _YIQ_Y, None
     elif color_space == "ycbcr":
-        y = (torch.matmul(x.permute(0, 2, 3, 1), torch.tensor(_YCBCR)).permute(0, 3, 1, 2)
-             + torch.tensor([16, 128, 128]).view(1, 3, 1, 1).to(x)) / 255.0
+        w, bias = _YCBCR_Y, np.float32(16.0)
     else:
         raise ValueError(f"color space {color_space!r}: the fast path knows yiq and ycbcr")
-    y = y[0, 0]
+    x = img.astype(np.float32) / np.float32(255.0)
+    y = x[..., 0] * w[0] + x[..., 1] * w[1]
+    y += x[..., 2] * w[2]
+    if bias is not None:
+        y += bias
+        y /= np.float32(255.0)
     if scale255:
-        y = (y * 255).round()
-    return y.double().numpy()
+        y = np.round(y * np.float32(255.0))
+    return y.astype(np.float64)
 
 
 def _crop(a: np.ndarray, border: int) -> np.ndarray:

@@ -46,7 +46,7 @@ def _assert_same(pairs: list[tuple[np.ndarray, np.ndarray]]) -> None:
 
 def test_fast_path_equals_pyiqa_on_generated_images():
     # odd sizes (NIQE crops to 96 px blocks, SSIM's valid window), one with a single NIQE block row
-    sizes = [(320, 200), (297, 211), (400, 96), (256, 256)]
+    sizes = [(256, 160), (231, 197), (300, 96), (192, 192)]
     _assert_same(_pairs([generate(40 + i, w, h) for i, (w, h) in enumerate(sizes)]))
 
 
@@ -76,3 +76,18 @@ def test_fast_path_keeps_the_size_floor_and_crop_border():
     ref = metrics.Metric("psnry", True, False, pyiqa.create_metric("psnry", color_space="ycbcr", crop_border=4))
     assert fast(shifted, img) == pytest.approx(ref(shifted, img), abs=1e-4)
     assert fast(shifted, img) != pytest.approx(metrics.create("psnry")(shifted, img), abs=1e-3)
+
+
+def test_luma_is_pyiqas_bit_for_bit_on_every_colour():
+    """The fast path's luma equals pyiqa's torch luma for all 2^24 RGB colours (one image of them)."""
+    from pyiqa.utils.color_util import to_y_channel
+
+    from awm.eval.fast_metrics import luma
+    from awm.imageio import to_tensor
+
+    for red in range(0, 256, 64):  # in 4 slices of 2^22 colours, to bound memory
+        idx = np.arange(red << 16, (red + 64) << 16, dtype=np.uint32)
+        rgb = np.stack([idx >> 16, (idx >> 8) & 255, idx & 255], -1).astype(np.uint8).reshape(2048, 2048, 3)
+        for space, rounded in (("yiq", True), ("ycbcr", False)):
+            ref = to_y_channel(to_tensor(rgb), 255 if rounded else 1, space)[0, 0].double().numpy()
+            assert np.array_equal(luma(rgb, space, rounded), ref), (space, red)
