@@ -3,6 +3,10 @@
 The registry below is explicit (no import side effects): each stage module defines
 ``add_arguments(parser)`` and ``run(args) -> int`` and is imported only when its command runs,
 so ``awm --help`` stays fast. Exit codes: 0 ok, 1 failure, 2 usage error.
+
+Every command also takes ``--debug`` (tracebacks; before or after the command name) and
+``--no-progress`` (no progress bars, also in the processes it starts: ``AWM_NO_PROGRESS=1``);
+an option the command does not know is reported with that command's usage.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from awm import __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     "crawl": ("awm.acquire.crawl", "download originals from a Moebooru/Danbooru API into raw shards"),
     "ingest": ("awm.acquire.ingest", "turn a local folder of images into raw shards"),
+    "split": ("awm.acquire.split", "split a folder of images into train/ and eval/, duplicates on one side"),
     "shard": ("awm.data.shard", "degrade HR into LR/HR pairs and write train/eval shards"),
     "train": ("awm.train.train", "train a model from pair shards (Accelerate, DDP, bf16, resume)"),
     "eval": ("awm.eval.evaluate", "evaluate models and baselines on eval shards into one table"),
@@ -50,8 +55,32 @@ def _stage_module(name: str):
         raise
 
 
+def _common_flags(p: argparse.ArgumentParser) -> None:
+    """``--debug`` and ``--no-progress`` on a command (and its actions), unless it defines them itself."""
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _common_flags(child)
+    if "--debug" not in p._option_string_actions:
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on failure")
+    if "--no-progress" not in p._option_string_actions:
+        p.add_argument("--no-progress", dest="progress", action="store_false", default=argparse.SUPPRESS,
+                       help="no progress bars (logs only), e.g. for batch logs")
+
+
+def _chosen(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The innermost parser that ``args`` went through (a command's action, e.g. ``weights list``)."""
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction) and getattr(args, action.dest or "", None) in action.choices:
+            return _chosen(action.choices[getattr(args, action.dest)], args)
+    return p
+
+
 def build_parser(command: str | None = None) -> tuple[argparse.ArgumentParser, dict]:
-    """The top-level parser; only ``command``'s module is imported to fill in its arguments."""
+    """The top-level parser; only ``command``'s module is imported to fill in its arguments.
+
+    ``modules`` maps ``command`` to its module, and ``"parser:" + command`` to its subparser.
+    """
     parser = argparse.ArgumentParser(
         prog="awm", formatter_class=_Formatter,
         description="AWM: anime-wallpaper super-resolution, from crawl to upscale.",
@@ -65,8 +94,10 @@ def build_parser(command: str | None = None) -> tuple[argparse.ArgumentParser, d
         if name == command:
             mod = _stage_module(name)
             modules[name] = mod
+            modules["parser:" + name] = p
             if mod is not None:
                 mod.add_arguments(p)
+                _common_flags(p)
     return parser, modules
 
 
@@ -78,9 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     command = next((a for a in argv if a in COMMANDS), None)
     parser, modules = build_parser(command)
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # with the command's usage, not the top level's
+            _chosen(modules.get(f"parser:{args.command}", parser), args).error("unrecognized arguments: " + " ".join(unknown))
     except SystemExit as e:
         return int(e.code or 0)
+    if getattr(args, "progress", True) is False:
+        os.environ["AWM_NO_PROGRESS"] = "1"
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE

@@ -265,6 +265,25 @@ def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | No
     return from_dict(cls, data)
 
 
+def describe_keys(cls: type, prefix: str = "") -> list[str]:
+    """One line per config key, nested sections dotted: ``key = default  (type) help``, for ``--help``."""
+    hints, lines = _hints(cls), []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            lines += describe_keys(tp, f"{prefix}{f.name}.")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
+        shown = yaml.safe_dump(to_dict(default), default_flow_style=True, width=10**6).strip()
+        shown = shown.removesuffix("\n...").removesuffix("...").strip()
+        help_text = f.metadata.get("help", "")
+        lines.append(f"  {prefix}{f.name} = {shown}  ({_type_name(tp)})" + (f" {help_text}" if help_text else ""))
+    return lines
+
+
 def digest(cfg: Any) -> str:
     """Short stable hash of a config, stored in checkpoints and stats to tie outputs to inputs."""
     blob = json.dumps(to_dict(cfg), sort_keys=True, default=str).encode()

@@ -32,7 +32,8 @@ log = get_logger("awm.demo")
 class DemoConfig:
     out: Path = field(default=Path("runs/demo"), metadata={"help": "demo folder (data, shards, run, report)"})
     data: Path | None = field(default=None, metadata={
-        "help": "your own folder of HR images instead of the generated set (every 8th goes to eval)"})
+        "help": "your own folder of HR images instead of the generated set (about 1 in 8 to eval, "
+                "duplicates kept on one side: awm split)"})
     n_train: int = field(default=48, metadata={"help": "generated training wallpapers"})
     n_eval: int = field(default=8, metadata={"help": "generated evaluation wallpapers"})
     long_side: list[int] = field(default_factory=lambda: [640, 960], metadata={
@@ -115,17 +116,18 @@ def _stage(n: int, title: str, cmd: list[str], done: bool, timings: Timings) -> 
     log.info("[demo %d/7] %s: done in %.0f s (CPU %.0f s)", n, title, wall, cpu)
 
 
-def _user_split(src: Path, dst: Path) -> None:
-    """Link the user's images into train/ and eval/ folders (every 8th image to eval), no copies."""
+def _user_split(src: Path, dst: Path, seed: int) -> None:
+    """Link the user's images into train/ and eval/ (about 1 in 8 to eval) with ``awm split``'s
+    rule: exact and near duplicates (a resized or re-encoded copy) stay on one side."""
+    from awm.acquire.split import SplitConfig, split
+
     images = imageio.list_images([src])
     if len(images) < 2:
         raise ValueError(f"--data {src}: need at least 2 images, found {len(images)}")
-    for i, p in enumerate(images):
-        part = "eval" if i % 8 == 7 or (len(images) < 8 and i == len(images) - 1) else "train"
-        link = dst / part / f"{i:06d}_{p.name}"
-        link.parent.mkdir(parents=True, exist_ok=True)
-        if not link.exists():
-            link.symlink_to(p.resolve())
+    m = split(SplitConfig(src=src, out=dst, eval_fraction=1 / 8, seed=seed, progress=False))
+    if not m["train"] or not m["eval"]:
+        raise ValueError(f"--data {src}: {m['images']} usable images in {m['groups']} groups of duplicates "
+                         f"(skipped: {m['skipped']}); train and eval each need at least one")
 
 
 def _generate(cfg: DemoConfig, dst: Path) -> None:
@@ -163,7 +165,7 @@ def demo(cfg: DemoConfig) -> Path:
     data = out / "data"
     t, c = time.perf_counter(), _cpu_seconds(resource.RUSAGE_SELF)
     if cfg.data is not None:
-        _user_split(cfg.data, data)
+        _user_split(cfg.data, data, cfg.seed)
     else:
         _generate(cfg, data)
     if not timings.stages:

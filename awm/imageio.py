@@ -140,13 +140,13 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS_DEFAULT, bgr: bool = 
     p = check_image_bytes(data, max_pixels)
     # JPEG: ANYCOLOR keeps gray as gray and applies EXIF orientation (UNCHANGED would ignore it).
     flags = cv2.IMREAD_ANYCOLOR if p.format == "jpg" else cv2.IMREAD_UNCHANGED
+    if truncated(data, p.format):  # before decoding: a cut file is 'truncated' wherever it is read (awm.skips)
+        raise ImageError("truncated")
     img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if img is None:
         raise ImageError("undecodable", p.format)
     if {img.shape[0], img.shape[1]} != {p.height, p.width}:
         raise ImageError("size_mismatch", f"header {p.width}x{p.height}, pixels {img.shape[1]}x{img.shape[0]}")
-    if truncated(data, p.format):
-        raise ImageError("truncated")
     if img.dtype not in (np.uint8, np.uint16):
         if img.dtype == np.float32:
             img = np.clip(img * 65535.0, 0, 65535).astype(np.uint16)

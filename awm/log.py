@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
@@ -32,9 +33,10 @@ def get_logger(name: str = "awm") -> logging.Logger:
 
 def progress(it: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it",
              enabled: bool = True) -> Iterator[T]:
-    """tqdm on rank 0 (rate and ETA), a plain iterator elsewhere or when disabled."""
+    """tqdm on rank 0 (rate and ETA), a plain iterator elsewhere or when disabled (also by
+    ``AWM_NO_PROGRESS=1``, which ``--no-progress`` on any command sets)."""
     from tqdm.auto import tqdm
 
-    show = enabled and dist.is_main()
+    show = enabled and dist.is_main() and os.environ.get("AWM_NO_PROGRESS", "") in ("", "0")
     return iter(tqdm(it, total=total, desc=desc, unit=unit, disable=not show, dynamic_ncols=True,
                      mininterval=1.0, file=sys.stderr))

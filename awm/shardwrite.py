@@ -14,10 +14,12 @@ import json
 import re
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from awm import skips
 from awm.imageio import atomic_write_bytes, atomic_write_text
 from awm.shardio import iter_tar  # noqa: F401 - re-exported: the reader every stage imports from here
 
@@ -65,13 +67,18 @@ class ShardStats:
     skipped: Counter = field(default_factory=Counter)
     started: float = field(default_factory=time.time)
     extra: dict[str, Any] = field(default_factory=dict)
+    skipped_names: dict[str, list[str]] = field(default_factory=dict)
 
-    def skip(self, reason: str, n: int = 1) -> None:
+    def skip(self, reason: str, n: int = 1, names: Iterable[str] = ()) -> None:
+        """Count ``n`` skips for ``reason`` (awm.skips vocabulary), naming the first ones."""
         self.skipped[reason] += n
+        for name in names:
+            skips.add_name(self.skipped_names, reason, name)
 
     def to_json(self) -> dict[str, Any]:
         return {"shard": self.shard, "nsamples": self.nsamples, "bytes": self.bytes,
                 "skipped": dict(sorted(self.skipped.items())), "nskipped": sum(self.skipped.values()),
+                "skipped_names": dict(sorted(self.skipped_names.items())),
                 "duration_s": round(time.time() - self.started, 3), **self.extra}
 
 
@@ -106,7 +113,7 @@ def write_index(directory: str | Path, prefix: str = "", extra: dict[str, Any] |
     Also the merge step after an array job: every part's shards and stats are in one folder.
     """
     d = Path(directory)
-    shardlist, skipped, total = [], Counter(), 0
+    shardlist, skipped, total, names = [], Counter(), 0, []
     for p in list_shards(d, prefix):
         sp = stats_path(p)
         if not sp.is_file():
@@ -114,10 +121,11 @@ def write_index(directory: str | Path, prefix: str = "", extra: dict[str, Any] |
         st = json.loads(sp.read_text())
         shardlist.append({"url": p.name, "nsamples": st["nsamples"], "filesize": p.stat().st_size})
         skipped.update(st.get("skipped", {}))
+        names.append(st.get("skipped_names", {}))
         total += st["nsamples"]
     index = {"__kind__": INDEX_FORMAT, "wids_version": 1, "shardlist": shardlist,
              "nshards": len(shardlist), "nsamples": total,
-             "skipped": dict(sorted(skipped.items())), **(extra or {})}
+             "skipped": dict(sorted(skipped.items())), "skipped_names": skips.merge_names(names), **(extra or {})}
     return atomic_write_text(d / "index.json", json.dumps(index, indent=1))
 
 

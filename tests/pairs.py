@@ -19,7 +19,7 @@ def make_pair_shards(directory: Path, counts: list[int], scales: tuple[int, ...]
                      hr_only: bool = False, corrupt: tuple[str, ...] = ()) -> Path:
     """Shards ``{split}-%06d.tar`` holding ``counts[i]`` samples each, plus ``index.json``.
 
-    Keys listed in ``corrupt`` get truncated HR bytes (undecodable samples).
+    Keys listed in ``corrupt`` get truncated HR bytes (truncated samples: the "truncated" skip).
     """
     directory.mkdir(parents=True, exist_ok=True)
     n = 0

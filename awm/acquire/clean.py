@@ -235,3 +235,40 @@ class Dedup:
         self.md5s.setdefault(md5, item_id)
         if h is not None and self.index is not None:
             self.index.add(h, item_id)
+
+
+
+def duplicate_groups(md5s: list[str], hashes: list[int | None], radius: int) -> list[int]:
+    """A group number per image such that exact (same md5) and near duplicates (perceptual hashes
+    within ``radius`` bits; ``radius < 0``: exact only) share a group, transitively.
+
+    Union-find over every pair within the radius, the rule ``Dedup`` applies while crawling, so a
+    train/eval split by group never puts a copy, a re-encode or a resize of one picture on both
+    sides. Groups are numbered by their first image. O(n^2) popcounts, vectorised per image:
+    ~1 s for 10,000 images (a multi-index over hash bands would replace the scan for millions).
+    """
+    parent = list(range(len(md5s)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def union(i: int, j: int) -> None:
+        a, b = find(i), find(j)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+
+    first: dict[str, int] = {}
+    for i, m in enumerate(md5s):
+        union(i, first.setdefault(m, i))
+    have = [i for i, h in enumerate(hashes) if h is not None]
+    if radius >= 0 and len(have) > 1:
+        hs = np.array([hashes[i] for i in have], np.uint64)
+        for k in range(len(have) - 1):
+            x = np.bitwise_xor(hs[k + 1:], hs[k])
+            bits = np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
+            for j in np.flatnonzero(bits <= radius):
+                union(have[k], have[k + 1 + int(j)])
+    return [find(i) for i in range(len(md5s))]

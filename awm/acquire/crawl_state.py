@@ -24,6 +24,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from awm import skips
 from awm.config import ConfigError
 from awm.dist import Part
 from awm.imageio import atomic_write_text
@@ -193,7 +194,7 @@ class CrawlState:
         st = ShardStats(self.shard_path(idx).name, started=self._shard_started)
         for reason, n in self.db.execute("SELECT reason, COUNT(*) FROM posts WHERE shard=? AND "
                                          "status='skipped' GROUP BY reason", (idx,)):
-            st.skip(reason, n)
+            st.skip(reason, n, self._skipped_ids("shard=? AND", (idx,), reason))
         st.nsamples, st.bytes = nsamples, nbytes
         return st
 
@@ -266,6 +267,12 @@ class CrawlState:
             p.unlink(missing_ok=True)
 
     # ---- summary ------------------------------------------------------------------------
+    def _skipped_ids(self, where: str, args: tuple, reason: str) -> list[str]:
+        """The first skipped post ids of ``reason`` (ascending), as the stats name them."""
+        rows = self.db.execute(f"SELECT id FROM posts WHERE {where} status='skipped' AND reason=? ORDER BY id "
+                               "LIMIT ?", (*args, reason, skips.NAMES_PER_REASON))
+        return [str(i) for (i,) in rows]
+
     def summary(self) -> dict[str, Any]:
         skipped = Counter(dict(self.db.execute(
             "SELECT reason, COUNT(*) FROM posts WHERE status IN ('skipped', 'dropped') GROUP BY reason").fetchall()))
@@ -276,8 +283,9 @@ class CrawlState:
             "SELECT COUNT(*), COALESCE(SUM(nbytes), 0) FROM posts WHERE status IN (?, ?, ?)", KEPT).fetchone()
         (pending,) = self.db.execute("SELECT COUNT(*) FROM posts WHERE status='pending'").fetchone()
         (nshards,) = self.db.execute("SELECT COUNT(*) FROM shards WHERE done=1").fetchone()
+        names = {r: ids for r in sorted(skipped) if (ids := self._skipped_ids("", (), r))}
         return {"kept": kept, "bytes": nbytes, "pending": pending, "shards": nshards,
-                "skipped": dict(sorted(skipped.items())), "nskipped": sum(skipped.values())}
+                "skipped": dict(sorted(skipped.items())), "nskipped": sum(skipped.values()), "skipped_names": names}
 
     def close(self) -> None:
         self.db.close()

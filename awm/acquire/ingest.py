@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from awm import skips
 from awm.acquire import clean, merge
 from awm.config import ConfigError, add_dataclass_arguments, check, from_args, help_field, save_beside
 from awm.imageio import MAX_PIXELS_DEFAULT, ImageError, atomic_write_text
@@ -141,6 +142,7 @@ def ingest(cfg: IngestConfig) -> dict[str, Any]:
     samples: list[dict[str, Any]] = []
     stats = ShardStats(f"{PREFIX}{0:06d}.tar")
     skipped: collections.Counter = collections.Counter()
+    names: dict[str, list[str]] = {}
     nshards = nbytes = 0
 
     last: ShardStats | None = None
@@ -158,8 +160,9 @@ def ingest(cfg: IngestConfig) -> dict[str, Any]:
         hit = None if item.reason else dedup.skip_reason(item.checked.md5, item.checked.phash)
         reason = item.reason or (hit[0] if hit else None)
         if reason:
-            stats.skip(reason)
+            stats.skip(reason, names=[item.rel])
             skipped[reason] += 1
+            skips.add_name(names, reason, item.rel)
             continue
         dedup.add(item.checked.md5, item.checked.phash, stable_id(item.checked.md5))
         samples.append(sample_of(item))
@@ -170,6 +173,7 @@ def ingest(cfg: IngestConfig) -> dict[str, Any]:
         flush()
     elif last is not None and stats.skipped:  # skips after the last sample: count them in its stats
         last.skipped.update(stats.skipped)
+        last.skipped_names = skips.merge_names([last.skipped_names, stats.skipped_names])
         atomic_write_text(stats_path(cfg.out / last.shard), json.dumps(last.to_json(), indent=1, sort_keys=True))
     for stale in list_shards(cfg.out, PREFIX):
         digits = stale.stem[len(PREFIX):]
@@ -178,7 +182,7 @@ def ingest(cfg: IngestConfig) -> dict[str, Any]:
             stats_path(stale).unlink(missing_ok=True)
     summary = {"files": len(files), "kept": len(dedup), "bytes": nbytes, "shards": nshards,
                "skipped": dict(sorted(skipped.items())), "nskipped": sum(skipped.values()),
-               "seconds": round(time.time() - t0, 2)}
+               "skipped_names": dict(sorted(names.items())), "seconds": round(time.time() - t0, 2)}
     if cfg.against:
         summary["dedup"] = merge.dedup(cfg.out, cfg.near_dup, cfg.against, PREFIX)
         summary["kept"] -= summary["dedup"]["dropped"]

@@ -298,13 +298,14 @@ def describe_jobs(jobs: list, label: str) -> list[dict[str, Any]]:
 
 def print_jobs(entries: list[dict[str, Any]], profile: Profile, record_dir: Path) -> None:
     for e in entries:
-        logs = f"  log {e['stdout']}" if "stdout" in e else ""
+        logs = f"  log {e['stderr']}" if "stderr" in e else ""
         print(f"{e['kind']:<6} job {e['job_id']}{logs}")
     ids = sorted({e["job_id"].split("_")[0] for e in entries})
     if profile.cluster == "slurm":
         print(f"watch: squeue -j {','.join(ids)}   (after: sacct -j {','.join(ids)})")
     if profile.cluster != "debug":
-        print(f"logs:  tail -F {record_dir}/jobs/*_log.out")
+        # awm logs to stderr (submitit's *_log.err); *_log.out holds only what a stage prints
+        print(f"logs:  tail -F {record_dir}/jobs/*_log.err")
     print(f"submission: {record_dir}")
 
 

@@ -23,7 +23,7 @@ import re
 import sys
 import tarfile
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -314,7 +314,6 @@ def make_shard(job: dict[str, Any]) -> dict[str, Any]:
     path = shard_path(cfg, job["shard"])
     stats = ShardStats(path.name)
     notes: Counter = Counter()
-    skipped_ids: dict[str, list[str]] = defaultdict(list)
     samples: list[dict[str, Any]] = []
     for item in job["items"]:
         src = Source(**item)
@@ -323,15 +322,12 @@ def make_shard(job: dict[str, Any]) -> dict[str, Any]:
                 raise ImageError(src.skip)
             samples.extend(make_samples(src, src.read(), cfg, preset, notes))
         except ImageError as e:
-            stats.skip(e.reason)
-            skipped_ids[e.reason].append(src.id)
+            stats.skip(e.reason, names=[src.source])
         except Exception as e:  # noqa: BLE001 - one bad source must not lose the shard
-            reason = f"error_{type(e).__name__}"
             log.warning("%s (%s): %s", src.id, src.source, e)
-            stats.skip(reason)
-            skipped_ids[reason].append(src.id)
+            stats.skip(f"error_{type(e).__name__}", names=[src.source])
     stats.extra = {"sources": len(job["items"]), "tiles": len(samples) if cfg.tile else 0,
-                   "notes": dict(sorted(notes.items())), "skipped_ids": dict(sorted(skipped_ids.items()))}
+                   "notes": dict(sorted(notes.items()))}
     write_shard(path, samples, stats)
     return stats.to_json()
 
@@ -427,7 +423,7 @@ def failure(summary: dict[str, Any]) -> str | None:
     errors = {k: v for k, v in part["skipped"].items() if k.startswith("error_")}
     if errors:
         return (f"unexpected errors on {sum(errors.values())} source(s) {errors}: see the warnings above "
-                "and skipped_ids in the shards' *_stats.json")
+                "and skipped_names in the shards' *_stats.json")
     if summary["expected_shards"] == 0:
         return "no sources found"
     if part["shards"] and part["nsamples"] == 0:

@@ -7,6 +7,11 @@ lower; ``ssim`` is pyiqa's, on YIQ's Y rounded to 8 bits, as in its published ca
 ``niqe_anime``: pyiqa's NIQE with our pristine model fitted on anime images (awm.eval.niqe).
 Whether higher or lower is better comes from pyiqa's own metric (``lower_better``).
 
+On the CPU the default metrics (``psnry``, ``ssim``, ``niqe_anime``, and ``niqe``) run through
+:mod:`awm.eval.fast_metrics`: pyiqa's definitions step by step at a fraction of its cost (same
+values within 1e-4); ``create(..., pyiqa_only=True)`` keeps pyiqa's own code, as the tests and
+``tests/benchmarks/bench_eval.py`` do to compare the two.
+
 pyiqa takes ~7 s to import and retries downloads for ~40 s when offline, so :func:`check`
 validates names and weight files first, without importing pyiqa, and fails in well under a
 second naming the missing file and the command that stages it.
@@ -17,7 +22,9 @@ from __future__ import annotations
 import importlib.util
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +66,7 @@ class Metric:
     full_reference: bool
     lower_better: bool
     net: Any
+    fast: Callable[..., float] | None = None  # the same metric on uint8 RGB arrays (fast_metrics)
 
     def __call__(self, img: np.ndarray, ref: np.ndarray | None = None, image: str = "an image") -> float:
         """The score; NaN (counted as failed) only when ``img`` is below the metric's MIN_SIDE.
@@ -75,8 +83,11 @@ class Metric:
             get_logger("awm.metrics").warning("%s cannot score %s of %dx%d (needs >= %d px per side): counted "
                                               "as failed", self.name, image, w, h, MIN_SIDE[self.name])
             return float("nan")
-        device = next(iter(self.net.buffers()), torch.empty(0)).device
         try:
+            if self.fast is not None:
+                value = self.fast(to_rgb8(img), to_rgb8(ref)) if self.full_reference else self.fast(to_rgb8(img))
+                return value if math.isfinite(value) else float("nan")
+            device = next(iter(self.net.buffers()), torch.empty(0)).device
             x = to_tensor(to_rgb8(img)).to(device)
             with torch.inference_mode():
                 out = self.net(x, to_tensor(to_rgb8(ref)).to(device)) if self.full_reference else self.net(x)
@@ -123,14 +134,33 @@ def check(names: list[str], allow_download: bool = False) -> None:
             " (see 'awm weights list'), or allow downloads where there is internet.")
 
 
+def _fast(name: str, pyiqa_name: str, kwargs: dict[str, Any]) -> Metric | None:
+    """The fast_metrics twin of pyiqa's metric with these options, or None where there is none."""
+    from awm.eval import fast_metrics
+
+    opts = {"color_space": kwargs.get("color_space", "yiq"), "crop_border": int(kwargs.get("crop_border", 0))}
+    if set(kwargs) - {"color_space", "crop_border", "pretrained_model_path"}:
+        return None
+    if pyiqa_name == "psnry":
+        return Metric(name, True, False, None, partial(fast_metrics.psnr_y, **opts))
+    if pyiqa_name == "ssim":
+        return Metric(name, True, False, None, partial(fast_metrics.ssim_y, **opts))
+    if pyiqa_name == "niqe" and "pretrained_model_path" in kwargs:
+        return Metric(name, False, True, None,
+                      partial(fast_metrics.niqe, model_path=kwargs["pretrained_model_path"], **opts))
+    return None
+
+
 def create(name: str, device: str = "cpu", allow_download: bool = False,
-           niqe_model: str | Path | None = None) -> Metric:
-    """Build one metric after :func:`check`; ``niqe_model`` replaces niqe_anime's pristine model."""
+           niqe_model: str | Path | None = None, pyiqa_only: bool = False) -> Metric:
+    """Build one metric after :func:`check`; ``niqe_model`` replaces niqe_anime's pristine model.
+
+    On the CPU, metrics that :mod:`awm.eval.fast_metrics` implements run there (same values,
+    a fraction of the time) unless ``pyiqa_only``; on an accelerator pyiqa's torch code is fast.
+    """
     check([name], allow_download)
     if name == "niqe_anime" and niqe_model is not None and not Path(niqe_model).is_file():
         raise FileNotFoundError(f"niqe_anime model {niqe_model}: no such file (fit one with awm niqe-fit)")
-    import pyiqa
-
     kwargs: dict[str, Any] = {}
     pyiqa_name = name
     if name == "niqe_anime":
@@ -139,6 +169,12 @@ def create(name: str, device: str = "cpu", allow_download: bool = False,
         kwargs["color_space"] = "ycbcr"
     elif name in ("niqe", "niqe_matlab") and not weights.missing_for(name):
         kwargs["pretrained_model_path"] = str(weights.location(weights.for_metric(name)[0]))
+    if not pyiqa_only and str(device).startswith("cpu"):
+        fast = _fast(name, pyiqa_name, kwargs)
+        if fast is not None:
+            return fast
+    import pyiqa
+
     net = pyiqa.create_metric(pyiqa_name, device=device, **kwargs)
     return Metric(name, net.metric_mode == "FR", bool(net.lower_better), net)
 

@@ -19,6 +19,7 @@ memory format, compile, prefetching).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import threading
@@ -28,11 +29,13 @@ import torch
 
 from awm import config as cfgmod
 from awm import dist
+from awm.log import get_logger
 from awm.train.components import build_components
 from awm.train.config import RECIPES, TrainConfig, load_config
 from awm.train.preflight import check_inputs
 from awm.train.trainer import Trainer
 
+log = get_logger("awm.train")
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later", what a requeueing wrapper looks for
 _stop = threading.Event()
 __all__ = ["EXIT_PREEMPTED", "TrainConfig", "load_config", "request_stop", "train"]
@@ -53,12 +56,34 @@ def _precision(cfg: TrainConfig) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
+def finished(cfg: TrainConfig) -> dict[str, Any] | None:
+    """The stats of ``cfg.run_dir`` when that run is already done at ``cfg.steps`` or beyond (so
+    resuming it would train nothing and only rewrite its outputs), else None."""
+    path = cfg.run_dir / "train_stats.json"
+    if not cfg.checkpoint.resume or not path.is_file():
+        return None
+    try:
+        stats = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    done = isinstance(stats, dict) and stats.get("status") == "done" and int(stats.get("step", -1)) >= cfg.steps
+    return stats if done else None
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train (or resume) the run ``cfg.run_dir``; returns its stats (``status``: done|preempted|nan).
 
+    A run already done at ``cfg.steps`` is left as it is: its stats are returned, nothing is written.
     Reentrant: the process group and Accelerate's state are released on return, and signal
     handlers are restored; nothing calls ``sys.exit``.
     """
+    stats = finished(cfg)
+    if stats is not None:
+        if dist.rank() == 0:
+            log.info("run %s already finished at step %d of %d (%s): nothing to do; raise steps= to train "
+                     "further, or use another name=", cfg.run_dir, stats["step"], cfg.steps,
+                     cfg.run_dir / "train_stats.json")
+        return stats
     had_group = dist.initialized()
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
         # DeepSpeed joins its own process group, and ACCELERATE_USE_CPU (set by dist.init
@@ -101,8 +126,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         + ") or a YAML file")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, dotted for nesting: data.train=shards/x steps=1000")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved configuration (recipe + overrides) as YAML and exit")
+    parser.epilog = ("config keys (key = default (type) help; a recipe sets its own values, "
+                     "--print-config shows them):\n" + "\n".join(cfgmod.describe_keys(TrainConfig)))
 
 
 def run(args: argparse.Namespace) -> int:
-    stats = train(load_config(args.config, args.overrides))
+    cfg = load_config(args.config, args.overrides)
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(cfgmod.to_dict(cfg), sort_keys=False), end="")
+        return 0
+    stats = train(cfg)
     return {"done": 0, "preempted": EXIT_PREEMPTED}.get(stats["status"], 1)

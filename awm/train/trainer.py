@@ -29,7 +29,7 @@ from awm.imageio import atomic_write_text
 from awm.log import get_logger
 from awm.train.components import Components, apply_update, flops_per_pair, losses_and_backward
 from awm.train.perf import DevicePrefetcher, peak_tflops
-from awm.train.utils import TrainState, image_grid, latest_state, save_full_state, to_float
+from awm.train.utils import TrainState, bicubic, image_grid, latest_state, save_full_state, to_float
 
 if TYPE_CHECKING:
     from awm.train.config import TrainConfig
@@ -224,11 +224,14 @@ class Trainer:
             return
         self.last_val, grid = validate(cfg, self.c, self.eval_model, self.val_skips)
         if self.main:
-            for k in ("psnr_y", "ssim_y", "l1"):
+            for k in ("psnr_y", "bicubic_psnr_y", "ssim_y", "l1"):
                 self.writer.add_scalar(f"val/{k}", self.last_val[k], step)
             if grid is not None:
                 self.writer.add_image("val/lr_bicubic_sr_hr", grid, step)
-            log.info("validation at step %d: %s", step, self.last_val)
+            val = self.last_val
+            log.info("validation at step %d: PSNR-Y %.3f dB, bicubic %.3f dB (%+.3f dB), SSIM-Y %.4f, L1 %.5f, "
+                     "%d images", step, val["psnr_y"], val["bicubic_psnr_y"], val["psnr_y"] - val["bicubic_psnr_y"],
+                     val["ssim_y"], val["l1"], val["images"])
         value = self.last_val[cfg.checkpoint.metric]
         if self.last_val["images"] and cfg.checkpoint.better(value, self.state.best):
             self.state.best, self.state.best_step = value, step
@@ -294,13 +297,15 @@ def _fault_step(rank: int) -> int | None:
 def validate(cfg: TrainConfig, c: Components, model: torch.nn.Module, skipped: Counter) -> tuple[dict[str, float], Any]:
     """PSNR/SSIM on Y (and L1) over this rank's share of the eval images, summed over ranks.
 
+    ``bicubic_psnr_y`` is the PSNR-Y of the same LR crops upscaled bicubically (torch's, as in the
+    TensorBoard grid): the bar a model must clear, so a run that loses to it says so.
     Runs the uncompiled module: eval image sizes vary, and would recompile a compiled one.
     """
     from awm.data.loader import eval_pairs
     from awm.imageio import to_tensor
 
     acc, info, v, s = c.accelerator, c.info, cfg.validation, cfg.data.scale
-    sums = torch.zeros(4, dtype=torch.float64, device=acc.device)
+    sums = torch.zeros(5, dtype=torch.float64, device=acc.device)
     crops = []
     was_training = model.training
     model.eval()
@@ -311,15 +316,16 @@ def validate(cfg: TrainConfig, c: Components, model: torch.nn.Module, skipped: C
             h, w = (lr.shape[0] // info.size_multiple * info.size_multiple,
                     lr.shape[1] // info.size_multiple * info.size_multiple)
             if min(h, w) < max(info.size_min, 1):
-                skipped["eval_too_small"] += 1
+                skipped["too_small"] += 1
                 continue
             x = to_tensor(lr[:h, :w]).to(acc.device)
             y = to_tensor(hr[:h * s, :w * s]).to(acc.device)
             with acc.autocast():
                 sr = model(x).float()
             p, ss = psnr_ssim_y(sr, y, border=s)
+            p_bicubic = psnr_ssim_y(bicubic(x, s), y, border=s)[0]
             sums += torch.stack([p.double().sum(), ss.double().sum(), (sr.clamp(0, 1) - y).abs().mean().double(),
-                                 torch.tensor(1.0, dtype=torch.float64, device=acc.device)])
+                                 torch.tensor(1.0, dtype=torch.float64, device=acc.device), p_bicubic.double().sum()])
             if len(crops) < v.grid_images:
                 k = min(32, h, w)
                 y0, x0 = (h - k) // 2, (w - k) // 2
@@ -328,7 +334,7 @@ def validate(cfg: TrainConfig, c: Components, model: torch.nn.Module, skipped: C
     model.train(was_training)
     sums = acc.reduce(sums, "sum")
     n = max(1.0, float(sums[3]))
-    metrics = {"psnr_y": float(sums[0]) / n, "ssim_y": float(sums[1]) / n, "l1": float(sums[2]) / n,
-               "images": int(sums[3])}
+    metrics = {"psnr_y": float(sums[0]) / n, "bicubic_psnr_y": float(sums[4]) / n, "ssim_y": float(sums[1]) / n,
+               "l1": float(sums[2]) / n, "images": int(sums[3])}
     grid = image_grid(*(torch.cat(t) for t in zip(*crops, strict=True)), s) if crops else None
     return metrics, grid

@@ -1,6 +1,13 @@
-"""Evaluation: `awm eval` with 2 processes (torchrun, CPU) vs 1 process, per-image scores compared.
+"""Evaluation: each default metric's CPU fast path vs pyiqa, then `awm eval` with 2 processes vs 1.
 
 Run by hand: .venv/bin/python tests/benchmarks/bench_eval.py [--samples 16] [--repeats 2]
+    [--metric-images 4] [--metric-size 992,558] [--threads 2] [--skip-runs]
+
+Per metric: ms per image of awm.eval.fast_metrics and of pyiqa's own code (metrics.create(...,
+pyiqa_only=True)) on the same bicubic-restored generated images (992x558, ~0.55 MP, as a 2x eval
+set of 1080p wallpapers halved), both in this process at --threads torch/OpenCV threads; the
+median over images after one warm-up (wall and CPU time: on a shared machine the CPU time is the
+steadier figure), their ratios, and the largest difference of the values.
 The baseline is what a user gets without torchrun: one process with PyTorch's default threads
 (all cores; OMP_NUM_THREADS unset). The 2-process run uses torchrun's default of one thread per
 process. The headline is the wall-clock speedup of the whole command (process start, imports,
@@ -45,14 +52,65 @@ def run_eval(data: Path, out: Path, nproc: int, metrics: str) -> tuple[float, fl
     return stats["images_per_s"], wall
 
 
+def per_metric(names: list[str], n_images: int, size: tuple[int, int], threads: int) -> dict:
+    """ms/image of the fast path and of pyiqa for each metric, same images, same threads."""
+    import cv2
+    import torch
+
+    from awm.data.synth import generate
+    from awm.eval import metrics
+
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
+    w, h = size
+    pairs = []
+    for i in range(n_images):
+        hr = generate(100 + i, w, h)
+        lr = cv2.resize(hr, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+        pairs.append((cv2.resize(lr, (w, h), interpolation=cv2.INTER_CUBIC), hr))
+    out = {}
+    for name in names:
+        row, values = {}, {}
+        for label, m in (("fast", metrics.create(name)), ("pyiqa", metrics.create(name, pyiqa_only=True))):
+            sr, hr = pairs[0]
+            m(sr, hr if m.full_reference else None)  # warm-up (caches, lazy imports)
+            times, cpu, vals = [], [], []
+            for sr, hr in pairs:
+                t, c = time.perf_counter(), time.process_time()
+                vals.append(m(sr, hr if m.full_reference else None))
+                times.append(time.perf_counter() - t)
+                cpu.append(time.process_time() - c)
+            row[f"{label}_ms_per_image"] = round(1000 * statistics.median(times), 2)
+            row[f"{label}_cpu_ms_per_image"] = round(1000 * statistics.median(cpu), 2)
+            values[label] = vals
+            print(f"{name} {label}: {row[f'{label}_ms_per_image']:.1f} ms/image wall, "
+                  f"{row[f'{label}_cpu_ms_per_image']:.1f} ms CPU", file=sys.stderr)
+        row["speedup"] = round(row["pyiqa_ms_per_image"] / row["fast_ms_per_image"], 1)
+        row["cpu_speedup"] = round(row["pyiqa_cpu_ms_per_image"] / row["fast_cpu_ms_per_image"], 1)
+        row["max_abs_diff"] = max(abs(a - b) for a, b in zip(values["fast"], values["pyiqa"], strict=True))
+        out[name] = row
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--size", default="512,384")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--metrics", default="psnry,ssim,niqe_anime")
+    ap.add_argument("--metric-images", type=int, default=4)
+    ap.add_argument("--metric-size", default="992,558")
+    ap.add_argument("--threads", type=int, default=2, help="torch and OpenCV threads for the per-metric part")
+    ap.add_argument("--skip-runs", action="store_true", help="only the per-metric comparison")
     a = ap.parse_args()
     w, h = (int(x) for x in a.size.split(","))
+    mw, mh = (int(x) for x in a.metric_size.split(","))
+    metric_rows = per_metric(a.metrics.split(","), a.metric_images, (mw, mh), a.threads)
+    head = {"per_metric": metric_rows, "metric_size": [mw, mh], "metric_images": a.metric_images,
+            "threads": a.threads}
+    if a.skip_runs:
+        print(json.dumps(head))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         half = a.samples // 2
@@ -69,7 +127,7 @@ def main() -> None:
         diffs = [_max_diff(ref, _per_image(tmp / f"out{n}_{r}")) for n in (1, 2) for r in range(a.repeats)]
     m1, m2 = statistics.median(ips[1]), statistics.median(ips[2])
     w1, w2 = statistics.median(wall[1]), statistics.median(wall[2])
-    print(json.dumps({"samples": a.samples, "size": [w, h], "models": 2, "metrics": a.metrics,
+    print(json.dumps({**head, "samples": a.samples, "size": [w, h], "models": 2, "metrics": a.metrics,
                       "baseline": "1 process, default threads", "cpu_count": os.cpu_count(),
                       "wall_s_1proc": round(w1, 2), "wall_s_2proc": round(w2, 2), "wall_speedup": round(w1 / w2, 3),
                       "loop_images_per_s_1proc": round(m1, 4), "loop_images_per_s_2proc": round(m2, 4),

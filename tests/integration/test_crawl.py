@@ -81,6 +81,8 @@ def test_full_crawl_survives_every_fault(tmp_path):
         expected = Counter(skip.values()) + Counter({"bad_metadata": 2})  # + the entries without id
         assert index["crawl"]["skipped"] == dict(expected)
         assert sum(index["skipped"].values()) == len(skip)  # per-shard stats cover every skip by id
+        named = {int(i): r for r, ids in index["skipped_names"].items() for i in ids}
+        assert named == skip == {int(i): r for r, ids in index["crawl"]["skipped_names"].items() for i in ids}
         t = srv.times("/data/300.png")
         assert len(t) == 2 and t[1] - t[0] >= 0.95  # Retry-After: 1 honoured
         assert srv.count("/data/294.png") == 4  # reset, 500, truncate, then success

@@ -36,7 +36,7 @@ def _awm(args: list[str], nproc: int = 1, env: dict | None = None) -> subprocess
 
 @pytest.fixture(scope="module")
 def eval_data(tmp_path_factory) -> Path:
-    # 7 samples over 2 shards (does not divide by 2 ranks); one undecodable sample is skipped by every run
+    # 7 samples over 2 shards (does not divide by 2 ranks); one truncated sample is skipped by every run
     return make_pair_shards(tmp_path_factory.mktemp("evaldata"), [4, 3], scales=(2,), size=(192, 192),
                             seed=3, split="eval", corrupt=("img00005",))
 
@@ -65,7 +65,7 @@ def test_two_ranks_equal_one_rank(eval_data: Path, tmp_path: Path) -> None:
     s1 = json.loads((tmp_path / "one" / "summary.json").read_text())
     s2 = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert s1["models"] == s2["models"]
-    assert s1["skipped"] == s2["skipped"] == {"undecodable": 1}
+    assert s1["skipped"] == s2["skipped"] == {"truncated": 1}
     assert list(s1["models"]) == ["bicubic", "lanczos", str(ckpt)]
     assert s1["models"]["bicubic"]["psnry"]["count"] == s1["models"][str(ckpt)]["ssim"]["count"] == 6
     assert s1["metrics"]["niqe_anime"]["lower_better"] is True

@@ -32,7 +32,7 @@ def make_src(src: Path) -> tuple[dict[str, bytes], Counter]:
             "z-near-b.jpg": encode_image(generate(2, 80, 50), "jpg", 70)}
     for name, data in junk.items():
         (src / name).write_bytes(data)
-    skips = Counter({"unsupported_type": 3, "not_an_image": 1, "empty_file": 1, "undecodable": 1,
+    skips = Counter({"unsupported_type": 3, "not_an_image": 1, "empty_file": 1, "truncated": 1,
                      "too_many_pixels": 1, "too_small": 1, "duplicate_md5": 1, "near_duplicate": 1})
     return keep, skips
 

@@ -130,9 +130,10 @@ def test_bad_input_corpus_is_counted_not_fatal(tmp_path):
     out = tmp_path / "out"
     assert _run("--in", tmp_path / "src", "--out", out, "--tile", 48, "--lr-format", "png") == 0
     stats = [json.loads(p.read_text()) for p in sorted(out.glob("*_stats.json"))]
-    got = {i: reason for st in stats for reason, ids in st["skipped_ids"].items() for i in ids}
+    got = {Path(i).stem: reason for st in stats for reason, ids in st["skipped_names"].items() for i in ids}
     assert got == expected
     index = json.loads((out / "index.json").read_text())
+    assert {Path(i).stem: r for r, ids in index["skipped_names"].items() for i in ids} == expected
     assert sum(index["skipped"].values()) == len(expected) and index["tile"] == 48
     notes = sum((Counter(st["notes"]) for st in stats), Counter())
     assert (notes["16bit"], notes["gray"], notes["alpha_on_white"]) == (1, 1, 1)
@@ -284,7 +285,7 @@ def test_an_unexpected_error_on_one_source_exits_1(tmp_path):
     cfg = ShardConfig(inp=tmp_path, out=tmp_path / "out")
     items = [asdict(Source("good", "good.png", str(good))), asdict(Source("gone", "gone.png", str(tmp_path / "x")))]
     stats = make_shard({"cfg": config.to_dict(cfg), "shard": 0, "items": items})
-    assert stats["skipped_ids"] == {"error_FileNotFoundError": ["gone"]} and stats["nsamples"] == 1
+    assert stats["skipped_names"] == {"error_FileNotFoundError": ["gone.png"]} and stats["nsamples"] == 1
     why = failure({"expected_shards": 1, "part": {"shards": 1, **stats}})
     assert why is not None and "error_FileNotFoundError" in why
     ok = {"shards": 1, "nsamples": 1, "skipped": {"too_small": 2}}

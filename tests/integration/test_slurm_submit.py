@@ -76,7 +76,7 @@ def test_shard_array_spreads_over_both_nodes_and_merges_to_one_process_output(sl
     assert _submit("shard", "--in", str(images), "--out", str(out), *SHARD_ARGS, "--array", "4", "--wait",
                    logs=logs) == 0
     printed = capsys.readouterr().out
-    assert "squeue -j" in printed and "_log.out" in printed
+    assert "squeue -j" in printed and "_log.err" in printed
     _assert_same_shards(one_process, out)
     record_dir = next(logs.glob("shard-*"))
     record = json.loads((record_dir / "submission.json").read_text())

@@ -66,7 +66,7 @@ def test_two_process_torchrun_trains_and_logs(data, tmp_path):
     assert sum(pixel[-6:]) / 6 < sum(pixel[:6]) / 6
     for tag in ("loss/total", "loss/gan", "loss/d_real", "loss/d_fake", "lr/g", "lr/d", "grad_norm/g",
                 "grad_norm/d", "perf/samples_per_s", "perf/data_wait_fraction", "perf/tflops", "perf/mfu",
-                "val/psnr_y", "val/ssim_y",
+                "val/psnr_y", "val/bicubic_psnr_y", "val/ssim_y",
                 "data/skipped", "train/nan_skips"):
         assert tag in s, tag
     assert s["__images__"] == ["val/lr_bicubic_sr_hr"]

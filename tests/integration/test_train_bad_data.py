@@ -29,5 +29,5 @@ def test_all_undecodable_shards_end_the_run_with_exit_1(tmp_path, workers):
     # the timeout only guards against the old behaviour (an endless search that ignored SIGTERM)
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert r.returncode == 1, r.stderr[-3000:]
-    assert "50 unusable samples in a row ({'undecodable': 50})" in r.stderr, r.stderr[-3000:]
+    assert "50 unusable samples in a row ({'truncated': 50})" in r.stderr, r.stderr[-3000:]
     assert "train-000000.tar, train-000001.tar" in r.stderr

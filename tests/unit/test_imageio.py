@@ -77,7 +77,7 @@ def test_bytes_after_the_end_marker_are_not_truncation():
             assert imageio.truncated(data[:cut], fmt)
             with pytest.raises(imageio.ImageError) as e:
                 imageio.decode_image(data[:cut])
-            assert e.value.reason in ("truncated", "undecodable")
+            assert e.value.reason == "truncated"  # whether or not the decoder would cope (awm.skips)
 
 
 def test_a_cut_jpeg_is_truncated_even_when_its_exif_thumbnail_ends_earlier():

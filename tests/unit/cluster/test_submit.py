@@ -209,3 +209,28 @@ def test_a_stop_warning_that_does_not_fit_the_time_limit_is_adjusted_and_said():
     assert submit.make_request("train", profile, name, _args(time=4)).signal_delay_s == 120  # fits: kept
     with pytest.raises(ConfigError, match="'signal_delay_s': got 0; valid: seconds >= 10"):
         submit.load_profile(None, ["signal_delay_s=0"])
+
+
+def test_log_hint_points_at_the_files_holding_awms_log(tmp_path, capsys):
+    """awm logs to stderr, which submitit writes to *_log.err: the printed tail -F must show it."""
+    import glob
+
+    from awm.data.synth import write_dataset
+
+    write_dataset(tmp_path / "img", 2, seed=3, long_side=(64, 96))
+    code = cli.main(["submit", "shard", "--in", str(tmp_path / "img"), "--out", str(tmp_path / "out"), "--scales", "2",
+                     "--profile", "local", "--wait", "--set", f"log_dir={tmp_path / 'logs'}"])
+    assert code == 0
+    hint = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("logs:"))
+    pattern = hint.split("tail -F ", 1)[1].strip()
+    assert pattern.endswith("*_log.err")
+    logged = "".join(Path(p).read_text() for p in glob.glob(pattern))
+    assert "awm.shard" in logged, logged[-2000:]
+
+
+def test_documented_retry_folders_are_where_submit_writes():
+    """The README's `--retry DIR` examples point into the profiles' default log_dir (.slurm/)."""
+    repo = Path(__file__).resolve().parents[3]
+    text = "".join((repo / f).read_text() for f in ("README.md", "slurm/README.md", "awm/cluster/submit.py"))
+    folders = re.findall(r"--retry (?!SUBMISSION_DIR)([\w./-]+)", text)
+    assert folders and all(f.startswith(submit.Profile().log_dir + "/") for f in folders), folders
