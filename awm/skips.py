@@ -38,6 +38,10 @@ REASONS: dict[str, str] = {
     "near_duplicate": "within near_dup bits of a kept image's perceptual hash",
     "duplicate_id": "a second source with an id already used",
     "variant": "another post of a family already kept (crawl --variants one)",
+    # curation (awm.acquire.clean, crawl)
+    "low_complexity": "image complexity (mean luma gradient) below --min-complexity",
+    "low_jpeg_quality": "a JPEG whose quantisation tables estimate a quality below --min-jpeg-quality",
+    "tag_quota": "every counted tag of the post already holds --max-per-tag posts",
     # reading inputs
     "unreadable": "the file could not be read (permissions, I/O error)",
     "no_hr": "a pair sample without its hr image",

@@ -23,8 +23,10 @@ def _reasons_in_source() -> dict[str, str]:
         for node in ast.walk(ast.parse(text)):
             if isinstance(node, ast.FunctionDef) and "skip" in node.name:
                 for ret in ast.walk(node):
-                    if isinstance(ret, ast.Return) and isinstance(ret.value, ast.Constant) and ret.value.value:
-                        found[ret.value.value] = f"{path.name}:{node.name}"
+                    value = ret.value.elts[0] if isinstance(ret, ast.Return) and isinstance(ret.value, ast.Tuple) \
+                        else getattr(ret, "value", None)  # "reason" or ("reason", id it duplicates)
+                    if isinstance(ret, ast.Return) and isinstance(value, ast.Constant) and value.value:
+                        found[value.value] = f"{path.name}:{node.name}"
     return found
 
 
