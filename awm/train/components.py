@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from awm import config as cfgmod
+from awm import dist
 from awm.config import check
 from awm.models import losses
 from awm.models.archs import build_model, get_spec, model_info
@@ -58,6 +59,11 @@ class Components:
     generator_loss: nn.Module | None = None
     discriminator_loss: nn.Module | None = None
     deepspeed: bool = False  # its engine steps inside backward: no device-side skip there
+    # The generator's input dtype when it differs from the loader's float32: DeepSpeed casts the
+    # parameters to bf16/fp16 but never the inputs, and Accelerate turns its autocast off under
+    # DeepSpeed, so an fp32 batch would meet bf16 weights ("Input type (float) and weight type
+    # (BFloat16) should be the same").
+    input_dtype: torch.dtype | None = None
 
     def optimizers(self, gan: bool) -> list[torch.optim.Optimizer]:
         return [self.generator_optimizer] + ([self.discriminator_optimizer] if gan else [])
@@ -82,12 +88,16 @@ def _trainable(module: nn.Module) -> list[nn.Parameter]:
 def build_components(cfg: TrainConfig, precision: str) -> Components:
     """Accelerator, models (compiled before DDP wrapping), fused optimisers, EMA and losses."""
     from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, DistributedType, set_seed
+    from accelerate.utils import DataLoaderConfiguration, DistributedType, InitProcessGroupKwargs, set_seed
 
-
+    # Under DeepSpeed, Accelerate creates the process group through deepspeed.init_distributed
+    # with this backend: gloo on CPU, where Accelerate would otherwise choose none and leave every
+    # process training alone (world size 1). Otherwise awm.dist.init has created the group.
+    ds_env = os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+    handlers = [InitProcessGroupKwargs(backend=dist.backend(), timeout=dist.timeout())] if ds_env else []
     acc = Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.optim.accum,
                       dataloader_config=DataLoaderConfiguration(dispatch_batches=False, split_batches=False),
-                      step_scheduler_with_optimizer=False)
+                      step_scheduler_with_optimizer=False, kwargs_handlers=handlers)
     deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
     gan = cfg.gan_start < cfg.steps
     if deepspeed:
@@ -126,6 +136,9 @@ def build_components(cfg: TrainConfig, precision: str) -> Components:
         c.adversary = compile_module(d, m.compile)
         c.discriminator, c.discriminator_optimizer = acc.prepare(c.adversary, c.discriminator_optimizer)
     c.generator, c.generator_optimizer = acc.prepare(compile_module(generator, m.compile), g_opt)
+    if deepspeed:
+        dtype = next(generator.parameters()).dtype
+        c.input_dtype = None if dtype == torch.float32 else dtype
     return c
 
 
@@ -138,6 +151,8 @@ def losses_and_backward(c: Components, lr: torch.Tensor, hr: torch.Tensor, gan: 
     discriminator inside its loss gets no gradient from it, with no per-parameter toggling.
     """
     backward = backward or (lambda loss, **kw: loss.backward(**kw))
+    if c.input_dtype is not None:
+        lr = lr.to(c.input_dtype)
     with autocast():
         sr = c.generator(lr)
         if gan:
@@ -185,6 +200,16 @@ def _device_copy(module: nn.Module | None) -> nn.Module | None:
     return None if module is None else copy.deepcopy(module)
 
 
+def _clip(group: list[nn.Parameter], max_norm: float, device: torch.device) -> torch.Tensor:
+    """The group's gradient norm (a device tensor), clipped to ``max_norm`` unless that is 0."""
+    grads = [p.grad for p in group if p.grad is not None]
+    if not grads:
+        return torch.zeros((), device=device)
+    if max_norm:
+        return torch.nn.utils.clip_grad_norm_(group, max_norm, foreach=True)
+    return torch.nn.utils.get_total_norm(grads, foreach=True)  # the norm alone: log, non-finite check
+
+
 def non_finite_flag(values: list[torch.Tensor], world_size: int) -> torch.Tensor:
     """1.0 on the device when any value is NaN/inf on any rank, else 0.0; never read by the host.
 
@@ -205,13 +230,15 @@ def apply_update(c: Components, gan: bool, grad_clip: float, step_loss: torch.Te
     """
     acc = c.accelerator
     params = [c.generator_params] + ([c.discriminator_params] if gan else [])
-    norms = []
-    for group in params:
-        if grad_clip or c.deepspeed or acc.scaler is not None:  # fp16: unscale first
-            norm = acc.clip_grad_norm_(group, grad_clip or math.inf)
-        else:  # no clipping: the norm alone (for the log and the non-finite check), no pass scaling grads
-            norm = torch.nn.utils.get_total_norm([p.grad for p in group if p.grad is not None])
-        norms.append(torch.zeros((), device=acc.device) if norm is None else torch.as_tensor(norm, device=acc.device))
+    if c.deepspeed:  # the engine has clipped and stepped inside backward; its norm, never read here
+        norm = acc.deepspeed_engine_wrapped.engine.get_global_grad_norm()  # (Accelerate's getter calls .item())
+        norms = [torch.zeros((), device=acc.device) if norm is None else torch.as_tensor(norm, device=acc.device)]
+    else:
+        if acc.scaler is not None:
+            # fp16: unscale every optimizer once; GradScaler refuses a second unscale_ of an
+            # optimizer before update(), which Accelerate's clip_grad_norm_ would do per group
+            acc.unscale_gradients()
+        norms = [_clip(group, grad_clip, acc.device) for group in params]
     found_inf = non_finite_flag([step_loss, *norms], world_size)
     for opt in c.optimizers(gan):
         if not c.deepspeed:

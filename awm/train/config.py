@@ -85,6 +85,9 @@ class TrainConfig:
     gan_start: int = field(default=50_000, metadata={"help": "step where the GAN stage starts (>= steps: L1 only)"})
     precision: Literal["auto", "fp32", "bf16", "fp16"] = field(default="auto", metadata={
         "help": "auto: the launcher's setting (accelerate config), else bf16 on a bf16 GPU, else fp32"})
+    device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata={
+        "help": "auto: this rank's GPU if there is one, else the CPU; cuda: fail at start without a GPU "
+                "(never a silent CPU run); cpu: the CPU even with GPUs"})
     deterministic: bool = False
     max_nan_skips: int = field(default=20, metadata={
         "help": "consecutive non-finite steps before stopping (checked at log steps)"})

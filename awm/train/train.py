@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 
-from awm import config as cfgmod
 from awm import dist
 from awm.train.components import build_components
 from awm.train.config import RECIPES, TrainConfig, load_config
@@ -47,9 +46,32 @@ def _precision(cfg: TrainConfig) -> str:
     if cfg.precision != "auto":
         return "no" if cfg.precision == "fp32" else cfg.precision
     launcher = os.environ.get("ACCELERATE_MIXED_PRECISION")
-    if launcher:
+    # Under DeepSpeed the launcher's value is always "no" (Accelerate refuses a mixed_precision
+    # beside a deepspeed_config_file), so it is no choice: the recipe's auto decides.
+    if launcher and not _deepspeed():
         return launcher
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    gpu = cfg.device != "cpu" and torch.cuda.is_available()
+    return "bf16" if gpu and torch.cuda.is_bf16_supported() else "no"
+
+
+def _deepspeed() -> bool:
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+
+
+def _asks_for_cuda(cfg: TrainConfig) -> str | None:
+    """What in this run asks for a GPU (a phrase for the error), or None: ``device=cuda``, fp16
+    (no GradScaler or autocast on a CPU), or, with ``precision: auto``, a launcher whose mixed
+    precision is bf16/fp16 (AWM's GPU launch configs; the CPU ones say 'no')."""
+    if cfg.device == "cuda":
+        return "device=cuda"
+    if cfg.device == "cpu":
+        return None
+    if cfg.precision == "fp16":
+        return "precision=fp16"
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if cfg.precision == "auto" and launcher in ("bf16", "fp16") and not _deepspeed():
+        return f"the launch config (mixed_precision: {launcher}; add device=cpu to train on the CPU)"
+    return None
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
@@ -59,17 +81,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     handlers are restored; nothing calls ``sys.exit``.
     """
     had_group = dist.initialized()
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
-        # DeepSpeed joins its own process group, and ACCELERATE_USE_CPU (set by dist.init
-        # without a GPU) would make Accelerate ignore it. Accelerate 1.15 leaves
-        # num_processes at 1 for DeepSpeed on a machine without GPUs (no backend chosen), so
-        # several CPU processes would each train alone: refuse that instead.
-        if dist.world_size() > 1 and not torch.cuda.is_available():
-            raise cfgmod.ConfigError("launcher", "DeepSpeed with several CPU processes", "DeepSpeed on GPUs, "
-                                     "or 1 CPU process (Accelerate treats each CPU process as world size 1)")
+    asked = _asks_for_cuda(cfg)
+    if asked:
+        dist.require_cuda(asked)
+    if _deepspeed():
+        # DeepSpeed joins its own process group (Accelerate calls deepspeed.init_distributed,
+        # with gloo on CPU: see build_components), and ACCELERATE_USE_CPU (set by dist.init
+        # without a GPU) would make Accelerate ignore it.
         os.environ.pop("ACCELERATE_USE_CPU", None)  # an inherited value would silently turn DeepSpeed off
     else:
-        dist.init()
+        dist.init(cfg.device)
     _stop.clear()
     previous = {}
     if threading.current_thread() is threading.main_thread():

@@ -294,6 +294,7 @@ def validate(cfg: TrainConfig, c: Components, model: torch.nn.Module, skipped: C
     sums = torch.zeros(4, dtype=torch.float64, device=acc.device)
     crops = []
     was_training = model.training
+    dtype = next(model.parameters()).dtype  # bf16 under DeepSpeed without EMA (no autocast there)
     model.eval()
     pairs = eval_pairs(cfg.data.eval or cfg.data.train, s, acc.process_index, acc.num_processes,
                        v.max_images, v.crop, skipped, cfg.data.max_pixels)
@@ -304,7 +305,7 @@ def validate(cfg: TrainConfig, c: Components, model: torch.nn.Module, skipped: C
             if min(h, w) < max(info.size_min, 1):
                 skipped["eval_too_small"] += 1
                 continue
-            x = to_tensor(lr[:h, :w]).to(acc.device)
+            x = to_tensor(lr[:h, :w]).to(acc.device, dtype)
             y = to_tensor(hr[:h * s, :w * s]).to(acc.device)
             with acc.autocast():
                 sr = model(x).float()

@@ -1,9 +1,10 @@
 """awm train end to end with real processes: torchrun/accelerate on CPU (gloo), exact resume after
-SIGTERM, uneven shards, DeepSpeed ZeRO-2, TensorBoard contents."""
+SIGTERM, uneven shards, DeepSpeed ZeRO-2 bf16 (2 processes), TensorBoard contents."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -128,18 +129,34 @@ def test_accelerate_launch_two_ranks_uneven_shards_no_hang(tmp_path):
     assert stats["world_size"] == 2 and stats["step"] == 8 and stats["status"] == "done"
 
 
-def test_deepspeed_zero2_cpu(data, tmp_path):
-    """ZeRO-2 through Accelerate on CPU, one process (see launch/deepspeed-zero2.yaml for why one)."""
+def test_deepspeed_zero2_bf16_two_processes_trains_and_resumes(data, tmp_path):
+    """ZeRO-2 through Accelerate on CPU, 2 processes (gloo), bf16 weights: the LR batch is cast to
+    the engine's dtype (DeepSpeed casts parameters, never inputs, and Accelerate's autocast is off
+    under DeepSpeed), the loss is finite and falls, and a longer rerun resumes from the state."""
     import deepspeed  # noqa: F401  (a hard dependency: an import error fails the test)
-    cmd = [str(BIN / "accelerate"), "launch", "--config_file", str(ROOT / "launch" / "deepspeed-zero2.yaml"),
-           "--num_processes", "1", "--mixed_precision", "no", "--main_process_port", "29735",
-           "-m", "awm", "train", "--config", "tiny-cpu",
-           *overrides(data, tmp_path, steps=6, gan_start=6, **{"optim.accum": 2, "validation.every": 0})]
-    r = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600, cwd=ROOT)
+
+    def launch(steps: int) -> subprocess.CompletedProcess:
+        cmd = [str(BIN / "accelerate"), "launch", "--config_file", str(ROOT / "launch" / "deepspeed-zero2.yaml"),
+               "--num_processes", "2", "--main_process_port", "29735", "-m", "awm", "train", "--config", "tiny-cpu",
+               *overrides(data, tmp_path, steps=steps, gan_start=steps, precision="bf16", **{
+                   "optim.accum": 2, "validation.every": 0, "schedule.warmup_steps": 0, "optim.lr_g": 2e-3})]
+        return subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=900, cwd=ROOT)
+
+    r = launch(10)
     assert r.returncode == 0, r.stderr[-3000:]
-    state = tmp_path / "tiny-cpu" / "state"
+    run = tmp_path / "tiny-cpu"
+    stats = json.loads((run / "train_stats.json").read_text())
+    assert stats["world_size"] == 2 and stats["precision"] == "bf16" and stats["status"] == "done"
+    state = run / "state"
     assert (state / "pytorch_model").is_dir() and (state / "complete.json").is_file()  # DeepSpeed's layout
-    assert "step 6/6" in r.stderr
+    assert {p.name for p in (state / "pytorch_model").glob("bf16_zero_pp_rank_*")} == {
+        "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt", "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt"}
+    again = launch(16)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resumed from {state} at step 10" in again.stderr
+    pixel = [v for _, v in sorted(scalars(run / "tb")["loss/pixel"])]
+    assert len(pixel) == 16 and all(math.isfinite(v) for v in pixel)
+    assert sum(pixel[-4:]) / 4 < sum(pixel[:4]) / 4
 
 
 def test_in_process_request_stop_then_reentrant_resume(data, tmp_path):
