@@ -40,6 +40,7 @@ class Components:
     ``generator``/``discriminator`` are what the step calls (compiled, DDP-wrapped);
     ``*_plain`` are the bare modules (EMA source, validation, checkpoints, FLOP counting);
     ``adversary`` is the discriminator as the generator's loss calls it (compiled, not DDP).
+    Models are prepared (DDP) first and compiled after, and their saved states have bare keys.
     """
 
     accelerator: Any
@@ -64,6 +65,7 @@ class Components:
     # DeepSpeed, so an fp32 batch would meet bf16 weights ("Input type (float) and weight type
     # (BFloat16) should be the same").
     input_dtype: torch.dtype | None = None
+    cudagraphs: bool = False  # model.compile=reduce-overhead on CUDA: see build_components and the trainer
 
     def optimizers(self, gan: bool) -> list[torch.optim.Optimizer]:
         return [self.generator_optimizer] + ([self.discriminator_optimizer] if gan else [])
@@ -86,15 +88,24 @@ def _trainable(module: nn.Module) -> list[nn.Parameter]:
 
 
 def build_components(cfg: TrainConfig, precision: str) -> Components:
-    """Accelerator, models (compiled before DDP wrapping), fused optimisers, EMA and losses."""
+    """Accelerator, models (DDP-wrapped, then compiled), fused optimisers, EMA and losses."""
     from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, DistributedType, InitProcessGroupKwargs, set_seed
+    from accelerate.utils import (
+        DataLoaderConfiguration,
+        DistributedDataParallelKwargs,
+        DistributedType,
+        InitProcessGroupKwargs,
+        set_seed,
+    )
 
     # Under DeepSpeed, Accelerate creates the process group through deepspeed.init_distributed
     # with this backend: gloo on CPU, where Accelerate would otherwise choose none and leave every
     # process training alone (world size 1). Otherwise awm.dist.init has created the group.
     ds_env = os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
-    handlers = [InitProcessGroupKwargs(backend=dist.backend(), timeout=dist.timeout())] if ds_env else []
+    # DDP without broadcast_buffers: every rank computes the same buffers (spectral-norm vectors
+    # from identical weights), and DAT's constant buffers (90 MiB) would be re-sent every forward.
+    handlers = ([InitProcessGroupKwargs(backend=dist.backend(), timeout=dist.timeout())] if ds_env
+                else [DistributedDataParallelKwargs(broadcast_buffers=False)])
     acc = Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.optim.accum,
                       dataloader_config=DataLoaderConfiguration(dispatch_batches=False, split_batches=False),
                       step_scheduler_with_optimizer=False, kwargs_handlers=handlers)
@@ -134,12 +145,59 @@ def build_components(cfg: TrainConfig, precision: str) -> Components:
         c.generator_loss = losses.build_generator_loss(cfg.loss).to(acc.device)
         c.discriminator_loss = losses.build_discriminator_loss(cfg.loss).to(acc.device)
         c.adversary = compile_module(d, m.compile)
-        c.discriminator, c.discriminator_optimizer = acc.prepare(c.adversary, c.discriminator_optimizer)
-    c.generator, c.generator_optimizer = acc.prepare(compile_module(generator, m.compile), g_opt)
+        ddp_d, c.discriminator_optimizer = acc.prepare(d, c.discriminator_optimizer)
+        c.discriminator = compile_module(ddp_d, m.compile)
+        _canonical_state_keys(ddp_d)
+    # Compile what DDP wraps, not the other way round (Accelerate's own order with its dynamo
+    # plugin): dynamo's DDPOptimizer then splits the graph at DDP's bucket boundaries, so the
+    # gradient all-reduce overlaps the backward; a DDP-wrapped compiled module all-reduces after it.
+    prepared, c.generator_optimizer = acc.prepare(generator, g_opt)
+    c.generator = compile_module(prepared, m.compile)
+    _canonical_state_keys(prepared)
+    if not deepspeed:
+        acc.register_save_state_pre_hook(_bare_saved_keys)
+    c.cudagraphs = m.compile == "reduce-overhead" and acc.device.type == "cuda"
+    if c.cudagraphs:
+        # CUDA-graph trees own their outputs' memory, and a replay overwrites it. Gradients the
+        # compiled backward hands to AccumulateGrad become .grad as they are (in the graph's pool)
+        # when .grad is None, then die at the next replay (the GAN stage's discriminator, the next
+        # micro-step of optim.accum): keep .grad allocated outside the pool and accumulate into it.
+        for p in c.generator_params + c.discriminator_params:
+            p.grad = torch.zeros_like(p)
     if deepspeed:
         dtype = next(generator.parameters()).dtype
         c.input_dtype = None if dtype == torch.float32 else dtype
     return c
+
+
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP's and torch.compile's submodule names
+
+
+def bare_key(key: str) -> str:
+    """A state key without the prefixes wrappers add (``module._orig_mod.conv.weight`` -> ``conv.weight``)."""
+    while key.startswith(WRAPPER_PREFIXES):
+        key = key.split(".", 1)[1]
+    return key
+
+
+def _bare_saved_keys(models: list[nn.Module], weights: list[dict[str, torch.Tensor]], output_dir: str) -> None:
+    """Accelerate's save-state hook: model states are saved under the bare module's keys, so a run
+    resumes whether or not ``model.compile`` or the process count (DDP) changed in between."""
+    for state in weights:
+        for key in list(state):
+            state[bare_key(key)] = state.pop(key)
+
+
+def _canonical_state_keys(module: nn.Module) -> None:
+    """Let ``module`` (maybe DDP-wrapped) load a state saved with or without wrapper prefixes
+    (states written before :func:`_bare_saved_keys`, or by a compiled model, have them)."""
+    prefix = "module." if isinstance(module, torch.nn.parallel.DistributedDataParallel) else ""
+
+    def rekey(_module, state, at, *_):
+        for key in [k for k in state if k.startswith(at)]:
+            state[at + prefix + bare_key(key[len(at):])] = state.pop(key)
+
+    module.register_load_state_dict_pre_hook(rekey)
 
 
 def losses_and_backward(c: Components, lr: torch.Tensor, hr: torch.Tensor, gan: bool,
@@ -245,5 +303,5 @@ def apply_update(c: Components, gan: bool, grad_clip: float, step_loss: torch.Te
             # read by the fused kernel on the device, as GradScaler's found_inf is
             (opt.optimizer if hasattr(opt, "optimizer") else opt).found_inf = found_inf
         opt.step()
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=not c.cudagraphs)
     return found_inf, norms

@@ -193,3 +193,25 @@ def test_non_finite_steps_are_skipped_then_the_run_stops_with_state(data, tmp_pa
     assert stats["status"] == "nan" and stats["nan_skips"] == 3 and stats["step"] < 40
     assert json.loads((tmp_path / "tiny-cpu" / "state" / "complete.json").read_text())["step"] == stats["step"]
     assert scalars(tmp_path / "tiny-cpu" / "tb")["train/nan_skips"][-1][1] >= 2
+
+
+@pytest.mark.parametrize("first,then", [("default", "none"), ("none", "default")])
+def test_resume_across_a_compile_toggle(data, tmp_path, first, then):
+    """A state saved with model.compile=default resumes with compile=none and the other way round:
+    saved model states carry the bare module's keys (torch.compile adds ``_orig_mod.``, DDP ``module.``).
+    Inductor on the CPU, a 2-conv net: ~100 s for the first compile on a fresh machine, seconds
+    from its cache after."""
+    from safetensors.torch import load_file
+
+    from awm.train.train import load_config, train
+
+    def run(steps: int, mode: str) -> dict:
+        return train(load_config("tiny-cpu", overrides(data, tmp_path, steps=steps, gan_start=steps, **{
+            "model.compile": mode, "model.hparams.num_feat": 8, "model.hparams.num_conv": 2, "ema.enabled": "false",
+            "validation.every": 0, "validation.max_images": 1, "data.workers": 0})))
+
+    assert run(2, first)["status"] == "done"
+    state = tmp_path / "tiny-cpu" / "state"
+    assert not any(k.startswith(("_orig_mod.", "module.")) for k in load_file(state / "model.safetensors"))
+    assert run(3, then)["step"] == 3
+    assert json.loads((state / "complete.json").read_text())["step"] == 3
