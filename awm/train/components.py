@@ -98,6 +98,11 @@ def build_components(cfg: TrainConfig, precision: str) -> Components:
         set_seed,
     )
 
+    scale, m = cfg.data.scale, cfg.model
+    info = model_info(m.arch, scale, **m.hparams)
+    if precision == "fp16" and not info.supports_fp16:
+        raise cfgmod.ConfigError("precision", "fp16", f"fp32 or bf16 for {m.arch}: spandrel marks its architecture "
+                                 "unsafe in half precision (supports_half=False)")
     # Under DeepSpeed, Accelerate creates the process group through deepspeed.init_distributed
     # with this backend: gloo on CPU, where Accelerate would otherwise choose none and leave every
     # process training alone (world size 1). Otherwise awm.dist.init has created the group.
@@ -122,8 +127,6 @@ def build_components(cfg: TrainConfig, precision: str) -> Components:
     torch.use_deterministic_algorithms(cfg.deterministic)
     torch.backends.cudnn.benchmark = not cfg.deterministic
     torch.backends.cuda.matmul.allow_tf32 = not cfg.deterministic  # fp32 runs: TF32 tensor cores
-    scale, m = cfg.data.scale, cfg.model
-    info = model_info(m.arch, scale, **m.hparams)
     q = cfg.data.patch // scale
     check(q % info.size_multiple == 0 and q >= info.size_min, "data.patch", cfg.data.patch,
           f"an HR patch whose LR side is a multiple of {info.size_multiple} and >= {info.size_min} for {m.arch}")

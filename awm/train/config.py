@@ -70,7 +70,7 @@ class ValidationConfig:
 class LogConfig:
     every: int = field(default=50, metadata={
         "help": "TensorBoard scalars and a console line every N steps; the only steps where the host reads "
-                "the device, so stop requests and max_nan_skips act here"})
+                "the device, so max_nan_skips acts here (stop requests act within two steps)"})
 
     def __post_init__(self) -> None:
         check(self.every >= 1, "log.every", self.every, ">= 1")

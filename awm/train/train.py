@@ -7,8 +7,8 @@ bf16 autocast without a GradScaler, gradient accumulation that syncs only on the
 micro-step, EMA of the generator, validation on eval shards split over ranks, ``best`` by a
 validation metric. The full state is written atomically to ``runs/<name>/state`` and a run
 resumes from it bit-exactly (the data position is the step, see :mod:`awm.data.loader`; learning
-rates are a pure function of the step). SIGTERM/SIGUSR1 or :func:`request_stop` save it at the
-next log step and return ``status: preempted``.
+rates are a pure function of the step). SIGTERM, SIGUSR1, SIGINT (Ctrl-C) or :func:`request_stop`
+save it within two steps and return ``status: preempted``; a second Ctrl-C aborts at once.
 
 Where things live: :mod:`awm.train.config` (the typed configuration), :mod:`awm.train.components`
 (components, the step's losses/backward/update), :mod:`awm.train.trainer` (the loop, logging,
@@ -37,7 +37,15 @@ __all__ = ["EXIT_PREEMPTED", "TrainConfig", "load_config", "request_stop", "trai
 
 
 def request_stop() -> None:
-    """Ask a running :func:`train` to save its full state at the next log step and return."""
+    """Ask a running :func:`train` to save its full state within two steps and return."""
+    _stop.set()
+
+
+def _on_stop_signal(sig: int, _frame: object) -> None:
+    """A stop request; Ctrl-C (SIGINT) is one too, the stop button of a workstation, and a second
+    Ctrl-C aborts at once (KeyboardInterrupt) when waiting for the save is not wanted."""
+    if sig == signal.SIGINT and _stop.is_set():
+        raise KeyboardInterrupt
     _stop.set()
 
 
@@ -94,8 +102,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     _stop.clear()
     previous = {}
     if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            previous[sig] = signal.signal(sig, lambda *_: _stop.set())
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+            previous[sig] = signal.signal(sig, _on_stop_signal)
     try:
         precision = _precision(cfg)
         trainer = Trainer(cfg, build_components(cfg, precision), _stop, precision)
