@@ -298,7 +298,8 @@ def apply_update(c: Components, gan: bool, grad_clip: float, step_loss: torch.Te
         if acc.scaler is not None:
             # fp16: unscale every optimizer once; GradScaler refuses a second unscale_ of an
             # optimizer before update(), which Accelerate's clip_grad_norm_ would do per group
-            acc.unscale_gradients()
+            for opt in c.optimizers(gan):
+                acc.scaler.unscale_(opt.optimizer if hasattr(opt, "optimizer") else opt)
         norms = [_clip(group, grad_clip, acc.device) for group in params]
     found_inf = non_finite_flag([step_loss, *norms], world_size)
     for opt in c.optimizers(gan):
