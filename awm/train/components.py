@@ -83,6 +83,26 @@ def make_optimizer(params: list[nn.Parameter], lr: float, betas: tuple[float, fl
                              fused=fused or None, foreach=None if fused else True)
 
 
+class GlobalMean(nn.Module):
+    """``AdaptiveAvgPool2d(1)`` as a mean over height and width: the same values, and a backward
+    that CUDA computes deterministically (adaptive average pooling's backward has no such kernel)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((-2, -1), keepdim=True)
+
+
+def deterministic_pools(module: nn.Module) -> int:
+    """Replace every ``AdaptiveAvgPool2d(1)`` inside ``module`` (HAT's and DAT's channel attention)
+    by :class:`GlobalMean`; returns how many. No parameters or state keys change."""
+    count = 0
+    for parent in module.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, nn.AdaptiveAvgPool2d) and child.output_size in (1, (1, 1)):
+                setattr(parent, name, GlobalMean())
+                count += 1
+    return count
+
+
 def _trainable(module: nn.Module) -> list[nn.Parameter]:
     return [p for p in module.parameters() if p.requires_grad]
 
@@ -124,7 +144,12 @@ def build_components(cfg: TrainConfig, precision: str) -> Components:
         ds["train_micro_batch_size_per_gpu"] = cfg.data.batch_size
         ds["gradient_clipping"] = cfg.optim.grad_clip
     set_seed(cfg.seed)  # same initial weights on every rank
-    torch.use_deterministic_algorithms(cfg.deterministic)
+    cuda = acc.device.type == "cuda"
+    if cfg.deterministic and cuda:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for determinism
+    # On CUDA an op without a deterministic kernel warns instead of failing (torch's warn_only):
+    # the known ones are replaced (discriminators.upsample2x, deterministic_pools, the device median).
+    torch.use_deterministic_algorithms(cfg.deterministic, warn_only=cfg.deterministic and cuda)
     torch.backends.cudnn.benchmark = not cfg.deterministic
     torch.backends.cuda.matmul.allow_tf32 = not cfg.deterministic  # fp32 runs: TF32 tensor cores
     q = cfg.data.patch // scale
@@ -134,6 +159,8 @@ def build_components(cfg: TrainConfig, precision: str) -> Components:
     channels_last = channels_last_for(get_spec(m.arch).spandrel_id, m.channels_last) and not deepspeed
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     generator = build_model(m.arch, scale, **m.hparams).to(acc.device, memory_format=fmt)
+    if cfg.deterministic:
+        deterministic_pools(generator)
     ema = EMA(generator, cfg.ema) if cfg.ema.enabled else None
     betas, wd = (cfg.optim.betas[0], cfg.optim.betas[1]), cfg.optim.weight_decay
     g_params = _trainable(generator)

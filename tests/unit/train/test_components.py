@@ -83,3 +83,37 @@ def test_ema_update_reuses_its_buffers_and_follows_bf16_sources():
     assert [t.data_ptr() for t in ema._scratch] == scratch and ema.module.weight.dtype == torch.float32
     target = model.weight.float()
     assert torch.allclose(ema.module.weight, target + (start - target) * 0.25, atol=1e-6)
+
+
+def test_deterministic_runs_avoid_the_ops_cuda_has_no_deterministic_backward_for():
+    """deterministic=true crashed on CUDA: the U-Net discriminator's bilinear upsampling backward and
+    HAT/DAT's AdaptiveAvgPool2d backward have no deterministic CUDA kernel (only a GPU raises; here
+    the replacements are checked to compute the same thing). tests/gpu/run.sh runs them on CUDA."""
+    import torch.nn.functional as F
+
+    from awm.models.discriminators import upsample2x
+    from awm.train.components import GlobalMean, deterministic_pools
+
+    x = torch.rand(2, 3, 5, 7, requires_grad=True)
+    reference = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+    (g_ref,) = torch.autograd.grad(reference.square().sum(), x)
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            out = upsample2x(x)
+    finally:
+        torch.use_deterministic_algorithms(was)
+    assert not any("upsample_bilinear" in e.name for e in prof.events())
+    (g,) = torch.autograd.grad(out.square().sum(), x)
+    assert torch.allclose(out, reference, atol=1e-6) and torch.allclose(g, g_ref, atol=1e-5)
+    for arch in ("hat-tiny", "dat-tiny"):
+        model = build_model(arch, 2).eval()
+        keys, lr = list(model.state_dict()), torch.rand(2, 3, 16, 16)
+        with torch.no_grad():
+            before = model(lr)
+            assert deterministic_pools(model) > 0
+            assert torch.allclose(model(lr), before, atol=1e-5)
+        assert list(model.state_dict()) == keys
+        assert not any(isinstance(m, nn.AdaptiveAvgPool2d) for m in model.modules())
+        assert any(isinstance(m, GlobalMean) for m in model.modules())
