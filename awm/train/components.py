@@ -173,6 +173,8 @@ def build_components(cfg: TrainConfig, precision: str) -> Components:
         c.discriminator_optimizer = make_optimizer(c.discriminator_params, cfg.optim.lr_d, betas, wd,
                                                    acc.device, deepspeed)
         c.generator_loss = losses.build_generator_loss(cfg.loss).to(acc.device)
+        half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        c.generator_loss.settle_backbones(half, fmt)
         c.discriminator_loss = losses.build_discriminator_loss(cfg.loss).to(acc.device)
         c.adversary = compile_module(d, m.compile)
         ddp_d, c.discriminator_optimizer = acc.prepare(d, c.discriminator_optimizer)

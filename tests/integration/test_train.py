@@ -160,13 +160,14 @@ def test_deepspeed_zero2_bf16_two_processes_trains_and_resumes(data, tmp_path):
 
 
 def test_in_process_request_stop_then_reentrant_resume(data, tmp_path):
-    """What `awm submit` does: train() in-process, request_stop() from elsewhere, train() again."""
+    """What `awm submit` does: train() in-process, request_stop() from elsewhere, train() again.
+    The stop acts within steps, not at the next log step (log.every is past the end here)."""
     import threading
 
     from awm.train.train import load_config, request_stop, train
 
     cfg = load_config("tiny-cpu", overrides(data, tmp_path, steps=400, gan_start=400, **{
-        "validation.every": 0, "data.workers": 0, "log.every": 50}))
+        "validation.every": 0, "data.workers": 0, "log.every": 1000}))
     tb = tmp_path / "tiny-cpu" / "tb"
 
     def stop_when_started():
