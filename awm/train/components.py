@@ -119,6 +119,11 @@ def build_components(cfg: TrainConfig, precision: str) -> Components:
     )
 
     scale, m = cfg.data.scale, cfg.model
+    if get_spec(m.arch).spandrel_id in WINDOW_MASKED and "img_size" not in m.hparams:
+        # spandrel's SwinIR/DAT/GRL precompute their shifted-window masks for img_size and rebuild
+        # them on the CPU, with a blocking copy, at every forward of another size (HAT always
+        # does): build for the LR patch. Saved in config.yaml and the checkpoints' hparams.
+        m.hparams["img_size"] = cfg.data.patch // scale
     info = model_info(m.arch, scale, **m.hparams)
     if precision == "fp16" and not info.supports_fp16:
         raise cfgmod.ConfigError("precision", "fp16", f"fp32 or bf16 for {m.arch}: spandrel marks its architecture "
@@ -202,6 +207,7 @@ def build_components(cfg: TrainConfig, precision: str) -> Components:
     return c
 
 
+WINDOW_MASKED = ("SwinIR", "HAT", "DAT", "GRL")  # spandrel ids whose masks depend on img_size
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP's and torch.compile's submodule names
 
 

@@ -117,3 +117,17 @@ def test_deterministic_runs_avoid_the_ops_cuda_has_no_deterministic_backward_for
         assert list(model.state_dict()) == keys
         assert not any(isinstance(m, nn.AdaptiveAvgPool2d) for m in model.modules())
         assert any(isinstance(m, GlobalMean) for m in model.modules())
+
+
+def test_window_attention_models_are_built_for_the_training_patch(accelerator):
+    """SwinIR's masks for img_size (default 64) were rebuilt on the CPU at every forward of a
+    32 px LR patch; the run builds them for its patch and records img_size in its hparams."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    cfg = TrainConfig(model=ModelConfig(arch="swinir-tiny"), gan_start=10, steps=10)
+    cfg.data.patch, cfg.data.scale, cfg.ema.enabled = 64, 2, False
+    c = build_components(cfg, "no")
+    assert cfg.model.hparams["img_size"] == 32
+    blocks = [m for m in c.generator_plain.modules() if hasattr(m, "input_resolution") and hasattr(m, "attn_mask")]
+    assert blocks and all(tuple(b.input_resolution) == (32, 32) for b in blocks)
