@@ -188,10 +188,12 @@ def build_components(cfg: TrainConfig, precision: str) -> Components:
     # Compile what DDP wraps, not the other way round (Accelerate's own order with its dynamo
     # plugin): dynamo's DDPOptimizer then splits the graph at DDP's bucket boundaries, so the
     # gradient all-reduce overlaps the backward; a DDP-wrapped compiled module all-reduces after it.
-    prepared, c.generator_optimizer = acc.prepare(generator, g_opt)
-    c.generator = compile_module(prepared, m.compile)
-    _canonical_state_keys(prepared)
-    if not deepspeed:
+    if deepspeed:  # its engine saves and loads the module's states itself; DeepSpeed compiles inside
+        c.generator, c.generator_optimizer = acc.prepare(compile_module(generator, m.compile), g_opt)
+    else:
+        prepared, c.generator_optimizer = acc.prepare(generator, g_opt)
+        c.generator = compile_module(prepared, m.compile)
+        _canonical_state_keys(prepared)
         acc.register_save_state_pre_hook(_bare_saved_keys)
     c.cudagraphs = m.compile == "reduce-overhead" and acc.device.type == "cuda"
     if c.cudagraphs:
