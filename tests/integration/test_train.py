@@ -216,3 +216,11 @@ def test_resume_across_a_compile_toggle(data, tmp_path, first, then):
     assert not any(k.startswith(("_orig_mod.", "module.")) for k in load_file(state / "model.safetensors"))
     assert run(3, then)["step"] == 3
     assert json.loads((state / "complete.json").read_text())["step"] == 3
+
+
+def test_processes_these_tests_start_see_no_gpu():
+    """The integration tests are sealed from GPUs (conftest's cpu_only): on a 1-GPU host a 2-rank
+    torchrun run would put rank 1 on cuda:1 and fail in set_device(1)."""
+    code = "import os, torch; print(repr(os.environ['CUDA_VISIBLE_DEVICES']), torch.cuda.is_available())"
+    r = subprocess.run([sys.executable, "-c", code], env=env(), capture_output=True, text=True, timeout=120)
+    assert r.stdout.split() == ["''", "False"], r.stderr[-2000:]
