@@ -188,3 +188,15 @@ def test_golden_and_rendered_scripts_use_only_documented_sbatch_syntax():
                                  "srun true\n#SBATCH --nodes=1", "#SBATCH --nodes=1\n#SBATCH --nodes=2"])
 def test_the_syntax_check_rejects_what_sbatch_would(bad):
     assert _check_sbatch_script(f"#!/bin/bash\n{bad}\n")
+
+
+def test_training_jobs_given_gpus_ask_for_cuda():
+    """A GPU job whose torch sees no GPU must fail at start, not train on the node's CPUs."""
+    import argparse
+
+    _, profile = submit.load_profile("gpu-a100x8")
+    ns = argparse.Namespace(config="rrdb-6b-x4", overrides=["steps=10"])
+    assert submit.train_task(ns, profile, 8).overrides == ["device=cuda", "steps=10"]
+    assert submit.train_task(ns, profile, 0).overrides == ["steps=10"]
+    ns.overrides = ["device=cpu"]
+    assert submit.train_task(ns, profile, 8).overrides == ["device=cpu"]
