@@ -132,8 +132,8 @@ def require_cuda(asked_by: str) -> None:
         build = f"torch {torch.__version__} is built for CUDA {cuda}" + (f" (NVIDIA driver >= {need})" if need else "")
     raise NoGPUError(f"{asked_by} asks for a CUDA GPU but torch sees none: {build}; {_driver()}. Install the "
                      f"torch wheel matching the driver (`nvidia-smi` shows its CUDA version), e.g. for CUDA 12 "
-                     f"drivers: pip install torch torchvision --index-url {CUDA12_INDEX}; or run on the CPU "
-                     "with device=cpu")
+                     f"drivers: pip install torch torchvision --index-url {CUDA12_INDEX}; or choose the CPU "
+                     "(device cpu)")
 
 
 def resolve_device(name: str, key: str = "device") -> str:

@@ -224,3 +224,19 @@ def test_processes_these_tests_start_see_no_gpu():
     code = "import os, torch; print(repr(os.environ['CUDA_VISIBLE_DEVICES']), torch.cuda.is_available())"
     r = subprocess.run([sys.executable, "-c", code], env=env(), capture_output=True, text=True, timeout=120)
     assert r.stdout.split() == ["''", "False"], r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("ask,extra_env", [("device=cuda", {}), ("precision=auto", {"ACCELERATE_MIXED_PRECISION": "bf16"})],
+                         ids=["device-cuda", "gpu-launch-config"])
+def test_a_run_that_asks_for_cuda_and_finds_none_fails_at_start(data, tmp_path, ask, extra_env):
+    """No silent CPU run: exit 1, one line naming torch's CUDA build, the driver situation and the
+    CUDA 12 wheel index; no traceback, nothing written."""
+    cmd = [sys.executable, "-m", "awm", "train", "--config", "tiny-cpu", *overrides(data, tmp_path), ask]
+    r = subprocess.run(cmd, env={**env(), "CUDA_VISIBLE_DEVICES": "", **extra_env}, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 1, r.stderr[-2000:]
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and "asks for a CUDA GPU but torch sees none" in lines[0], r.stderr
+    assert f"CUDA {torch.version.cuda}" in lines[0] and "CUDA_VISIBLE_DEVICES hides every GPU" in lines[0]
+    assert "https://download.pytorch.org/whl/cu126" in lines[0] and "Traceback" not in r.stderr
+    assert not any(tmp_path.iterdir())
