@@ -131,3 +131,17 @@ def test_window_attention_models_are_built_for_the_training_patch(accelerator):
     assert cfg.model.hparams["img_size"] == 32
     blocks = [m for m in c.generator_plain.modules() if hasattr(m, "input_resolution") and hasattr(m, "attn_mask")]
     assert blocks and all(tuple(b.input_resolution) == (32, 32) for b in blocks)
+
+
+def test_models_are_prepared_then_compiled_and_ddp_skips_buffer_broadcasts(accelerator):
+    """torch.compile wraps what Accelerate prepared (DDP on several processes), as Accelerate's own
+    dynamo plugin does, so DDP's all-reduce overlaps the backward; DDP does not re-send buffers."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    cfg = TrainConfig(model=ModelConfig(arch="compact-tiny", compile="default"), gan_start=0, steps=10)
+    cfg.data.patch, cfg.loss.perceptual.vgg_weight, cfg.loss.perceptual.anime_weight = 32, 0.0, 0.0
+    c = build_components(cfg, "no")
+    acc = c.accelerator
+    assert [id(m) for m in acc._models] == [id(c.discriminator._orig_mod), id(c.generator._orig_mod)]
+    assert acc.ddp_handler is not None and acc.ddp_handler.broadcast_buffers is False
