@@ -11,11 +11,14 @@ import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 from awm.config import ConfigError
 
 T = TypeVar("T")
+DEFAULT_TIMEOUT_S = 6 * 3600
 
 
 @dataclass(frozen=True)
@@ -91,17 +94,62 @@ def is_main() -> bool:
     return env().is_main
 
 
-def resolve_device(name: str) -> str:
+class NoGPUError(RuntimeError):
+    """A run asked for CUDA and this process has no usable GPU (the message says why and what to install)."""
+
+
+# The oldest Linux driver each CUDA major version runs on (NVIDIA's minor-version compatibility).
+MIN_DRIVER = {"13": 580, "12": 525, "11": 450}
+DRIVER_VERSION_FILE = Path("/proc/driver/nvidia/version")
+CUDA12_INDEX = "https://download.pytorch.org/whl/cu126"
+
+
+def _driver() -> str:
+    """The NVIDIA driver situation as a phrase, read from the kernel module (no CUDA call)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES") == "" or os.environ.get("CUDA_VISIBLE_DEVICES") == "-1":
+        return "CUDA_VISIBLE_DEVICES hides every GPU"
+    try:
+        text = DRIVER_VERSION_FILE.read_text()
+    except OSError:
+        return f"no NVIDIA driver is loaded ({DRIVER_VERSION_FILE} is missing)"
+    words = text.split()
+    version = next((w for w in words if w.count(".") >= 1 and w.split(".")[0].isdigit()), "unknown")
+    return f"NVIDIA driver {version} is loaded"
+
+
+def require_cuda(asked_by: str) -> None:
+    """Raise :class:`NoGPUError` unless torch sees a CUDA GPU: a run that asked for one must not
+    quietly run on the CPU (e.g. the CUDA 13 wheel on a driver older than 580 sees no GPU)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    cuda = torch.version.cuda
+    if cuda is None:
+        build = f"torch {torch.__version__} is a CPU-only build"
+    else:
+        need = MIN_DRIVER.get(cuda.split(".")[0])
+        build = f"torch {torch.__version__} is built for CUDA {cuda}" + (f" (NVIDIA driver >= {need})" if need else "")
+    raise NoGPUError(f"{asked_by} asks for a CUDA GPU but torch sees none: {build}; {_driver()}. Install the "
+                     f"torch wheel matching the driver (`nvidia-smi` shows its CUDA version), e.g. for CUDA 12 "
+                     f"drivers: pip install torch torchvision --index-url {CUDA12_INDEX}; or choose the CPU "
+                     "(device cpu)")
+
+
+def resolve_device(name: str, key: str = "device") -> str:
     """``auto``: this process's GPU (``cuda:LOCAL_RANK``) when there is one, else ``cpu``; any other
-    name is checked by torch (``cpu``, ``cuda``, ``cuda:N``, ...): the one resolver of every stage."""
+    name is checked by torch (``cpu``, ``cuda``, ``cuda:N``, ...), and a CUDA name must find a GPU
+    (:func:`require_cuda`): the one resolver of every stage."""
     import torch
 
     if name == "auto":
         return f"cuda:{env().local_rank}" if torch.cuda.is_available() else "cpu"
     try:
-        torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
-        raise ConfigError("device", name, "auto, cpu, cuda or cuda:N") from None
+        raise ConfigError(key, name, "auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        require_cuda(f"{key}={name}")
     return name
 
 
@@ -112,10 +160,28 @@ def backend() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
-def init() -> DistEnv:
+def timeout() -> timedelta:
+    """How long a collective may wait for a peer: ``AWM_DIST_TIMEOUT_S`` seconds, default 6 hours.
+
+    NCCL's default (10 minutes) kills ``upscale``/``eval``/``score`` ranks whose only collective is
+    the final gather when one rank finishes its share long before another; a training rank that
+    waits that long for a peer is better stopped by the job's own time limit.
+    """
+    raw = os.environ.get("AWM_DIST_TIMEOUT_S", str(DEFAULT_TIMEOUT_S))
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if seconds <= 0:
+        raise ConfigError("AWM_DIST_TIMEOUT_S", raw, "a number of seconds > 0")
+    return timedelta(seconds=seconds)
+
+
+def init(device: str = "auto") -> DistEnv:
     """Join the process group if launched with several processes; a no-op for one process.
 
-    On a machine with no GPU, also tells Accelerate to run on CPU so ``torchrun`` works unchanged.
+    On a machine with no GPU (or with ``device="cpu"``), also tells Accelerate to run on CPU so
+    ``torchrun`` works unchanged.
     The group is destroyed at interpreter exit if the caller has not done so: a process that
     exits holding one can abort in C++ ("terminate called without an active exception").
     """
@@ -123,7 +189,8 @@ def init() -> DistEnv:
     import torch.distributed as dist
 
     d = env()
-    if not torch.cuda.is_available():
+    gpu = torch.cuda.is_available() and device != "cpu"
+    if not gpu:
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")
     if d.world_size > 1 and not dist.is_initialized():
         addr, port = slurm_rendezvous() or ("127.0.0.1", "29500")
@@ -132,9 +199,9 @@ def init() -> DistEnv:
         os.environ.setdefault("RANK", str(d.rank))
         os.environ.setdefault("WORLD_SIZE", str(d.world_size))
         os.environ.setdefault("LOCAL_RANK", str(d.local_rank))
-        if torch.cuda.is_available():
+        if gpu:
             torch.cuda.set_device(d.local_rank)
-        dist.init_process_group(backend())
+        dist.init_process_group("nccl" if gpu else "gloo", timeout=timeout())
         atexit.register(destroy)
     return d
 

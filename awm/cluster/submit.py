@@ -366,9 +366,15 @@ def check_stage_args(req: Request, stage_args: list[str]) -> argparse.Namespace:
                           "arguments that 'awm " + req.stage + "' accepts (see the usage above)") from None
 
 
-def train_task(ns: argparse.Namespace, profile: Profile):
-    """Training's dedicated job: the recipe and its key=value overrides, run on every rank."""
-    return TrainTask(ns.config, list(getattr(ns, "overrides", []) or []), profile.max_requeue)
+def train_task(ns: argparse.Namespace, profile: Profile, gpus: int = 0):
+    """Training's dedicated job: the recipe and its key=value overrides, run on every rank.
+
+    A job given GPUs trains with ``device=cuda`` (unless the overrides say otherwise), so a node
+    whose torch cannot see them fails at start instead of training on its CPUs."""
+    overrides = list(getattr(ns, "overrides", []) or [])
+    if gpus and not any(o.startswith("device=") for o in overrides):
+        overrides.insert(0, "device=cuda")
+    return TrainTask(ns.config, overrides, profile.max_requeue)
 
 
 def submit(profile: Profile, profile_name: str, req: Request, stage_args: list[str],
@@ -381,7 +387,7 @@ def submit(profile: Profile, profile_name: str, req: Request, stage_args: list[s
     save_record(record_dir, record)
     if req.mode == "array":
         return _submit_parts(profile, req, record, record_dir, list(range(req.array)), wait)
-    task = train_task(ns, profile) if req.stage == "train" else StageTask(req.stage, stage_args)
+    task = train_task(ns, profile, req.gpus_per_node) if req.stage == "train" else StageTask(req.stage, stage_args)
     job = make_executor(profile, req, record_dir / "jobs").submit(task)
     entries = describe_jobs([job], req.stage)
     record["jobs"] += entries

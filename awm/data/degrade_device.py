@@ -246,7 +246,9 @@ def _median(x: torch.Tensor, sizes: Sizes, ops: list[dict[str, Any]]) -> tuple[t
         t = _dev(ii, x.device)
         xp = _pad(x[t], k // 2, [sizes[i] for i in ii], reflect=False)
         win = xp.unfold(2, k, 1).unfold(3, k, 1).reshape(len(ii), c, h, w, k * k)
-        out[t] = win.median(-1).values
+        # the lower median by sorting: torch.median(dim) also computes indices, which have no
+        # deterministic CUDA kernel (use_deterministic_algorithms); the values are the same
+        out[t] = win.sort(-1).values[..., (k * k - 1) // 2]
     return out, sizes
 
 

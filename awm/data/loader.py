@@ -372,16 +372,17 @@ def resolve_degrade_on(cfg: DataConfig, device: torch.device) -> str:
 
 
 def ignore_stop_signals(_worker_id: int = 0) -> None:
-    """Loader workers ignore SIGTERM/SIGUSR1/SIGUSR2 and leave shutdown to their trainer.
+    """Loader workers ignore SIGTERM/SIGINT/SIGUSR1/SIGUSR2 and leave shutdown to their trainer.
 
     SLURM (preemption, time limit, ``scontrol requeue``) and torchrun signal every process of a
     job, workers included; a worker that died with them took the trainer down before it could
-    save its state. The trainer stops them when it exits, and a worker exits by itself when its
+    save its state (Ctrl-C reaches them too: they share the terminal's or the rank's process
+    group). The trainer stops them when it exits, and a worker exits by itself when its
     trainer process is gone.
     """
     import signal
 
-    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, signal.SIG_IGN)
 
 

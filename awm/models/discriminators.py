@@ -36,6 +36,28 @@ class DiscriminatorConfig:
         check(self.num_layers >= 1, "num_layers", self.num_layers, "an integer >= 1")
 
 
+def upsample2x(t: torch.Tensor) -> torch.Tensor:
+    """Bilinear 2x upsampling (``align_corners=False``, edges clamped), as Real-ESRGAN's U-Net uses.
+
+    F.interpolate's CUDA backward accumulates with atomics and has no deterministic kernel, so
+    ``deterministic=true`` failed on a GPU; under ``torch.use_deterministic_algorithms`` the same
+    weights (1/4, 3/4) are applied with slices and sums, whose backward is deterministic (equal to
+    F.interpolate up to float rounding).
+    """
+    if not torch.are_deterministic_algorithms_enabled():
+        return F.interpolate(t, scale_factor=2, mode="bilinear", align_corners=False)
+    return _lerp2x(_lerp2x(t, t.dim() - 2), t.dim() - 1)
+
+
+def _lerp2x(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Doubles axis ``dim``: output 2i = x[i-1]/4 + 3x[i]/4, 2i+1 = 3x[i]/4 + x[i+1]/4 (clamped)."""
+    n = t.shape[dim]
+    before = torch.cat([t.narrow(dim, 0, 1), t.narrow(dim, 0, n - 1)], dim)
+    after = torch.cat([t.narrow(dim, 1, n - 1), t.narrow(dim, n - 1, 1)], dim)
+    even, odd = 0.25 * before + 0.75 * t, 0.75 * t + 0.25 * after
+    return torch.stack([even, odd], dim + 1).flatten(dim, dim + 1)
+
+
 class UNetDiscriminatorSN(nn.Module):
     """Real-ESRGAN's U-Net discriminator: spectral-normed encoder/decoder, one logit per pixel.
 
@@ -61,20 +83,17 @@ class UNetDiscriminatorSN(nn.Module):
         def act(t: torch.Tensor) -> torch.Tensor:
             return F.leaky_relu(t, 0.2, inplace=True)
 
-        def up(t: torch.Tensor) -> torch.Tensor:
-            return F.interpolate(t, scale_factor=2, mode="bilinear", align_corners=False)
-
         x0 = act(self.conv0(x))
         x1 = act(self.conv1(x0))
         x2 = act(self.conv2(x1))
         x3 = act(self.conv3(x2))
-        x4 = act(self.conv4(up(x3)))
+        x4 = act(self.conv4(upsample2x(x3)))
         if self.skip_connection:
             x4 = x4 + x2
-        x5 = act(self.conv5(up(x4)))
+        x5 = act(self.conv5(upsample2x(x4)))
         if self.skip_connection:
             x5 = x5 + x1
-        x6 = act(self.conv6(up(x5)))
+        x6 = act(self.conv6(upsample2x(x5)))
         if self.skip_connection:
             x6 = x6 + x0
         out = act(self.conv7(x6))

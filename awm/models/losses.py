@@ -324,6 +324,21 @@ class GeneratorLoss(nn.Module):
             weights = BACKBONE_WEIGHTS["danbooru-resnet50"].resolve(p.anime_path)
             self.anime = PerceptualLoss(ResNetFeatures(layers, weights), p.anime_layers, p.criterion)
 
+    def settle_backbones(self, dtype: torch.dtype | None, memory_format: torch.memory_format) -> None:
+        """Cast the frozen backbones to the autocast dtype and the generator's memory format once.
+
+        Autocast caches its casts only for weights that require grad, so frozen fp32 convolutions
+        were re-cast to bf16 (and relaid out for a channels_last input) at every step. The
+        normalisation buffers stay float32; the features are compared in float32.
+        """
+        for loss in (self.vgg, self.anime):
+            if loss is None:
+                continue
+            body = loss.extractor.features if isinstance(loss.extractor, VGGFeatures) else loss.extractor.body
+            body.to(memory_format=memory_format)
+            if dtype is not None:
+                body.to(dtype)
+
     @property
     def uses_gan(self) -> bool:
         return self.cfg.gan.weight > 0

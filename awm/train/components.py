@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from awm import config as cfgmod
+from awm import dist
 from awm.config import check
 from awm.models import losses
 from awm.models.archs import build_model, get_spec, model_info
@@ -40,6 +41,7 @@ class Components:
     ``generator``/``discriminator`` are what the step calls (compiled, DDP-wrapped);
     ``*_plain`` are the bare modules (EMA source, validation, checkpoints, FLOP counting);
     ``adversary`` is the discriminator as the generator's loss calls it (compiled, not DDP).
+    Models are prepared (DDP) first and compiled after, and their saved states have bare keys.
     """
 
     accelerator: Any
@@ -61,6 +63,12 @@ class Components:
     artifact_loss: nn.Module | None = None  # LDL/FFL/MS-SSIM/colour terms, both stages
     ema_model: nn.Module | None = None  # the EMA generator, run when LDL needs its output
     deepspeed: bool = False  # its engine steps inside backward: no device-side skip there
+    # The generator's input dtype when it differs from the loader's float32: DeepSpeed casts the
+    # parameters to bf16/fp16 but never the inputs, and Accelerate turns its autocast off under
+    # DeepSpeed, so an fp32 batch would meet bf16 weights ("Input type (float) and weight type
+    # (BFloat16) should be the same").
+    input_dtype: torch.dtype | None = None
+    cudagraphs: bool = False  # model.compile=reduce-overhead on CUDA: see build_components and the trainer
 
     def optimizers(self, gan: bool) -> list[torch.optim.Optimizer]:
         return [self.generator_optimizer] + ([self.discriminator_optimizer] if gan else [])
@@ -78,19 +86,64 @@ def make_optimizer(params: list[nn.Parameter], lr: float, betas: tuple[float, fl
                              fused=fused or None, foreach=None if fused else True)
 
 
+class GlobalMean(nn.Module):
+    """``AdaptiveAvgPool2d(1)`` as a mean over height and width: the same values, and a backward
+    that CUDA computes deterministically (adaptive average pooling's backward has no such kernel)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((-2, -1), keepdim=True)
+
+
+def deterministic_pools(module: nn.Module) -> int:
+    """Replace every ``AdaptiveAvgPool2d(1)`` inside ``module`` (HAT's and DAT's channel attention)
+    by :class:`GlobalMean`; returns how many. No parameters or state keys change."""
+    count = 0
+    for parent in module.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, nn.AdaptiveAvgPool2d) and child.output_size in (1, (1, 1)):
+                setattr(parent, name, GlobalMean())
+                count += 1
+    return count
+
+
 def _trainable(module: nn.Module) -> list[nn.Parameter]:
     return [p for p in module.parameters() if p.requires_grad]
 
 
 def build_components(cfg: TrainConfig, precision: str) -> Components:
-    """Accelerator, models (compiled before DDP wrapping), fused optimisers, EMA and losses."""
+    """Accelerator, models (DDP-wrapped, then compiled), fused optimisers, EMA and losses."""
     from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, DistributedType, set_seed
+    from accelerate.utils import (
+        DataLoaderConfiguration,
+        DistributedDataParallelKwargs,
+        DistributedType,
+        InitProcessGroupKwargs,
+        set_seed,
+    )
 
-
+    scale, m = cfg.data.scale, cfg.model
+    resuming = cfg.checkpoint.resume and latest_state(cfg.run_dir) is not None
+    init = finetune.prepare(cfg, resuming)  # fills model.arch/hparams from model.init when null
+    if get_spec(m.arch).spandrel_id in WINDOW_MASKED and "img_size" not in m.hparams and init is None:
+        # spandrel's SwinIR/DAT/GRL precompute their shifted-window masks for img_size and rebuild
+        # them on the CPU, with a blocking copy, at every forward of another size (HAT always
+        # does): build for the LR patch. Saved in config.yaml and the checkpoints' hparams.
+        m.hparams["img_size"] = cfg.data.patch // scale
+    info = model_info(m.arch, scale, **m.hparams)
+    if precision == "fp16" and not info.supports_fp16:
+        raise cfgmod.ConfigError("precision", "fp16", f"fp32 or bf16 for {m.arch}: spandrel marks its architecture "
+                                 "unsafe in half precision (supports_half=False)")
+    # Under DeepSpeed, Accelerate creates the process group through deepspeed.init_distributed
+    # with this backend: gloo on CPU, where Accelerate would otherwise choose none and leave every
+    # process training alone (world size 1). Otherwise awm.dist.init has created the group.
+    ds_env = os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+    # DDP without broadcast_buffers: every rank computes the same buffers (spectral-norm vectors
+    # from identical weights), and DAT's constant buffers (90 MiB) would be re-sent every forward.
+    handlers = ([InitProcessGroupKwargs(backend=dist.backend(), timeout=dist.timeout())] if ds_env
+                else [DistributedDataParallelKwargs(broadcast_buffers=False)])
     acc = Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.optim.accum,
                       dataloader_config=DataLoaderConfiguration(dispatch_batches=False, split_batches=False),
-                      step_scheduler_with_optimizer=False)
+                      step_scheduler_with_optimizer=False, kwargs_handlers=handlers)
     deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
     gan = cfg.gan_start < cfg.steps
     if deepspeed:
@@ -101,13 +154,14 @@ def build_components(cfg: TrainConfig, precision: str) -> Components:
         ds["train_micro_batch_size_per_gpu"] = cfg.data.batch_size
         ds["gradient_clipping"] = cfg.optim.grad_clip
     set_seed(cfg.seed)  # same initial weights on every rank
-    resuming = cfg.checkpoint.resume and latest_state(cfg.run_dir) is not None
-    init = finetune.prepare(cfg, resuming)  # fills model.arch/hparams from model.init when null
-    torch.use_deterministic_algorithms(cfg.deterministic)
+    cuda = acc.device.type == "cuda"
+    if cfg.deterministic and cuda:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for determinism
+    # On CUDA an op without a deterministic kernel warns instead of failing (torch's warn_only):
+    # the known ones are replaced (discriminators.upsample2x, deterministic_pools, the device median).
+    torch.use_deterministic_algorithms(cfg.deterministic, warn_only=cfg.deterministic and cuda)
     torch.backends.cudnn.benchmark = not cfg.deterministic
     torch.backends.cuda.matmul.allow_tf32 = not cfg.deterministic  # fp32 runs: TF32 tensor cores
-    scale, m = cfg.data.scale, cfg.model
-    info = model_info(m.arch, scale, **m.hparams)
     q = cfg.data.patch // scale
     check(q % info.size_multiple == 0 and q >= info.size_min, "data.patch", cfg.data.patch,
           f"an HR patch whose LR side is a multiple of {info.size_multiple} and >= {info.size_min} for {m.arch}")
@@ -118,6 +172,8 @@ def build_components(cfg: TrainConfig, precision: str) -> Components:
     if init is not None:
         finetune.load_generator(generator, init, cfg)
     generator = generator.to(acc.device, memory_format=fmt)
+    if cfg.deterministic:
+        deterministic_pools(generator)
     ema = EMA(generator, cfg.ema) if cfg.ema.enabled else None
     betas, wd = (cfg.optim.betas[0], cfg.optim.betas[1]), cfg.optim.weight_decay
     g_params = _trainable(generator)
@@ -137,11 +193,66 @@ def build_components(cfg: TrainConfig, precision: str) -> Components:
         c.discriminator_optimizer = make_optimizer(c.discriminator_params, cfg.optim.lr_d, betas, wd,
                                                    acc.device, deepspeed)
         c.generator_loss = losses.build_generator_loss(cfg.loss).to(acc.device)
+        half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        c.generator_loss.settle_backbones(half, fmt)
         c.discriminator_loss = losses.build_discriminator_loss(cfg.loss).to(acc.device)
         c.adversary = compile_module(d, m.compile)
-        c.discriminator, c.discriminator_optimizer = acc.prepare(c.adversary, c.discriminator_optimizer)
-    c.generator, c.generator_optimizer = acc.prepare(compile_module(generator, m.compile), g_opt)
+        ddp_d, c.discriminator_optimizer = acc.prepare(d, c.discriminator_optimizer)
+        c.discriminator = compile_module(ddp_d, m.compile)
+        _canonical_state_keys(ddp_d)
+    # Compile what DDP wraps, not the other way round (Accelerate's own order with its dynamo
+    # plugin): dynamo's DDPOptimizer then splits the graph at DDP's bucket boundaries, so the
+    # gradient all-reduce overlaps the backward; a DDP-wrapped compiled module all-reduces after it.
+    if deepspeed:  # its engine saves and loads the module's states itself; DeepSpeed compiles inside
+        c.generator, c.generator_optimizer = acc.prepare(compile_module(generator, m.compile), g_opt)
+    else:
+        prepared, c.generator_optimizer = acc.prepare(generator, g_opt)
+        c.generator = compile_module(prepared, m.compile)
+        _canonical_state_keys(prepared)
+        acc.register_save_state_pre_hook(_bare_saved_keys)
+    c.cudagraphs = m.compile == "reduce-overhead" and acc.device.type == "cuda"
+    if c.cudagraphs:
+        # CUDA-graph trees own their outputs' memory, and a replay overwrites it. Gradients the
+        # compiled backward hands to AccumulateGrad become .grad as they are (in the graph's pool)
+        # when .grad is None, then die at the next replay (the GAN stage's discriminator, the next
+        # micro-step of optim.accum): keep .grad allocated outside the pool and accumulate into it.
+        for p in c.generator_params + c.discriminator_params:
+            p.grad = torch.zeros_like(p)
+    if deepspeed:
+        dtype = next(generator.parameters()).dtype
+        c.input_dtype = None if dtype == torch.float32 else dtype
     return c
+
+
+WINDOW_MASKED = ("SwinIR", "HAT", "DAT", "GRL")  # spandrel ids whose masks depend on img_size
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP's and torch.compile's submodule names
+
+
+def bare_key(key: str) -> str:
+    """A state key without the prefixes wrappers add (``module._orig_mod.conv.weight`` -> ``conv.weight``)."""
+    while key.startswith(WRAPPER_PREFIXES):
+        key = key.split(".", 1)[1]
+    return key
+
+
+def _bare_saved_keys(models: list[nn.Module], weights: list[dict[str, torch.Tensor]], output_dir: str) -> None:
+    """Accelerate's save-state hook: model states are saved under the bare module's keys, so a run
+    resumes whether or not ``model.compile`` or the process count (DDP) changed in between."""
+    for state in weights:
+        for key in list(state):
+            state[bare_key(key)] = state.pop(key)
+
+
+def _canonical_state_keys(module: nn.Module) -> None:
+    """Let ``module`` (maybe DDP-wrapped) load a state saved with or without wrapper prefixes
+    (states written before :func:`_bare_saved_keys`, or by a compiled model, have them)."""
+    prefix = "module." if isinstance(module, torch.nn.parallel.DistributedDataParallel) else ""
+
+    def rekey(_module, state, at, *_):
+        for key in [k for k in state if k.startswith(at)]:
+            state[at + prefix + bare_key(key[len(at):])] = state.pop(key)
+
+    module.register_load_state_dict_pre_hook(rekey)
 
 
 def losses_and_backward(c: Components, lr: torch.Tensor, hr: torch.Tensor, gan: bool,
@@ -153,6 +264,8 @@ def losses_and_backward(c: Components, lr: torch.Tensor, hr: torch.Tensor, gan: 
     discriminator inside its loss gets no gradient from it, with no per-parameter toggling.
     """
     backward = backward or (lambda loss, **kw: loss.backward(**kw))
+    if c.input_dtype is not None:
+        lr = lr.to(c.input_dtype)
     with autocast():
         sr = c.generator(lr)
         if gan:
@@ -211,6 +324,16 @@ def _device_copy(module: nn.Module | None) -> nn.Module | None:
     return None if module is None else copy.deepcopy(module)
 
 
+def _clip(group: list[nn.Parameter], max_norm: float, device: torch.device) -> torch.Tensor:
+    """The group's gradient norm (a device tensor), clipped to ``max_norm`` unless that is 0."""
+    grads = [p.grad for p in group if p.grad is not None]
+    if not grads:
+        return torch.zeros((), device=device)
+    if max_norm:
+        return torch.nn.utils.clip_grad_norm_(group, max_norm, foreach=True)
+    return torch.nn.utils.get_total_norm(grads, foreach=True)  # the norm alone: log, non-finite check
+
+
 def non_finite_flag(values: list[torch.Tensor], world_size: int) -> torch.Tensor:
     """1.0 on the device when any value is NaN/inf on any rank, else 0.0; never read by the host.
 
@@ -231,18 +354,21 @@ def apply_update(c: Components, gan: bool, grad_clip: float, step_loss: torch.Te
     """
     acc = c.accelerator
     params = [c.generator_params] + ([c.discriminator_params] if gan else [])
-    norms = []
-    for group in params:
-        if grad_clip or c.deepspeed or acc.scaler is not None:  # fp16: unscale first
-            norm = acc.clip_grad_norm_(group, grad_clip or math.inf)
-        else:  # no clipping: the norm alone (for the log and the non-finite check), no pass scaling grads
-            norm = torch.nn.utils.get_total_norm([p.grad for p in group if p.grad is not None])
-        norms.append(torch.zeros((), device=acc.device) if norm is None else torch.as_tensor(norm, device=acc.device))
+    if c.deepspeed:  # the engine has clipped and stepped inside backward; its norm, never read here
+        norm = acc.deepspeed_engine_wrapped.engine.get_global_grad_norm()  # (Accelerate's getter calls .item())
+        norms = [torch.zeros((), device=acc.device) if norm is None else torch.as_tensor(norm, device=acc.device)]
+    else:
+        if acc.scaler is not None:
+            # fp16: unscale every optimizer once; GradScaler refuses a second unscale_ of an
+            # optimizer before update(), which Accelerate's clip_grad_norm_ would do per group
+            for opt in c.optimizers(gan):
+                acc.scaler.unscale_(opt.optimizer if hasattr(opt, "optimizer") else opt)
+        norms = [_clip(group, grad_clip, acc.device) for group in params]
     found_inf = non_finite_flag([step_loss, *norms], world_size)
     for opt in c.optimizers(gan):
         if not c.deepspeed:
             # read by the fused kernel on the device, as GradScaler's found_inf is
             (opt.optimizer if hasattr(opt, "optimizer") else opt).found_inf = found_inf
         opt.step()
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=not c.cudagraphs)
     return found_inf, norms

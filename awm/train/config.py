@@ -89,7 +89,7 @@ class ValidationConfig:
 class LogConfig:
     every: int = field(default=50, metadata={
         "help": "TensorBoard scalars and a console line every N steps; the only steps where the host reads "
-                "the device, so stop requests and max_nan_skips act here"})
+                "the device, so max_nan_skips acts here (stop requests act within two steps)"})
 
     def __post_init__(self) -> None:
         check(self.every >= 1, "log.every", self.every, ">= 1")
@@ -104,6 +104,9 @@ class TrainConfig:
     gan_start: int = field(default=50_000, metadata={"help": "step where the GAN stage starts (>= steps: L1 only)"})
     precision: Literal["auto", "fp32", "bf16", "fp16"] = field(default="auto", metadata={
         "help": "auto: the launcher's setting (accelerate config), else bf16 on a bf16 GPU, else fp32"})
+    device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata={
+        "help": "auto: this rank's GPU if there is one, else the CPU; cuda: fail at start without a GPU "
+                "(never a silent CPU run); cpu: the CPU even with GPUs"})
     deterministic: bool = False
     max_nan_skips: int = field(default=20, metadata={
         "help": "consecutive non-finite steps before stopping (checked at log steps)"})

@@ -7,8 +7,8 @@ bf16 autocast without a GradScaler, gradient accumulation that syncs only on the
 micro-step, EMA of the generator, validation on eval shards split over ranks, ``best`` by a
 validation metric. The full state is written atomically to ``runs/<name>/state`` and a run
 resumes from it bit-exactly (the data position is the step, see :mod:`awm.data.loader`; learning
-rates are a pure function of the step). SIGTERM/SIGUSR1 or :func:`request_stop` save it at the
-next log step and return ``status: preempted``.
+rates are a pure function of the step). SIGTERM, SIGUSR1, SIGINT (Ctrl-C) or :func:`request_stop`
+save it within two steps and return ``status: preempted``; a second Ctrl-C aborts at once.
 
 Where things live: :mod:`awm.train.config` (the typed configuration), :mod:`awm.train.components`
 (components, the step's losses/backward/update), :mod:`awm.train.trainer` (the loop, logging,
@@ -42,7 +42,15 @@ __all__ = ["EXIT_PREEMPTED", "TrainConfig", "load_config", "request_stop", "trai
 
 
 def request_stop() -> None:
-    """Ask a running :func:`train` to save its full state at the next log step and return."""
+    """Ask a running :func:`train` to save its full state within two steps and return."""
+    _stop.set()
+
+
+def _on_stop_signal(sig: int, _frame: object) -> None:
+    """A stop request; Ctrl-C (SIGINT) is one too, the stop button of a workstation, and a second
+    Ctrl-C aborts at once (KeyboardInterrupt) when waiting for the save is not wanted."""
+    if sig == signal.SIGINT and _stop.is_set():
+        raise KeyboardInterrupt
     _stop.set()
 
 
@@ -51,9 +59,32 @@ def _precision(cfg: TrainConfig) -> str:
     if cfg.precision != "auto":
         return "no" if cfg.precision == "fp32" else cfg.precision
     launcher = os.environ.get("ACCELERATE_MIXED_PRECISION")
-    if launcher:
+    # Under DeepSpeed the launcher's value is always "no" (Accelerate refuses a mixed_precision
+    # beside a deepspeed_config_file), so it is no choice: the recipe's auto decides.
+    if launcher and not _deepspeed():
         return launcher
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    gpu = cfg.device != "cpu" and torch.cuda.is_available()
+    return "bf16" if gpu and torch.cuda.is_bf16_supported() else "no"
+
+
+def _deepspeed() -> bool:
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+
+
+def _asks_for_cuda(cfg: TrainConfig) -> str | None:
+    """What in this run asks for a GPU (a phrase for the error), or None: ``device=cuda``, fp16
+    (no GradScaler or autocast on a CPU), or, with ``precision: auto``, a launcher whose mixed
+    precision is bf16/fp16 (AWM's GPU launch configs; the CPU ones say 'no')."""
+    if cfg.device == "cuda":
+        return "device=cuda"
+    if cfg.device == "cpu":
+        return None
+    if cfg.precision == "fp16":
+        return "precision=fp16"
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if cfg.precision == "auto" and launcher in ("bf16", "fp16") and not _deepspeed():
+        return f"the launch config (mixed_precision: {launcher}; add device=cpu to train on the CPU)"
+    return None
 
 
 def finished(cfg: TrainConfig) -> dict[str, Any] | None:
@@ -85,22 +116,21 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                      cfg.run_dir / "train_stats.json")
         return stats
     had_group = dist.initialized()
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
-        # DeepSpeed joins its own process group, and ACCELERATE_USE_CPU (set by dist.init
-        # without a GPU) would make Accelerate ignore it. Accelerate 1.15 leaves
-        # num_processes at 1 for DeepSpeed on a machine without GPUs (no backend chosen), so
-        # several CPU processes would each train alone: refuse that instead.
-        if dist.world_size() > 1 and not torch.cuda.is_available():
-            raise cfgmod.ConfigError("launcher", "DeepSpeed with several CPU processes", "DeepSpeed on GPUs, "
-                                     "or 1 CPU process (Accelerate treats each CPU process as world size 1)")
+    asked = _asks_for_cuda(cfg)
+    if asked:
+        dist.require_cuda(asked)
+    if _deepspeed():
+        # DeepSpeed joins its own process group (Accelerate calls deepspeed.init_distributed,
+        # with gloo on CPU: see build_components), and ACCELERATE_USE_CPU (set by dist.init
+        # without a GPU) would make Accelerate ignore it.
         os.environ.pop("ACCELERATE_USE_CPU", None)  # an inherited value would silently turn DeepSpeed off
     else:
-        dist.init()
+        dist.init(cfg.device)
     _stop.clear()
     previous = {}
     if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            previous[sig] = signal.signal(sig, lambda *_: _stop.set())
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+            previous[sig] = signal.signal(sig, _on_stop_signal)
     try:
         check_inputs(cfg)
         precision = _precision(cfg)

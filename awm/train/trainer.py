@@ -2,9 +2,10 @@
 checkpoint -> preempt.
 
 The host reads the device only in :meth:`Trainer.log` (every ``log.every`` steps and at the
-end): loss sums, gradient norms, non-finite counters and the stop request travel in one reduced
-vector there. So a stop request (SIGTERM/SIGUSR1, :func:`awm.train.train.request_stop`) and the
-``max_nan_skips`` limit take effect at the next log step, on every rank at the same step.
+end): loss sums, gradient norms and non-finite counters travel in one reduced vector there, so
+the ``max_nan_skips`` limit takes effect at the next log step. A stop request (SIGTERM, SIGINT,
+SIGUSR1, :func:`awm.train.train.request_stop`) is agreed on every step on the host
+(:class:`StopAgreement`) and takes effect one or two steps later, on every rank at the same step.
 
 Fault injection for tests: ``AWM_FAULT_NONFINITE_STEP=STEP[:RANK]`` feeds a NaN input batch at
 optimizer step STEP (0-based; on RANK only, default every rank).
@@ -72,6 +73,7 @@ class Trainer:
         self.start_val: dict[str, Any] | None = None
         self.window_start, self.wait, self.window_steps = time.perf_counter(), 0.0, 0
         self.stop_seen = False
+        self.agreement = StopAgreement(stop, self.world)
         # Last: from here on the loader's worker processes exist, and only close() ends them.
         loader = train_loader(cfg.data, cfg.seed, acc.process_index, start=self.state.step * cfg.optim.accum,
                               pin_memory=self.device.type == "cuda")
@@ -97,6 +99,7 @@ class Trainer:
             self.start_val = json.loads((cfg.run_dir / START_VAL).read_text())
         while self.state.step < cfg.steps:
             self.train_step()
+            self.stop_seen = self.stop_seen or self.agreement.poll()
             if self.state.step % cfg.log.every == 0 or self.state.step == cfg.steps:
                 self.log()
                 if self.state.nan_consecutive >= cfg.max_nan_skips:
@@ -129,6 +132,11 @@ class Trainer:
         step_terms: dict[str, torch.Tensor] = {}
         for _ in range(cfg.optim.accum):
             lr, hr = self.next_batch(step)
+            if c.cudagraphs:
+                # CUDA-graph trees' contract: a new iteration begins here, so the previous one's
+                # graph outputs may be overwritten; nothing from it is read after this point (loss
+                # terms are eager copies, .grad lives outside the graph pool: build_components).
+                torch.compiler.cudagraph_mark_step_begin()
             with acc.accumulate(*c.trained(gan)):
                 terms = losses_and_backward(c, lr, hr, gan, acc.backward, acc.autocast)
                 for name, value in terms.items():
@@ -177,12 +185,11 @@ class Trainer:
         cfg, acc, step = self.cfg, self.c.accelerator, self.state.step
         gan = self.gan(step - 1)
         names = sorted(self.sums)
-        local = [torch.tensor(float(self.stop.is_set()), device=self.device), self.nan_skips, self.nan_consecutive,
-                 *self.grad_norms, *(self.sums[k] / self.kept.clamp_min(1) for k in names)]
+        local = [self.nan_skips, self.nan_consecutive, *self.grad_norms,
+                 *(self.sums[k] / self.kept.clamp_min(1) for k in names)]
         values = acc.reduce(torch.stack(local), "mean").tolist()
-        self.stop_seen = values[0] > 0
-        self.state.nan_skips, self.state.nan_consecutive = round(values[1]), round(values[2])
-        norms, losses = values[3:3 + len(self.grad_norms)], dict(zip(names, values[3 + len(self.grad_norms):],
+        self.state.nan_skips, self.state.nan_consecutive = round(values[0]), round(values[1])
+        norms, losses = values[2:2 + len(self.grad_norms)], dict(zip(names, values[2 + len(self.grad_norms):],
                                                                         strict=True))
         now = time.perf_counter()
         seconds = max(now - self.window_start, 1e-9)
@@ -276,6 +283,7 @@ class Trainer:
 
     def close(self) -> None:
         """Stop the loader workers (they ignore SIGTERM, so the trainer must end them) and the writer."""
+        self.agreement.close()
         if self.batches is not None:
             shutdown = getattr(self.batches.batches, "_shutdown_workers", None)
             if shutdown is not None:
@@ -284,6 +292,42 @@ class Trainer:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+class StopAgreement:
+    """Whether every rank has agreed to stop, asked every step without waiting for the device.
+
+    A stop request (a signal) sets a host flag on some ranks, at different steps; all ranks must
+    stop after the same step. Each step every rank all-reduces its flag (max) on a gloo group of
+    CPU tensors, asynchronously, and reads the previous step's result, which has long arrived:
+    every rank sees a request one or two steps after it came, whatever ``log.every`` is and
+    however slow a step is, and the CUDA stream is never waited on. One process: the flag itself.
+    """
+
+    def __init__(self, stop: threading.Event, world: int):
+        import numpy as np
+
+        self.stop, self.work = stop, None
+        self.group = torch.distributed.new_group(backend="gloo") if world > 1 else None
+        self.flag = np.zeros(1, dtype=np.float32)  # read through numpy: no tensor method, no device
+        self.tensor = torch.from_numpy(self.flag)
+
+    def poll(self) -> bool:
+        if self.group is None:
+            return self.stop.is_set()
+        agreed = False
+        if self.work is not None:
+            self.work.wait()
+            agreed = bool(self.flag[0] > 0)
+        self.flag[0] = float(self.stop.is_set())
+        self.work = torch.distributed.all_reduce(self.tensor, torch.distributed.ReduceOp.MAX, group=self.group,
+                                                 async_op=True)
+        return agreed
+
+    def close(self) -> None:
+        if self.work is not None:
+            self.work.wait()
+            self.work = None
 
 
 def _fault_step(rank: int) -> int | None:
@@ -308,6 +352,7 @@ def validate(cfg: TrainConfig, c: Components, model: torch.nn.Module, skipped: C
     sums = torch.zeros(5, dtype=torch.float64, device=acc.device)
     crops = []
     was_training = model.training
+    dtype = next(model.parameters()).dtype  # bf16 under DeepSpeed without EMA (no autocast there)
     model.eval()
     pairs = eval_pairs(cfg.data.eval or cfg.data.train, s, acc.process_index, acc.num_processes,
                        v.max_images, v.crop, skipped, cfg.data.max_pixels, cfg.data.degrade)
@@ -318,7 +363,7 @@ def validate(cfg: TrainConfig, c: Components, model: torch.nn.Module, skipped: C
             if min(h, w) < max(info.size_min, 1):
                 skipped["too_small"] += 1
                 continue
-            x = to_tensor(lr[:h, :w]).to(acc.device)
+            x = to_tensor(lr[:h, :w]).to(acc.device, dtype)
             y = to_tensor(hr[:h * s, :w * s]).to(acc.device)
             with acc.autocast():
                 sr = model(x).float()

@@ -53,6 +53,7 @@ class EMA(nn.Module):
         self._params = list(self.module.parameters())
         self._buffers_ = list(self.module.buffers())
         self._weight: torch.Tensor | None = None
+        self._scratch: list[torch.Tensor] = []
 
     @torch.no_grad()
     def update(self, step: int, skipped: torch.Tensor | None = None) -> None:
@@ -71,8 +72,12 @@ class EMA(nn.Module):
             return
         if self._weight is None:
             self._weight = torch.empty((), device=skipped.device)
+            # one persistent buffer per parameter, not a fresh copy of every parameter each step
+            self._scratch = [torch.empty_like(p) for p in self._params]
         torch.mul(1.0 - skipped, weight, out=self._weight)  # 0 when the step was skipped
-        diff = torch._foreach_sub(params, self._params)
+        diff = self._scratch
+        torch._foreach_copy_(diff, params)  # also casts bf16 sources (DeepSpeed) to the float32 average
+        torch._foreach_sub_(diff, self._params)
         torch._foreach_mul_(diff, self._weight)
         torch._foreach_add_(self._params, diff)
 

@@ -42,6 +42,17 @@ def _up() -> bool:
     return True
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cpu_only():
+    """Every process these tests start runs on the CPU, on any host: with a GPU visible, 2-rank
+    ``torchrun`` runs would put rank 1 on ``cuda:1`` (``set_device(1)`` fails on a 1-GPU host) and
+    take NCCL instead of the gloo the tests are written for. The GPU paths have their own script
+    (tests/gpu/run.sh). Every child environment these tests build starts from ``os.environ``."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CUDA_VISIBLE_DEVICES", "")
+        yield
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster():
     """SLURM_CONF of a running cluster (nodes n1, n2) with accounting; skips with the reason if impossible."""

@@ -1,9 +1,10 @@
 """awm train end to end with real processes: torchrun/accelerate on CPU (gloo), exact resume after
-SIGTERM, uneven shards, DeepSpeed ZeRO-2, TensorBoard contents."""
+SIGTERM, uneven shards, DeepSpeed ZeRO-2 bf16 (2 processes), TensorBoard contents."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -128,28 +129,45 @@ def test_accelerate_launch_two_ranks_uneven_shards_no_hang(tmp_path):
     assert stats["world_size"] == 2 and stats["step"] == 8 and stats["status"] == "done"
 
 
-def test_deepspeed_zero2_cpu(data, tmp_path):
-    """ZeRO-2 through Accelerate on CPU, one process (see launch/deepspeed-zero2.yaml for why one)."""
+def test_deepspeed_zero2_bf16_two_processes_trains_and_resumes(data, tmp_path):
+    """ZeRO-2 through Accelerate on CPU, 2 processes (gloo), bf16 weights: the LR batch is cast to
+    the engine's dtype (DeepSpeed casts parameters, never inputs, and Accelerate's autocast is off
+    under DeepSpeed), the loss is finite and falls, and a longer rerun resumes from the state."""
     import deepspeed  # noqa: F401  (a hard dependency: an import error fails the test)
-    cmd = [str(BIN / "accelerate"), "launch", "--config_file", str(ROOT / "launch" / "deepspeed-zero2.yaml"),
-           "--num_processes", "1", "--mixed_precision", "no", "--main_process_port", "29735",
-           "-m", "awm", "train", "--config", "tiny-cpu",
-           *overrides(data, tmp_path, steps=6, gan_start=6, **{"optim.accum": 2, "validation.every": 0})]
-    r = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600, cwd=ROOT)
+
+    def launch(steps: int) -> subprocess.CompletedProcess:
+        cmd = [str(BIN / "accelerate"), "launch", "--config_file", str(ROOT / "launch" / "deepspeed-zero2.yaml"),
+               "--num_processes", "2", "--main_process_port", "29735", "-m", "awm", "train", "--config", "tiny-cpu",
+               *overrides(data, tmp_path, steps=steps, gan_start=steps, precision="bf16", **{
+                   "optim.accum": 2, "validation.every": 0, "schedule.warmup_steps": 0, "optim.lr_g": 2e-3})]
+        return subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=900, cwd=ROOT)
+
+    r = launch(10)
     assert r.returncode == 0, r.stderr[-3000:]
-    state = tmp_path / "tiny-cpu" / "state"
+    run = tmp_path / "tiny-cpu"
+    stats = json.loads((run / "train_stats.json").read_text())
+    assert stats["world_size"] == 2 and stats["precision"] == "bf16" and stats["status"] == "done"
+    state = run / "state"
     assert (state / "pytorch_model").is_dir() and (state / "complete.json").is_file()  # DeepSpeed's layout
-    assert "step 6/6" in r.stderr
+    assert {p.name for p in (state / "pytorch_model").glob("bf16_zero_pp_rank_*")} == {
+        "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt", "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt"}
+    again = launch(16)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resumed from {state} at step 10" in again.stderr
+    pixel = [v for _, v in sorted(scalars(run / "tb")["loss/pixel"])]
+    assert len(pixel) == 16 and all(math.isfinite(v) for v in pixel)
+    assert sum(pixel[-4:]) / 4 < sum(pixel[:4]) / 4
 
 
 def test_in_process_request_stop_then_reentrant_resume(data, tmp_path):
-    """What `awm submit` does: train() in-process, request_stop() from elsewhere, train() again."""
+    """What `awm submit` does: train() in-process, request_stop() from elsewhere, train() again.
+    The stop acts within steps, not at the next log step (log.every is past the end here)."""
     import threading
 
     from awm.train.train import load_config, request_stop, train
 
     cfg = load_config("tiny-cpu", overrides(data, tmp_path, steps=400, gan_start=400, **{
-        "validation.every": 0, "data.workers": 0, "log.every": 50}))
+        "validation.every": 0, "data.workers": 0, "log.every": 1000}))
     tb = tmp_path / "tiny-cpu" / "tb"
 
     def stop_when_started():
@@ -176,3 +194,49 @@ def test_non_finite_steps_are_skipped_then_the_run_stops_with_state(data, tmp_pa
     assert stats["status"] == "nan" and stats["nan_skips"] == 3 and stats["step"] < 40
     assert json.loads((tmp_path / "tiny-cpu" / "state" / "complete.json").read_text())["step"] == stats["step"]
     assert scalars(tmp_path / "tiny-cpu" / "tb")["train/nan_skips"][-1][1] >= 2
+
+
+@pytest.mark.parametrize("first,then", [("default", "none"), ("none", "default")])
+def test_resume_across_a_compile_toggle(data, tmp_path, first, then):
+    """A state saved with model.compile=default resumes with compile=none and the other way round:
+    saved model states carry the bare module's keys (torch.compile adds ``_orig_mod.``, DDP ``module.``).
+    Inductor on the CPU, a 2-conv net: ~100 s for the first compile on a fresh machine, seconds
+    from its cache after."""
+    from safetensors.torch import load_file
+
+    from awm.train.train import load_config, train
+
+    def run(steps: int, mode: str) -> dict:
+        return train(load_config("tiny-cpu", overrides(data, tmp_path, steps=steps, gan_start=steps, **{
+            "model.compile": mode, "model.hparams.num_feat": 8, "model.hparams.num_conv": 2, "ema.enabled": "false",
+            "validation.every": 0, "validation.max_images": 1, "data.workers": 0})))
+
+    assert run(2, first)["status"] == "done"
+    state = tmp_path / "tiny-cpu" / "state"
+    assert not any(k.startswith(("_orig_mod.", "module.")) for k in load_file(state / "model.safetensors"))
+    assert run(3, then)["step"] == 3
+    assert json.loads((state / "complete.json").read_text())["step"] == 3
+
+
+def test_processes_these_tests_start_see_no_gpu():
+    """The integration tests are sealed from GPUs (conftest's cpu_only): on a 1-GPU host a 2-rank
+    torchrun run would put rank 1 on cuda:1 and fail in set_device(1)."""
+    code = "import os, torch; print(repr(os.environ['CUDA_VISIBLE_DEVICES']), torch.cuda.is_available())"
+    r = subprocess.run([sys.executable, "-c", code], env=env(), capture_output=True, text=True, timeout=120)
+    assert r.stdout.split() == ["''", "False"], r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("ask,extra_env", [("device=cuda", {}), ("precision=auto", {"ACCELERATE_MIXED_PRECISION": "bf16"})],
+                         ids=["device-cuda", "gpu-launch-config"])
+def test_a_run_that_asks_for_cuda_and_finds_none_fails_at_start(data, tmp_path, ask, extra_env):
+    """No silent CPU run: exit 1, one line naming torch's CUDA build, the driver situation and the
+    CUDA 12 wheel index; no traceback, nothing written."""
+    cmd = [sys.executable, "-m", "awm", "train", "--config", "tiny-cpu", *overrides(data, tmp_path), ask]
+    r = subprocess.run(cmd, env={**env(), "CUDA_VISIBLE_DEVICES": "", **extra_env}, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 1, r.stderr[-2000:]
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and "asks for a CUDA GPU but torch sees none" in lines[0], r.stderr
+    assert f"CUDA {torch.version.cuda}" in lines[0] and "CUDA_VISIBLE_DEVICES hides every GPU" in lines[0]
+    assert "https://download.pytorch.org/whl/cu126" in lines[0] and "Traceback" not in r.stderr
+    assert not any(tmp_path.iterdir())

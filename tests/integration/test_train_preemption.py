@@ -1,7 +1,8 @@
 """Preemption as clusters do it, on 2-process CPU runs with a loader worker per rank.
 
-SIGTERM to the launcher (`torchrun`, `accelerate launch`) and SIGTERM to every process of the
-run at once (launcher, ranks, loader workers: what SLURM does at preemption and time limit).
+SIGTERM to the launcher (`torchrun`, `accelerate launch`), SIGTERM to every process of the
+run at once (launcher, ranks, loader workers: what SLURM does at preemption and time limit), and
+SIGINT to the launcher's process group (Ctrl-C in a terminal).
 Each time the state is saved, the re-run resumes from it, and the final weights, discriminator
 and EMA equal an uninterrupted run's bitwise (deterministic CPU settings).
 """
@@ -9,6 +10,7 @@ and EMA equal an uninterrupted run's bitwise (deterministic CPU settings).
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -48,14 +50,19 @@ def straight(data, tmp_path_factory) -> Path:
     return runs / "straight" / "state"
 
 
-@pytest.mark.parametrize("launcher,everyone,port", [
-    ("torchrun", False, 29743), ("accelerate", False, 29745), ("torchrun", True, 29747)],
-    ids=["sigterm-torchrun", "sigterm-accelerate-launch", "sigterm-every-process"])
-def test_sigterm_saves_state_and_the_rerun_matches_an_uninterrupted_run(data, straight, tmp_path, launcher,
-                                                                       everyone, port):
+@pytest.mark.parametrize("launcher,everyone,sig,port", [
+    ("torchrun", False, signal.SIGTERM, 29743), ("accelerate", False, signal.SIGTERM, 29745),
+    ("torchrun", True, signal.SIGTERM, 29747), ("accelerate", False, signal.SIGINT, 29749),
+    ("torchrun", False, signal.SIGINT, 29753)],
+    ids=["sigterm-torchrun", "sigterm-accelerate-launch", "sigterm-every-process", "ctrl-c-accelerate-launch",
+         "ctrl-c-torchrun"])
+def test_stop_signal_saves_state_and_the_rerun_matches_an_uninterrupted_run(data, straight, tmp_path, launcher,
+                                                                           everyone, sig, port):
+    """SIGTERM as clusters send it; SIGINT to the launcher's process group as Ctrl-C in a terminal
+    sends it (issue 25), before the first periodic state save (checkpoint.state_every 1000)."""
     args = tiny(data, tmp_path, "interrupted", steps=STEPS, gan_start=GAN_START)
     cmd = torchrun(port, args) if launcher == "torchrun" else accelerate_launch(port, args)
-    code, err = run_and_signal(cmd, f"step 6/{STEPS}", everyone)
+    code, err = run_and_signal(cmd, f"step 6/{STEPS}", everyone, sig=sig, group=sig == signal.SIGINT)
     assert code != 0, err[-3000:]  # the launcher reports its ranks' "preempted" (75) exit
     assert "stop requested: saving the full state" in err, err[-3000:]
     assert "killed by signal" not in err, err[-3000:]  # no loader worker died with the signal

@@ -79,18 +79,22 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def run_and_signal(cmd: list[str], trigger: str, everyone: bool, timeout: float = 600) -> tuple[int, str]:
-    """Start ``cmd``; when a stderr line contains ``trigger``, SIGTERM the launcher (``everyone``:
-    the launcher and every process below it at once, as SLURM does). Returns (exit code, stderr)."""
-    p = subprocess.Popen(cmd, env=env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=ROOT)
+def run_and_signal(cmd: list[str], trigger: str, everyone: bool, timeout: float = 600,
+                   sig: signal.Signals = signal.SIGTERM, group: bool = False) -> tuple[int, str]:
+    """Start ``cmd``; when a stderr line contains ``trigger``, send ``sig`` to the launcher
+    (``everyone``: the launcher and every process below it at once, as SLURM does; ``group``: the
+    launcher's process group, as Ctrl-C in a terminal does). Returns (exit code, stderr)."""
+    p = subprocess.Popen(cmd, env=env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=ROOT,
+                         start_new_session=group)
     seen = []
     for line in p.stderr:
         seen.append(line)
         if trigger in line:
-            targets = [p.pid] + (descendants(p.pid) if everyone else [])
-            for pid in targets:
+            if group:
+                os.killpg(p.pid, sig)
+            for pid in [] if group else [p.pid] + (descendants(p.pid) if everyone else []):
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
+                    os.kill(pid, sig)
             break
     rest = p.communicate(timeout=timeout)[1]
     return p.returncode, "".join(seen) + rest

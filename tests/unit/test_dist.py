@@ -67,3 +67,50 @@ def test_one_device_resolver_for_every_stage(monkeypatch):
     assert dist.resolve_device("cpu") == "cpu"
     with pytest.raises(ConfigError, match="'device'.*'gpu0'.*auto, cpu, cuda or cuda:N"):
         dist.resolve_device("gpu0")
+
+
+def test_asking_for_cuda_without_a_gpu_says_why_and_what_to_install(monkeypatch, tmp_path):
+    """A hidden GPU, then a loaded driver too old for the wheel (faked through the kernel's version
+    file): both fail with torch's CUDA version, the driver situation and the CUDA 12 wheel index."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    import torch
+
+    if torch.cuda.is_available():  # CUDA was initialised before the variable: the GPU stays visible
+        pytest.skip("this process already sees a GPU")
+    with pytest.raises(dist.NoGPUError, match="device=cuda asks for a CUDA GPU.*CUDA_VISIBLE_DEVICES hides") as e:
+        dist.resolve_device("cuda")
+    assert f"CUDA {torch.version.cuda}" in str(e.value) and dist.CUDA12_INDEX in str(e.value)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    fake = tmp_path / "version"
+    fake.write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.14  Thu Feb 22 01:44:30 UTC 2024\n")
+    monkeypatch.setattr(dist, "DRIVER_VERSION_FILE", fake)
+    with pytest.raises(dist.NoGPUError, match="NVIDIA driver 550.54.14 is loaded"):
+        dist.require_cuda("precision=fp16")
+    monkeypatch.setattr(dist, "DRIVER_VERSION_FILE", tmp_path / "missing")
+    with pytest.raises(dist.NoGPUError, match="no NVIDIA driver is loaded"):
+        dist.resolve_device("cuda:0", key="upscale --device")
+    assert dist.resolve_device("cpu") == "cpu"
+
+
+def test_process_groups_wait_hours_for_a_late_rank(monkeypatch):
+    """The group awm.dist creates carries AWM_DIST_TIMEOUT_S (default hours, not NCCL's 10 min):
+    upscale/eval/score ranks that finish early wait at the final gather for the slow one."""
+    import os
+    import subprocess
+    import sys
+
+    from awm.config import ConfigError
+
+    code = ("import torch, torch.distributed as d; from awm import dist; dist.init(); "
+            "print(d.group.WORLD._get_backend(torch.device('cpu')).options._timeout.total_seconds()); dist.barrier(); dist.destroy()")
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29871", "WORLD_SIZE": "2",
+           "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "AWM_DIST_TIMEOUT_S": "4321"}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              stdout=subprocess.PIPE, text=True) for r in range(2)]
+    assert [float(p.communicate(timeout=120)[0].split()[-1]) for p in procs] == [4321, 4321]
+    monkeypatch.delenv("AWM_DIST_TIMEOUT_S", raising=False)
+    assert dist.timeout().total_seconds() == dist.DEFAULT_TIMEOUT_S
+    assert dist.DEFAULT_TIMEOUT_S >= 3600
+    monkeypatch.setenv("AWM_DIST_TIMEOUT_S", "0")
+    with pytest.raises(ConfigError, match="AWM_DIST_TIMEOUT_S"):
+        dist.timeout()

@@ -234,3 +234,15 @@ def test_documented_retry_folders_are_where_submit_writes():
     text = "".join((repo / f).read_text() for f in ("README.md", "slurm/README.md", "awm/cluster/submit.py"))
     folders = re.findall(r"--retry (?!SUBMISSION_DIR)([\w./-]+)", text)
     assert folders and all(f.startswith(submit.Profile().log_dir + "/") for f in folders), folders
+
+
+def test_training_jobs_given_gpus_ask_for_cuda():
+    """A GPU job whose torch sees no GPU must fail at start, not train on the node's CPUs."""
+    import argparse
+
+    _, profile = submit.load_profile("gpu-a100x8")
+    ns = argparse.Namespace(config="rrdb-6b-x4", overrides=["steps=10"])
+    assert submit.train_task(ns, profile, 8).overrides == ["device=cuda", "steps=10"]
+    assert submit.train_task(ns, profile, 0).overrides == ["steps=10"]
+    ns.overrides = ["device=cpu"]
+    assert submit.train_task(ns, profile, 8).overrides == ["device=cpu"]

@@ -178,3 +178,27 @@ def test_discriminator_shapes_and_realesrgan_names():
     assert isinstance(ms, MultiScalePatchGAN) and [m.shape[-1] for m in maps] == [14, 6, 2]
     with pytest.raises(ConfigError, match="unet-sn"):
         build_discriminator("stylegan")
+
+
+def test_frozen_backbones_are_cast_and_laid_out_once_not_every_step(backbone_files):
+    """Autocast re-casts weights that do not require grad at every call: settled once to bf16 and
+    channels_last, a step's perceptual terms cast no backbone weight (fewer copies), same values."""
+    loss = build_generator_loss(_cfg(backbone_files, vgg=1.0, anime=1.0))
+    sr, hr = (torch.rand(1, 3, 32, 32).contiguous(memory_format=torch.channels_last) for _ in range(2))
+
+    def copies() -> tuple[int, dict]:
+        with torch.autocast("cpu", dtype=torch.bfloat16), \
+                torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            terms = loss(sr, hr)
+        return sum(e.name == "aten::_to_copy" for e in prof.events()), terms
+
+    per_step, before = copies()
+    loss.settle_backbones(torch.bfloat16, torch.channels_last)
+    settled, after = copies()
+    weights = [p for p in loss.vgg.extractor.features.parameters()] + list(loss.anime.extractor.body.parameters())
+    assert all(p.dtype == torch.bfloat16 for p in weights)
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in weights if p.dim() == 4)
+    assert loss.vgg.extractor.mean.dtype == torch.float32
+    assert settled < per_step - 20, (settled, per_step)  # ~2 casts per conv were made every step
+    for k in before:
+        assert math.isclose(float(after[k]), float(before[k]), rel_tol=1e-2), k
