@@ -522,6 +522,7 @@ class Section:
     limit: float  # seconds on an H100/H200 (the child is killed after it)
     cuda_only: bool = False  # skipped by --cpu-dry-run
     bench: bool = False  # runs after the checks, alone on the GPU
+    data: bool = False  # reads the generated shards (made once, before any section starts)
 
 
 SECTIONS = [
@@ -529,18 +530,18 @@ SECTIONS = [
     Section("fused_adamw_found_inf", sec_fused_adamw_found_inf, 60),
     Section("prefetcher_stress", sec_prefetcher_stress, 90),
     Section("degrade_cuda_vs_cpu", sec_degrade_cuda_vs_cpu, 120),
-    Section("sync_steady_steps", sec_sync_steady_steps, 150),
-    Section("train_e2e", sec_train_e2e, 180),
-    Section("train_bf16", sec_train_bf16, 180, cuda_only=True),
-    Section("train_fp16_gan_clip", sec_train_fp16_gan_clip, 180, cuda_only=True),
-    Section("train_deterministic_hat_gan", sec_train_deterministic_hat_gan, 240),
-    Section("train_compile_default", sec_train_compile_default, 300, cuda_only=True),
+    Section("sync_steady_steps", sec_sync_steady_steps, 150, data=True),
+    Section("train_e2e", sec_train_e2e, 180, data=True),
+    Section("train_bf16", sec_train_bf16, 180, cuda_only=True, data=True),
+    Section("train_fp16_gan_clip", sec_train_fp16_gan_clip, 180, cuda_only=True, data=True),
+    Section("train_deterministic_hat_gan", sec_train_deterministic_hat_gan, 240, data=True),
+    Section("train_compile_default", sec_train_compile_default, 300, cuda_only=True, data=True),
     Section("train_compile_reduce_overhead_gan_accum2", sec_train_compile_reduce_overhead_gan_accum2, 300,
-            cuda_only=True),
-    Section("resume_compile_toggle", sec_resume_compile_toggle, 300, cuda_only=True),
-    Section("device_cuda", sec_device_cuda, 180),
-    Section("stop_latency", sec_stop_latency, 200, cuda_only=True),
-    Section("deepspeed_bf16", sec_deepspeed_bf16, 240),
+            cuda_only=True, data=True),
+    Section("resume_compile_toggle", sec_resume_compile_toggle, 300, cuda_only=True, data=True),
+    Section("device_cuda", sec_device_cuda, 180, data=True),
+    Section("stop_latency", sec_stop_latency, 200, cuda_only=True, data=True),
+    Section("deepspeed_bf16", sec_deepspeed_bf16, 240, data=True),
     Section("upscale_bf16", sec_upscale_bf16, 240),
     Section("multi_rank_sealed", sec_multi_rank_sealed, 300, cuda_only=True),
     Section("multi_rank_note", sec_multi_rank_note, 0),
@@ -628,7 +629,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="awm-gpu-") as tmp:
         ctx = Ctx(Path(a.work or tmp), cuda, a.cpu_dry_run)
         ctx.work.mkdir(parents=True, exist_ok=True)
-        make_data(ctx.work)
+        if any(s.data and not (ctx.dry and s.cuda_only) for s in chosen):
+            make_data(ctx.work)
         results: dict[str, dict[str, Any]] = {}
         checks = [s for s in chosen if not s.bench]
         with ThreadPoolExecutor(max(1, a.jobs)) as pool:
