@@ -436,7 +436,7 @@ def _odd_rotation(t0: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor,
 
 
 def _fdct_1d(x: torch.Tensor, first: bool) -> torch.Tensor:
-    """One pass of jpeg_fdct_islow along the last axis (rows first, then columns), int64."""
+    """One pass of jpeg_fdct_islow along the last axis (rows first, then columns)."""
     d = x.unbind(-1)
     t0, t7, t1, t6 = d[0] + d[7], d[0] - d[7], d[1] + d[6], d[1] - d[6]
     t2, t5, t3, t4 = d[2] + d[5], d[2] - d[5], d[3] + d[4], d[3] - d[4]
@@ -466,15 +466,17 @@ def _idct_1d(x: torch.Tensor, n: int) -> torch.Tensor:
 def _blocks_roundtrip(planes: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """Level shift, 8x8 DCT, quantisation, dequantisation, IDCT of (..., H, W) int32 planes with one
     (..., 8, 8) table each: libjpeg's ISLOW FDCT (output scaled by 8), its quantiser (divide by
-    8 q rounding half away from zero), its ISLOW IDCT, in int64 like its JLONG maths."""
+    8 q rounding half away from zero), its ISLOW IDCT. In int32: libjpeg's design keeps every
+    product of 8-bit samples within 32 bits (its JLONG is 32-bit on 32-bit platforms), and GPUs
+    emulate int64 multiplies."""
     *lead, h, w = planes.shape
-    blocks = (planes.long() - 128).view(*lead, h // 8, 8, w // 8, 8).transpose(-3, -2)  # (..., hb, wb, 8, 8)
+    blocks = (planes - 128).view(*lead, h // 8, 8, w // 8, 8).transpose(-3, -2)  # (..., hb, wb, 8, 8)
     coef = _fdct_1d(_fdct_1d(blocks, True).transpose(-1, -2), False).transpose(-1, -2)
-    q8 = (table.long() * 8)[..., None, None, :, :]
+    q8 = (table * 8)[..., None, None, :, :]
     qc = torch.div(coef.abs() + q8 // 2, q8, rounding_mode="floor") * torch.sign(coef)
     cols = _idct_1d((qc * (q8 // 8)).transpose(-1, -2), 11).transpose(-1, -2)
     pix = (_idct_1d(cols, 18) + 128).clamp_(0, 255)
-    return pix.transpose(-3, -2).reshape(*lead, h, w).to(torch.int32)
+    return pix.transpose(-3, -2).reshape(*lead, h, w)
 
 
 def _jpeg(x: torch.Tensor, sizes: Sizes, ops: list[dict[str, Any]]) -> tuple[torch.Tensor, Sizes]:
