@@ -607,7 +607,12 @@ def main() -> int:
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
     ap.add_argument("--result", default="", help=argparse.SUPPRESS)
     a = ap.parse_args()
-    import torch
+    try:
+        import torch
+    except ImportError as e:
+        print(f"this Python ({sys.executable}) has no usable torch ({e}): run with one that has a CUDA build "
+              "(PYTHON=... tests/gpu/run.sh)")
+        return 2
 
     cuda = torch.cuda.is_available() and not a.cpu_dry_run
     if a.child:
