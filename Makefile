@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.awm-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv lint bench clean
+.PHONY: demo test venv lint bench clean gpu-wheels
 
 venv: $(STAMP)
 
@@ -29,6 +29,12 @@ lint: venv
 
 bench: venv
 	for b in tests/benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
+
+# The pure-Python wheels tests/gpu/run.sh installs on a GPU machine without network (Python 3.12).
+gpu-wheels: venv
+	rm -f tests/gpu/wheels/*.whl
+	$(PY) -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp --no-deps \
+		-d tests/gpu/wheels spandrel==0.4.2 webdataset==1.0.2 wids==0.1.11 braceexpand==0.1.7
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -17,7 +17,12 @@ canvas with per-sample sizes on the host, so no size ever needs a device sync:
 - resize: separable gathers of OpenCV's own taps and weights per sample (``cv2.resize``'s area,
   bilinear, bicubic, Lanczos-4, including its area-upscale rule);
 - median 3x3/5x5 with OpenCV's replicated border; Gaussian/Poisson noise, colour or gray;
-- JPEG through real codecs: ``torchvision.io.encode_jpeg``/``decode_jpeg`` (nvJPEG on CUDA).
+- JPEG: libjpeg-turbo's baseline encoder + decoder as OpenCV uses them (4:2:0, ISLOW integer DCT,
+  IJG tables scaled by quality, fancy upsampling) rebuilt in batched integer torch with per-sample
+  qualities: bit-exact with ``cv2.imencode`` + ``cv2.imdecode`` (every quality 30..95 on generated
+  and real images, tests/benchmarks/bench_jpeg_agreement.py), on CPU and CUDA alike, and no host
+  sync (torchvision's CUDA codec would encode 4:4:4, i.e. other data than the shards, and sync
+  per image).
 
 Values are rounded to 0..255 after every op, as the worker path's uint8 images are, in fp32 with
 TF32 off (bf16/TF32 visibly change blur and sharpening). The Gaussian uses OpenCV's fixed-point
@@ -38,7 +43,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 
 from awm.data import degrade, degrade_ops
 
@@ -114,17 +118,18 @@ def _chain(params: dict[str, Any]) -> list[dict[str, Any]]:
 
 @contextlib.contextmanager
 def _ieee_fp32(device: torch.device) -> Iterator[None]:
-    """TF32 rounds conv inputs to 10 mantissa bits (~0.25 levels at 255): IEEE fp32 here. The
-    legacy flag, as the trainer sets it (torch refuses reads after mixing it with the new API)."""
+    """TF32 rounds conv and matmul (the JPEG's DCT) inputs to 10 mantissa bits (~0.25 levels at
+    255): IEEE fp32 here. The legacy flags, as the trainer sets them (torch refuses reads after
+    mixing them with the new API)."""
     if device.type != "cuda":
         yield
         return
-    old = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
         yield
     finally:
-        torch.backends.cudnn.allow_tf32 = old
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
 
 
 def _dev(values: Any, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -388,20 +393,159 @@ def _noise(x: torch.Tensor, sizes: Sizes, ops: list[dict[str, Any]]) -> tuple[to
     return out, sizes
 
 
+# The IJG standard tables (JPEG Annex K.1, K.2) in natural order, as libjpeg's jcparam.c holds them.
+_STD_LUMA = [16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+             14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+             49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99]
+_STD_CHROMA = [17, 18, 24, 47, 99, 99, 99, 99, 18, 21, 26, 66, 99, 99, 99, 99, 24, 26, 56, 99, 99, 99, 99, 99,
+               47, 66, 99, 99, 99, 99, 99, 99] + [99] * 32
+
+
+def _fix(v: float) -> int:
+    """libjpeg's FIX(): a constant in 16-bit fixed point."""
+    return int(v * 65536 + 0.5)
+
+
+def _quant_tables(quality: torch.Tensor) -> torch.Tensor:
+    """(S, 2, 8, 8) luma/chroma tables of per-sample qualities: jpeg_quality_scaling then
+    jpeg_add_quant_table with force_baseline (integer maths, as libjpeg)."""
+    q = quality.clamp(1, 100)
+    scale = torch.where(q < 50, 5000 // q, 200 - 2 * q)
+    base = torch.tensor([_STD_LUMA, _STD_CHROMA], dtype=torch.int32, device=q.device).view(1, 2, 8, 8)
+    return ((base * scale.view(-1, 1, 1, 1) + 50) // 100).clamp(1, 255)
+
+
+# libjpeg's ISLOW DCT constants: FIX(c) in 13-bit fixed point (jfdctint.c, jidctint.c).
+_C = {k: int(v * 8192 + 0.5) for k, v in {
+    "0_298": 0.298631336, "0_390": 0.390180644, "0_541": 0.541196100, "0_765": 0.765366865,
+    "0_899": 0.899976223, "1_175": 1.175875602, "1_501": 1.501321110, "1_847": 1.847759065,
+    "1_961": 1.961570560, "2_053": 2.053119869, "2_562": 2.562915447, "3_072": 3.072711026}.items()}
+
+
+def _descale(x: torch.Tensor, n: int) -> torch.Tensor:
+    return (x + (1 << (n - 1))) >> n
+
+
+def _odd_rotation(t0: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor,
+                  t3: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The odd part shared by libjpeg's ISLOW FDCT (t0..t3 = tmp4..tmp7) and IDCT (in 7, 5, 3, 1)."""
+    z1, z2, z3, z4 = t0 + t3, t1 + t2, t0 + t2, t1 + t3
+    z5 = (z3 + z4) * _C["1_175"]
+    z1, z2 = z1 * -_C["0_899"], z2 * -_C["2_562"]
+    z3, z4 = z3 * -_C["1_961"] + z5, z4 * -_C["0_390"] + z5
+    return (t0 * _C["0_298"] + z1 + z3, t1 * _C["2_053"] + z2 + z4,
+            t2 * _C["3_072"] + z2 + z3, t3 * _C["1_501"] + z1 + z4)
+
+
+def _fdct_1d(x: torch.Tensor, first: bool) -> torch.Tensor:
+    """One pass of jpeg_fdct_islow along the last axis (rows first, then columns)."""
+    d = x.unbind(-1)
+    t0, t7, t1, t6 = d[0] + d[7], d[0] - d[7], d[1] + d[6], d[1] - d[6]
+    t2, t5, t3, t4 = d[2] + d[5], d[2] - d[5], d[3] + d[4], d[3] - d[4]
+    t10, t13, t11, t12 = t0 + t3, t0 - t3, t1 + t2, t1 - t2
+    if first:
+        o0, o4, n = (t10 + t11) << 2, (t10 - t11) << 2, 11
+    else:
+        o0, o4, n = _descale(t10 + t11, 2), _descale(t10 - t11, 2), 15
+    z1 = (t12 + t13) * _C["0_541"]
+    o7, o5, o3, o1 = _odd_rotation(t4, t5, t6, t7)
+    return torch.stack([o0, _descale(o1, n), _descale(z1 + t13 * _C["0_765"], n), _descale(o3, n), o4,
+                        _descale(o5, n), _descale(z1 - t12 * _C["1_847"], n), _descale(o7, n)], -1)
+
+
+def _idct_1d(x: torch.Tensor, n: int) -> torch.Tensor:
+    """One pass of jpeg_idct_islow along the last axis (columns first, descale 11; rows, 18)."""
+    v = x.unbind(-1)
+    z1 = (v[2] + v[6]) * _C["0_541"]
+    e2, e3 = z1 - v[6] * _C["1_847"], z1 + v[2] * _C["0_765"]
+    e0, e1 = (v[0] + v[4]) << 13, (v[0] - v[4]) << 13
+    t10, t13, t11, t12 = e0 + e3, e0 - e3, e1 + e2, e1 - e2
+    o0, o1, o2, o3 = _odd_rotation(v[7], v[5], v[3], v[1])
+    return _descale(torch.stack([t10 + o3, t11 + o2, t12 + o1, t13 + o0,
+                                 t13 - o0, t12 - o1, t11 - o2, t10 - o3], -1), n)
+
+
+def _blocks_roundtrip(planes: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Level shift, 8x8 DCT, quantisation, dequantisation, IDCT of (..., H, W) int32 planes with one
+    (..., 8, 8) table each: libjpeg's ISLOW FDCT (output scaled by 8), its quantiser (divide by
+    8 q rounding half away from zero), its ISLOW IDCT. In int32: libjpeg's design keeps every
+    product of 8-bit samples within 32 bits (its JLONG is 32-bit on 32-bit platforms), and GPUs
+    emulate int64 multiplies."""
+    *lead, h, w = planes.shape
+    blocks = (planes - 128).view(*lead, h // 8, 8, w // 8, 8).transpose(-3, -2)  # (..., hb, wb, 8, 8)
+    coef = _fdct_1d(_fdct_1d(blocks, True).transpose(-1, -2), False).transpose(-1, -2)
+    q8 = (table * 8)[..., None, None, :, :]
+    qc = torch.div(coef.abs() + q8 // 2, q8, rounding_mode="floor") * torch.sign(coef)
+    cols = _idct_1d((qc * (q8 // 8)).transpose(-1, -2), 11).transpose(-1, -2)
+    pix = (_idct_1d(cols, 18) + 128).clamp_(0, 255)
+    return pix.transpose(-3, -2).reshape(*lead, h, w)
+
+
 def _jpeg(x: torch.Tensor, sizes: Sizes, ops: list[dict[str, Any]]) -> tuple[torch.Tensor, Sizes]:
-    """A real JPEG round trip per sample (libjpeg-turbo on CPU, nvJPEG on CUDA): one encode call
-    per quality (the codec takes one), then one batched decode of them all."""
-    imgs = [x[i, :, :h, :w].to(torch.uint8).contiguous() for i, (h, w) in enumerate(sizes)]
-    data: list[torch.Tensor] = [torch.empty(0)] * len(ops)
-    for q in sorted({int(op["quality"]) for op in ops}):
-        ii = [i for i, op in enumerate(ops) if int(op["quality"]) == q]
-        for i, e in zip(ii, encode_jpeg([imgs[i] for i in ii], quality=q), strict=True):
-            data[i] = e
-    out = torch.zeros_like(x)
-    decoded = decode_jpeg([d.cpu() for d in data], mode=ImageReadMode.RGB, device=x.device)
-    for i, img in enumerate(decoded):
-        out[i, :, :img.shape[1], :img.shape[2]] = img
-    return out, sizes
+    """A baseline JPEG round trip per sample, batched in torch, step for step as cv2.imencode +
+    cv2.imdecode (libjpeg-turbo defaults) do it: RGB -> YCbCr (BT.601 full range, libjpeg's fixed
+    point), each sample's edge replicated to a multiple of 16 (chroma rows past the last one copied
+    after downsampling, as jcprepct pads), 4:2:0 chroma (2x2 sums with libjpeg's alternating bias),
+    ISLOW DCT, the IJG tables scaled by each sample's quality, ISLOW IDCT, libjpeg's "fancy"
+    triangle chroma upsampling, back to RGB. Integer maths throughout: bit-exact with OpenCV.
+
+    Qualities and sizes reach the device asynchronously (pinned copies): no host sync, and no
+    per-image loop (Huffman coding is lossless, so it is skipped).
+    """
+    s, _, h, w = x.shape
+    dev = x.device
+    hp, wp = -(-h // 16) * 16, -(-w // 16) * 16
+    hs = _dev([z[0] for z in sizes], dev)[:, None]
+    ws = _dev([z[1] for z in sizes], dev)[:, None]
+    iy = torch.minimum(torch.arange(hp, device=dev)[None, :], hs - 1)  # each sample's edge replicated
+    ix = torch.minimum(torch.arange(wp, device=dev)[None, :], ws - 1)
+    rgb = _gather_axis(_gather_axis(x, iy, 2), ix, 3).to(torch.int32)
+    r, g, b = rgb.unbind(1)
+    half, off = 1 << 15, 128 << 16
+    y = (_fix(0.299) * r + _fix(0.587) * g + _fix(0.114) * b + half) >> 16
+    cb = (-_fix(0.16874) * r - _fix(0.33126) * g + _fix(0.5) * b + off + half - 1) >> 16
+    cr = (_fix(0.5) * r - _fix(0.41869) * g - _fix(0.08131) * b + off + half - 1) >> 16
+    c = torch.stack([cb, cr], 1).view(s, 2, hp // 2, 2, wp // 2, 2).sum((3, 5))
+    c = (c + 1 + torch.arange(wp // 2, device=dev, dtype=torch.int32) % 2) >> 2
+    ch, cw = (hs + 1) // 2, (ws + 1) // 2
+    # jcprepct pads the bottom after downsampling: chroma rows past each sample's last are copies of it
+    c = _gather_axis(c, torch.minimum(torch.arange(hp // 2, device=dev)[None, :], ch - 1), 2)
+    tables = _quant_tables(_dev([int(op["quality"]) for op in ops], dev, torch.int32))
+    y = _blocks_roundtrip(y, tables[:, 0])
+    c = _blocks_roundtrip(c, tables[:, 1:2])
+    c = _fancy_upsample(c, ch, cw)
+    cb, cr = c[:, 0] - 128, c[:, 1] - 128
+    out = torch.stack([y + ((_fix(1.402) * cr + half) >> 16),
+                       y + ((-_fix(0.34414) * cb - _fix(0.71414) * cr + half) >> 16),
+                       y + ((_fix(1.772) * cb + half) >> 16)], 1)
+    return out[:, :, :h, :w].clamp_(0, 255).float(), sizes
+
+
+def _fancy_upsample(c: torch.Tensor, ch: torch.Tensor, cw: torch.Tensor) -> torch.Tensor:
+    """libjpeg's h2v2_fancy_upsample: each output pixel 9/16, 3/16, 3/16, 1/16 of its nearest
+    chroma samples, rounding biases 8 (even columns) and 7 (odd), the chroma plane's last real row
+    and column (``ch``, ``cw``: (S, 1) each) replicated beyond it."""
+    s, k, h, w = c.shape
+    up, down = _neighbours(h, ch, c.device)
+    col_sums = torch.stack([3 * c + _gather_axis(c, up, 2), 3 * c + _gather_axis(c, down, 2)], 3)
+    col_sums = col_sums.view(s, k, 2 * h, w)
+    left, right = _neighbours(w, cw, c.device)
+    return torch.stack([(3 * col_sums + _gather_axis(col_sums, left, 3) + 8) >> 4,
+                        (3 * col_sums + _gather_axis(col_sums, right, 3) + 7) >> 4], 4).view(s, k, 2 * h, 2 * w)
+
+
+def _neighbours(n: int, size: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(S, n) indices of the previous and next sample along an axis, replicated at 0 and size - 1."""
+    i = torch.arange(n, device=device)[None, :]
+    return (i - 1).clamp(min=0).expand(size.shape[0], n), torch.minimum(i + 1, size - 1)
+
+
+def _gather_axis(x: torch.Tensor, idx: torch.Tensor, dim: int) -> torch.Tensor:
+    """x (S, C, H, W) gathered along ``dim`` (2 or 3) by per-sample indices (S, n)."""
+    view = (idx.shape[0], 1, -1, 1) if dim == 2 else (idx.shape[0], 1, 1, -1)
+    shape = list(x.shape)
+    shape[dim] = idx.shape[1]
+    return x.gather(dim, idx.reshape(view).expand(shape))
 
 
 _OPS: dict[str, Callable[[torch.Tensor, Sizes, list[dict[str, Any]]], tuple[torch.Tensor, Sizes]]] = {

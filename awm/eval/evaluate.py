@@ -208,7 +208,7 @@ def score_rank(cfg: EvalConfig, d: dist.DistEnv) -> dict:
     """This rank's rows, grid crops, skip reasons and timing."""
     device = dist.resolve_device(cfg.device)
     upscalers = [Upscaler(m, cfg.scale, cfg, device) for m in cfg.models]
-    mets = metrics.create_all(cfg.metrics, device, cfg.download, cfg.niqe_model)
+    mets = metrics.create_all(cfg.metrics, device, cfg.download, cfg.niqe_model, border=cfg.scale)
     n = count_samples(cfg.data, cfg.limit)
     mine = set(d.part.share(range(n)))
     rows, crops, skipped, seen = [], [], Counter(), []

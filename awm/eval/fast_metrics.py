@@ -1,4 +1,4 @@
-"""pyiqa's ``psnry``, ``ssim`` and ``niqe`` (so ``niqe_anime``) on the CPU at the cost of their arithmetic.
+"""pyiqa's ``ssim`` and ``niqe`` (so ``niqe_anime``) on the CPU at the cost of their arithmetic.
 
 pyiqa computes these with float64 ``torch.conv2d`` on full-size images (an 11x11 window for SSIM,
 7x7 for NIQE's normalisation), which on a CPU costs ~1-2 s per 0.5-MP image: more than the
@@ -12,7 +12,6 @@ and ``tests/benchmarks/bench_eval.py`` measures both. What each step copies from
 - SSIM (``ssim_arch.ssim``, ``downsample=False`` in pyiqa's ``ssim`` entry): Y of YIQ, rounded,
   Gaussian 11x11 sigma 1.5 ('valid' region only), C1/C2 on a 255 range, the contrast-structure
   map clipped at 0 (``relu``) before the product, mean over the map.
-- PSNR (``psnr_arch.psnr``): 10 log10(1 / (mse + 1e-8)) on Y in [0, 1], ``crop_border`` cropped first.
 - NIQE (``niqe_arch.niqe``): blocks of 96 px at full and half scale (MATLAB-style antialiased
   bicubic halving, pyiqa's own ``imresize``), MSCN normalisation with replicate padding, the 18
   AGGD features per block (pyiqa's ``compute_feature``, batched over all blocks), NaN-aware
@@ -21,7 +20,6 @@ and ``tests/benchmarks/bench_eval.py`` measures both. What each step copies from
 
 from __future__ import annotations
 
-import math
 from functools import cache, lru_cache
 from pathlib import Path
 
@@ -63,14 +61,6 @@ def _crop(a: np.ndarray, border: int) -> np.ndarray:
     return a[border:-border, border:-border] if border else a
 
 
-def psnr_y(img: np.ndarray, ref: np.ndarray, color_space: str = "ycbcr", crop_border: int = 0) -> float:
-    """pyiqa ``PSNR(test_y_channel=True)``: Y in [0, 1], eps 1e-8 inside the log."""
-    a, b = luma(_crop(img, crop_border), color_space, False), luma(_crop(ref, crop_border), color_space, False)
-    mse = float(np.mean((a - b) ** 2))
-    return 10.0 * math.log10(1.0 / (mse + 1e-8))
-
-
-@cache
 def _gauss_1d(size: int, sigma: float) -> np.ndarray:
     m = (size - 1) / 2.0
     x = np.arange(-m, m + 1)

@@ -1,7 +1,8 @@
 """Image-quality metrics by name, through pyiqa, with an offline-safe start-up.
 
-Names are pyiqa's (``psnry`` works on BT.601 Y, 16..235 as in MATLAB's rgb2ycbcr, the SR convention
-and training validation's; pyiqa's own default, YIQ's full-range Y, reads 20 log10(255/219) = 1.32 dB
+Names are pyiqa's (``psnry`` works on BT.601 Y, 16..235 as in MATLAB's rgb2ycbcr, the SR convention,
+with ``border`` = scale pixels cropped: it is training validation's own function,
+:class:`awm.eval.psnr_ssim.PsnrY`; pyiqa's default, YIQ's full-range Y, reads 20 log10(255/219) = 1.32 dB
 lower; ``ssim`` is pyiqa's, on YIQ's Y rounded to 8 bits, as in its published calibration), ``ms_ssim``, ``lpips``,
 ``dists``; no-reference ``niqe``, ``maniqa``, ``clipiqa``, ``musiq``, ``piqe``, ...) plus
 ``niqe_anime``: pyiqa's NIQE with our pristine model fitted on anime images (awm.eval.niqe).
@@ -141,8 +142,6 @@ def _fast(name: str, pyiqa_name: str, kwargs: dict[str, Any]) -> Metric | None:
     opts = {"color_space": kwargs.get("color_space", "yiq"), "crop_border": int(kwargs.get("crop_border", 0))}
     if set(kwargs) - {"color_space", "crop_border", "pretrained_model_path"}:
         return None
-    if pyiqa_name == "psnry":
-        return Metric(name, True, False, None, partial(fast_metrics.psnr_y, **opts))
     if pyiqa_name == "ssim":
         return Metric(name, True, False, None, partial(fast_metrics.ssim_y, **opts))
     if pyiqa_name == "niqe" and "pretrained_model_path" in kwargs:
@@ -152,8 +151,9 @@ def _fast(name: str, pyiqa_name: str, kwargs: dict[str, Any]) -> Metric | None:
 
 
 def create(name: str, device: str = "cpu", allow_download: bool = False,
-           niqe_model: str | Path | None = None, pyiqa_only: bool = False) -> Metric:
-    """Build one metric after :func:`check`; ``niqe_model`` replaces niqe_anime's pristine model.
+           niqe_model: str | Path | None = None, border: int = 0, pyiqa_only: bool = False) -> Metric:
+    """Build one metric after :func:`check`; ``niqe_model`` replaces niqe_anime's pristine model;
+    ``border`` pixels are cropped by ``psnry`` (``awm eval`` passes the scale, as validation does).
 
     On the CPU, metrics that :mod:`awm.eval.fast_metrics` implements run there (same values,
     a fraction of the time) unless ``pyiqa_only``; on an accelerator pyiqa's torch code is fast.
@@ -161,12 +161,14 @@ def create(name: str, device: str = "cpu", allow_download: bool = False,
     check([name], allow_download)
     if name == "niqe_anime" and niqe_model is not None and not Path(niqe_model).is_file():
         raise FileNotFoundError(f"niqe_anime model {niqe_model}: no such file (fit one with awm niqe-fit)")
+    if name == "psnry":  # training validation's own function: BT.601 Y as MATLAB/BasicSR (pyiqa's is YIQ)
+        from awm.eval.psnr_ssim import PsnrY
+
+        return Metric(name, True, False, PsnrY(border, device))
     kwargs: dict[str, Any] = {}
     pyiqa_name = name
     if name == "niqe_anime":
         pyiqa_name, kwargs["pretrained_model_path"] = "niqe", str(niqe_model or default_model_path())
-    elif name == "psnry":  # BT.601 Y as in MATLAB/BasicSR and training validation; pyiqa's default is YIQ
-        kwargs["color_space"] = "ycbcr"
     elif name in ("niqe", "niqe_matlab") and not weights.missing_for(name):
         kwargs["pretrained_model_path"] = str(weights.location(weights.for_metric(name)[0]))
     if not pyiqa_only and str(device).startswith("cpu"):
@@ -180,7 +182,7 @@ def create(name: str, device: str = "cpu", allow_download: bool = False,
 
 
 def create_all(names: list[str], device: str = "cpu", allow_download: bool = False,
-               niqe_model: str | Path | None = None) -> list[Metric]:
+               niqe_model: str | Path | None = None, border: int = 0) -> list[Metric]:
     """All metrics, checked together first so one missing file is reported before any import."""
     check(names, allow_download)
-    return [create(n, device, allow_download, niqe_model) for n in names]
+    return [create(n, device, allow_download, niqe_model, border) for n in names]

@@ -1,8 +1,9 @@
 """PSNR and SSIM on Y in torch, batched on the device: training validation's numbers.
 
 The convention is the SR benchmarks' (BT.601 Y in 16..235 as MATLAB's rgb2ycbcr, SR rounded to
-8 bits, ``border`` pixels cropped, an 11x11 Gaussian window of sigma 1.5), the same as the
-``psnry`` metric of :mod:`awm.eval.metrics`, so a run's validation PSNR and ``awm eval``'s agree.
+8 bits, ``border`` = scale pixels cropped, an 11x11 Gaussian window of sigma 1.5). ``awm eval``'s
+``psnry`` metric (:mod:`awm.eval.metrics`) is :class:`PsnrY`, this module's PSNR with the same
+border, so a run's validation PSNR and ``awm eval``'s agree.
 It lives apart from ``metrics`` because that module must start without torch (its name checks
 fail fast before pyiqa or torch are imported).
 """
@@ -25,14 +26,42 @@ def _gauss(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
     return (g[:, None] @ g[None, :]).view(1, 1, size, size)
 
 
-def psnr_ssim_y(sr: torch.Tensor, hr: torch.Tensor, border: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image PSNR (dB) and SSIM on Y, ``border`` pixels cropped: the usual SR benchmark numbers."""
+def _y_pair(sr: torch.Tensor, hr: torch.Tensor, border: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Y of SR (rounded to 8 bits) and HR, ``border`` pixels cropped on each side (float64)."""
     a = rgb_to_y(sr.double().clamp(0, 1).mul(255).round().div(255))
     b = rgb_to_y(hr.double())
     if border:
         a, b = a[..., border:-border, border:-border], b[..., border:-border, border:-border]
+    return a, b
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     mse = (a - b).pow(2).flatten(1).mean(1)
-    psnr = 10 * torch.log10(1.0 / mse.clamp_min(1e-12))
+    return 10 * torch.log10(1.0 / mse.clamp_min(1e-12))
+
+
+def psnr_y(sr: torch.Tensor, hr: torch.Tensor, border: int) -> torch.Tensor:
+    """Per-image PSNR (dB) on Y, ``border`` pixels cropped: ``awm eval``'s ``psnry`` (border = scale)."""
+    return _psnr(*_y_pair(sr, hr, border)).float()
+
+
+class PsnrY(torch.nn.Module):
+    """:func:`psnr_y` as a full-reference metric module (``net(x, ref)``, RGB [0, 1] NCHW), so
+    ``awm eval``'s ``psnry`` and training validation are one function with one border."""
+
+    def __init__(self, border: int, device: str | torch.device = "cpu"):
+        super().__init__()
+        self.border = border
+        self.register_buffer("anchor", torch.empty(0, device=device), persistent=False)  # the metric's device
+
+    def forward(self, x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        return psnr_y(x, ref, self.border)
+
+
+def psnr_ssim_y(sr: torch.Tensor, hr: torch.Tensor, border: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image PSNR (dB) and SSIM on Y, ``border`` pixels cropped: the usual SR benchmark numbers."""
+    a, b = _y_pair(sr, hr, border)
+    psnr = _psnr(a, b)
     a, b = a * 255, b * 255
     k = _gauss().to(a)
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2

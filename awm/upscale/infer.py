@@ -19,6 +19,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -90,17 +91,33 @@ def _channels(x: torch.Tensor, c: int) -> torch.Tensor:
     return x.expand(-1, c, -1, -1)
 
 
+def _spandrel_id(model: LoadedModel) -> str:
+    from awm.models.archs import ARCHS
+
+    return model.meta.get("spandrel_arch") or (ARCHS[model.arch].spandrel_id if model.arch in ARCHS else model.arch)
+
+
 def _run(model: LoadedModel, source: tiling.Source, h: int, w: int, c: int, sink: tiling.Sink, tile: int,
          tile_pad: int, precision: str, device: torch.device, batch: int, on_tiles=None) -> None:
+    from awm.train.perf import channels_last_for
+
     dtype = check_precision(model, precision)
     tp = tiling.plan(h, w, model.scale, tile, tile_pad, model.size_multiple, model.size_min)
     module = model.module.to(device)
+    # NHWC for convnets on CUDA (cuDNN's fast layout for them); on CPU the layout stays NCHW, so
+    # CPU results are the same bits as before (oneDNN picks other kernels for NHWC)
+    nhwc = device.type == "cuda" and channels_last_for(_spandrel_id(model), None)
+    if nhwc:
+        module = module.to(memory_format=torch.channels_last)
 
     def net(x: torch.Tensor) -> torch.Tensor:
+        x = _channels(x, model.in_channels)
+        if nhwc:
+            x = x.contiguous(memory_format=torch.channels_last)
         # autocast, not module.to(dtype): archs keep float32 tensors outside their parameters
         # (SwinIR's mean, attention masks), and norms/softmax stay float32 where they need it
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            y = module(_channels(x, model.in_channels))
+            y = module(x)
         return _channels(y.float(), c)
 
     with torch.inference_mode():
@@ -146,23 +163,59 @@ def upscale_array(model: LoadedModel, img: np.ndarray, tile: int = 512, tile_pad
     color = img if img.ndim == 2 else img[:, :, :3]
 
     def source(y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
-        part = np.ascontiguousarray(color[y0:y1, x0:x1]).astype(np.float32)
-        t = torch.from_numpy(part).to(device).div_(peak)
+        part = color[y0:y1, x0:x1]  # uint8 travels as is (4x fewer bytes), uint16 as float32
+        part = np.ascontiguousarray(part) if img.dtype == np.uint8 else part.astype(np.float32)
+        t = tiling.to_device(torch.from_numpy(part), device).float().div_(peak)
         return t[None, None] if t.dim() == 2 else t.permute(2, 0, 1)[None]
 
-    def sink(y: int, rows: torch.Tensor) -> None:
-        q = rows.clamp(0, 1).mul_(peak).round_()
-        q = q.to(torch.uint8) if img.dtype == np.uint8 else q.to(torch.int32)
-        arr = q.cpu().numpy().astype(img.dtype, copy=False)
+    def write(y: int, arr: np.ndarray) -> None:
+        arr = arr.astype(img.dtype, copy=False)
         if img.ndim == 2:
             canvas[y:y + arr.shape[1]] = arr[0]
         else:
             canvas[y:y + arr.shape[1], :, :3] = arr.transpose(1, 2, 0)
 
+    rows_out = HostRows(write)
+
+    def sink(y: int, rows: torch.Tensor) -> None:
+        q = rows.clamp(0, 1).mul_(peak).round_()
+        rows_out(y, q.to(torch.uint8) if img.dtype == np.uint8 else q.to(torch.int32))
+
     _run(model, source, h, w, c, sink, tile, tile_pad, precision, device, batch, on_tiles)
+    rows_out.flush()
     if img.ndim == 3 and img.shape[2] == 4:
         canvas[:, :, 3] = cv2.resize(img[:, :, 3], (w * s, h * s), interpolation=cv2.INTER_CUBIC)
     return canvas
+
+
+class HostRows:
+    """Finished output rows to the host without a blocking ``.cpu()`` per band: on CUDA each band
+    is copied into pinned memory asynchronously and handed to ``write`` only when the next band
+    arrives (its copy ran while the tiles between were computed) or at :meth:`flush`; on the host
+    it is written at once."""
+
+    def __init__(self, write: Callable[[int, np.ndarray], None]):
+        self.write = write
+        self.pending: tuple[int, torch.Tensor, torch.cuda.Event] | None = None
+
+    def __call__(self, y: int, rows: torch.Tensor) -> None:
+        if rows.device.type != "cuda":
+            self.write(y, rows.numpy())
+            return
+        host = torch.empty(rows.shape, dtype=rows.dtype, pin_memory=True)
+        host.copy_(rows, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        self.flush()
+        self.pending = (y, host, done)
+
+    def flush(self) -> None:
+        """Write the band still in flight (waits for its copy only)."""
+        if self.pending is not None:
+            y, host, done = self.pending
+            self.pending = None
+            done.synchronize()
+            self.write(y, host.numpy())
 
 
 def resample(img: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -217,6 +270,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = from_args(UpscaleConfig, args)
     d = dist.init()
     device = torch.device(dist.resolve_device(cfg.device))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # one tile shape per image: tuned once, reused per tile
     model = load_model(cfg.model, str(device), cfg.color_order)
     check_precision(model, cfg.precision)
     suffix = f"x{cfg.outscale:g}" if cfg.outscale is not None else f"x{model.scale}"

@@ -117,6 +117,15 @@ def plan(height: int, width: int, scale: int, tile: int, overlap: int, multiple:
                     plan_axis(width, tile, overlap, multiple, minimum), int(scale))
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device``; to CUDA through pinned memory without blocking the host (a
+    pageable copy waits for the stream). Pinned blocks come from torch's caching host allocator,
+    which keeps each one until the copies queued on it have run."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def reflect_pad(t: torch.Tensor, bottom: int, right: int) -> torch.Tensor:
     """Pad NCHW at the bottom/right by mirroring (repeatedly if the pad exceeds the size; 1 px repeats)."""
     while bottom > 0 or right > 0:
@@ -138,10 +147,10 @@ def run_tiles(net: Callable[[torch.Tensor], torch.Tensor], source: Source, tp: T
     """
     s, device = tp.scale, torch.device(device)
     wy, wx = axis_weights(tp.y, s), axis_weights(tp.x, s)
-    inv_y = (1.0 / _weight_sum(tp.y, wy, s)).float().to(device)
-    inv_x = (1.0 / _weight_sum(tp.x, wx, s)).float().to(device)
-    wy = [w.float().to(device) for w in wy]
-    wx = [w.float().to(device) for w in wx]
+    inv_y = to_device((1.0 / _weight_sum(tp.y, wy, s)).float(), device)
+    inv_x = to_device((1.0 / _weight_sum(tp.x, wx, s)).float(), device)
+    wy = [to_device(w.float(), device) for w in wy]
+    wx = [to_device(w.float(), device) for w in wx]
     th, tw = tp.y.tile * s, tp.x.tile * s
     out_h, out_w = tp.y.length * s, tp.x.length * s
     band = torch.zeros(channels, th, tp.x.padded * s, dtype=torch.float32, device=device)

@@ -8,9 +8,10 @@ pyiqa_only=True)) on the same bicubic-restored generated images (992x558, ~0.55 
 set of 1080p wallpapers halved), both in this process at --threads torch/OpenCV threads; the
 median over images after one warm-up (wall and CPU time: on a shared machine the CPU time is the
 steadier figure), their ratios, and the largest difference of the values.
-The baseline is what a user gets without torchrun: one process with PyTorch's default threads
-(all cores; OMP_NUM_THREADS unset). The 2-process run uses torchrun's default of one thread per
-process. The headline is the wall-clock speedup of the whole command (process start, imports,
+Baselines: one process with 1 thread (what each rank gets) and one process with 2 threads (the
+same two cores as the 2-process run; on a 2-core machine also PyTorch's default). The 2-process
+run uses torchrun's default of one thread per process. The load average before and after is
+printed: on a shared machine the ratios say little. The headline is the wall-clock speedup of the whole command (process start, imports,
 scoring, gather and writing the results). The scoring-loop figure (images/s that awm eval
 measures itself, eval_stats.json, slowest rank) is reported beside it. Medians over --repeats,
 runs interleaved; the JSON line printed last holds them. Scores are compared per image (largest
@@ -36,8 +37,10 @@ sys.path.insert(0, str(REPO / "tests"))
 from pairs import make_pair_shards  # noqa: E402
 
 
-def run_eval(data: Path, out: Path, nproc: int, metrics: str) -> tuple[float, float]:
+def run_eval(data: Path, out: Path, nproc: int, metrics: str, threads: int = 1) -> tuple[float, float]:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    if nproc == 1:
+        env["OMP_NUM_THREADS"] = str(threads)
     args = ["eval", "--data", str(data), "--scale", "2", "--models", "bicubic,lanczos", "--metrics", metrics,
             "--out", str(out)]
     cmd = ([sys.executable, "-m", "awm", *args] if nproc == 1 else
@@ -71,7 +74,7 @@ def per_metric(names: list[str], n_images: int, size: tuple[int, int], threads: 
     out = {}
     for name in names:
         row, values = {}, {}
-        for label, m in (("fast", metrics.create(name)), ("pyiqa", metrics.create(name, pyiqa_only=True))):
+        for label, m in (("fast", metrics.create(name)), ("pyiqa", _pyiqa(name))):
             sr, hr = pairs[0]
             m(sr, hr if m.full_reference else None)  # warm-up (caches, lazy imports)
             times, cpu, vals = [], [], []
@@ -90,6 +93,18 @@ def per_metric(names: list[str], n_images: int, size: tuple[int, int], threads: 
         row["max_abs_diff"] = max(abs(a - b) for a, b in zip(values["fast"], values["pyiqa"], strict=True))
         out[name] = row
     return out
+
+
+def _pyiqa(name: str):
+    """pyiqa's own code for a metric; for psnry (validation's torch PSNR-Y in awm) pyiqa's psnry in the
+    same BT.601 convention."""
+    from awm.eval import metrics
+
+    if name == "psnry":
+        import pyiqa
+
+        return metrics.Metric(name, True, False, pyiqa.create_metric("psnry", color_space="ycbcr"))
+    return metrics.create(name, pyiqa_only=True)
 
 
 def main() -> None:
@@ -115,23 +130,27 @@ def main() -> None:
         tmp = Path(tmp)
         half = a.samples // 2
         data = make_pair_shards(tmp / "data", [half + 1, a.samples - half - 1], size=(w, h), split="eval", seed=11)
-        ips = {1: [], 2: []}
-        wall = {1: [], 2: []}
+        layouts = {"1x1": (1, 1), "1x2": (1, 2), "2x1": (2, 1)}  # processes x threads
+        ips: dict[str, list[float]] = {k: [] for k in layouts}
+        wall: dict[str, list[float]] = {k: [] for k in layouts}
+        load_start = os.getloadavg()
         for r in range(a.repeats):
-            for n in (1, 2):
-                v, t = run_eval(data, tmp / f"out{n}_{r}", n, a.metrics)
-                ips[n].append(v)
-                wall[n].append(t)
-                print(f"repeat {r}: {n} proc: {v:.3f} images/s (loop), {t:.1f} s wall", file=sys.stderr)
-        ref = _per_image(tmp / "out1_0")
-        diffs = [_max_diff(ref, _per_image(tmp / f"out{n}_{r}")) for n in (1, 2) for r in range(a.repeats)]
-    m1, m2 = statistics.median(ips[1]), statistics.median(ips[2])
-    w1, w2 = statistics.median(wall[1]), statistics.median(wall[2])
+            for k, (n, t_) in layouts.items():
+                v, t = run_eval(data, tmp / f"out{k}_{r}", n, a.metrics, t_)
+                ips[k].append(v)
+                wall[k].append(t)
+                print(f"repeat {r}: {k}: {v:.3f} images/s (loop), {t:.1f} s wall", file=sys.stderr)
+        ref = _per_image(tmp / "out1x1_0")
+        diffs = [_max_diff(ref, _per_image(tmp / f"out{k}_{r}")) for k in layouts for r in range(a.repeats)]
+    m = {k: statistics.median(v) for k, v in ips.items()}
+    wl = {k: statistics.median(v) for k, v in wall.items()}
     print(json.dumps({**head, "samples": a.samples, "size": [w, h], "models": 2, "metrics": a.metrics,
-                      "baseline": "1 process, default threads", "cpu_count": os.cpu_count(),
-                      "wall_s_1proc": round(w1, 2), "wall_s_2proc": round(w2, 2), "wall_speedup": round(w1 / w2, 3),
-                      "loop_images_per_s_1proc": round(m1, 4), "loop_images_per_s_2proc": round(m2, 4),
-                      "loop_speedup": round(m2 / m1, 3), "goal_speedup": 1.8,
+                      "cpu_count": os.cpu_count(), "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
+                      "wall_s": {k: round(v, 2) for k, v in wl.items()},
+                      "loop_images_per_s": {k: round(v, 4) for k, v in m.items()},
+                      "wall_speedup_2x1_vs": {k: round(wl[k] / wl["2x1"], 3) for k in ("1x1", "1x2")},
+                      "loop_speedup_2x1_vs": {k: round(m["2x1"] / m[k], 3) for k in ("1x1", "1x2")},
+                      "goal_speedup": 1.8,
                       "per_image_max_abs_diff": max(diffs),
                       "per_image_equal_within_1e-4": max(diffs) <= 1e-4}))
 
@@ -144,8 +163,7 @@ def _per_image(out: Path) -> dict[tuple[str, str], dict[str, str]]:
 def _max_diff(a: dict, b: dict) -> float:
     """Largest absolute difference of any score between two runs' rows (the same rows required).
 
-    Not bit-equality: the 1-process baseline runs 2 threads and the ranks 1 each, so float
-    reductions may be ordered differently.
+    Not bit-equality: thread layouts may order float reductions differently.
     """
     if a.keys() != b.keys():
         return math.inf

@@ -4,10 +4,13 @@ Inputs: generated wallpapers at 1920x1080 and 3840x2160 (cached under $TMPDIR si
 slow), plus ../shared/data/real when present; each unique image is repeated under several names
 (hard links) so a run is long enough to time. For each set and repeat, interleaved so machine load hits all alike:
 - floor: read + decode each source once (with the stage's decoder: libspng for plain PNGs when
-  pyspng is installed; ``floor_cv2`` with OpenCV's), + encode what must be encoded (LR JPEG q85 per
-  scale, and the HR PNG only when the source bytes cannot be kept);
+  pyspng is installed), + encode what must be encoded (LR JPEG q85 per scale, and the HR PNG only
+  when the source bytes cannot be kept);
 - shard, 1 and 2 workers: the full stage (``awm.data.shard.shard``: listing, decode, degrade, encode, tar,
-  stats, index) in-process; 2 workers include starting the pool (fork on Linux);
+  stats, index) in-process, eval split (whole images: the HR source bytes pass through unchanged);
+  2 workers include starting the pool (fork on Linux);
+- shard_train_tiled, 1 worker: the train split with ``--tile 512`` (HR cut into 512 px tiles,
+  each tile's PNG encoded and its LRs made: what training shards cost);
 - seed's way: decode, degrade, write the LR as loose JPEG files and copy the HR file beside them.
 Prints medians as one JSON object, last. Usage: python tests/benchmarks/bench_shard.py [--repeats 3]
 """
@@ -89,25 +92,21 @@ def prepare_floor(files: list[Path]) -> list:
     return work
 
 
-def run_floor(work: list, decoder: str = "stage") -> None:
-    """Decode each source once (with the stage's decoder, or OpenCV's) and encode only what must be."""
+def run_floor(work: list) -> None:
+    """Decode each source once (with the stage's decoder) and encode only what must be."""
     for p, hr, lrs in work:
-        data = p.read_bytes()
-        if decoder == "stage":
-            decode_source(data, imageio.MAX_PIXELS_DEFAULT)
-        else:
-            cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        decode_source(p.read_bytes(), imageio.MAX_PIXELS_DEFAULT)
         for lr, params in lrs:  # OpenCV's own order: no conversion counted in the floor
             encode_lr(lr, params, bgr=True)
         if hr is not None:
             cv2.imencode(".png", hr, [cv2.IMWRITE_PNG_COMPRESSION, 3])
 
 
-def shard_config(src: Path, out: Path, workers: int) -> ShardConfig:
+def shard_config(src: Path, out: Path, workers: int, tile: int = 0) -> ShardConfig:
     shutil.rmtree(out, ignore_errors=True)
     n = len(imageio.list_images([src]))
-    return ShardConfig(inp=src, out=out, split="eval", workers=workers, shard_size=max(1, -(-n // 8)),
-                       part="0/1", scales=list(SCALES))
+    return ShardConfig(inp=src, out=out, split="train" if tile else "eval", tile=tile, workers=workers,
+                       shard_size=max(1, -(-n // 8)), part="0/1", scales=list(SCALES))
 
 
 def seed_way(files: list[Path], out: Path) -> None:
@@ -135,6 +134,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--unique", type=int, default=4, help="generated images per size")
     ap.add_argument("--copies", type=int, default=12, help="names per 1080p image (a third for 4K)")
+    ap.add_argument("--sets", default="1920x1080,3840x2160,real", help="which input sets")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "awm-bench-shard-cache")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -143,7 +143,8 @@ def main() -> None:
     sets = {"1920x1080": cached_sources(args.cache, (1920, 1080), args.unique, args.copies, work / "in1080"),
             "3840x2160": cached_sources(args.cache, (3840, 2160), args.unique, max(1, args.copies // 3),
                                         work / "in4k")}
-    if REAL.is_dir():
+    sets = {k: v for k, v in sets.items() if k in args.sets.split(",")}
+    if REAL.is_dir() and "real" in args.sets.split(","):
         sets["real"] = repeated(imageio.list_images([REAL]), args.copies, work / "real")
     results: dict = {}
     load_start = os.getloadavg()
@@ -151,13 +152,13 @@ def main() -> None:
         for name, src in sets.items():
             files = imageio.list_images([src])
             runs: dict[str, list[tuple[float, float]]] = {
-                k: [] for k in ("floor", "floor_cv2", "shard_w1", "shard_w2", "seed_way")}
+                k: [] for k in ("floor", "shard_w1", "shard_w2", "shard_train_tiled", "seed_way")}
             work_floor = prepare_floor(files)
             for _ in range(args.repeats):
                 runs["floor"].append(timed(run_floor, work_floor))
-                runs["floor_cv2"].append(timed(run_floor, work_floor, "cv2"))
                 for w in (1, 2):
                     runs[f"shard_w{w}"].append(timed(shard, shard_config(src, work / "out", w)))
+                runs["shard_train_tiled"].append(timed(shard, shard_config(src, work / "out", 1, tile=512)))
                 shutil.rmtree(work / "seed", ignore_errors=True)
                 runs["seed_way"].append(timed(seed_way, files, work / "seed"))
             wall = {k: statistics.median(t[0] for t in v) for k, v in runs.items()}
@@ -168,10 +169,10 @@ def main() -> None:
                 "floor_img_s": round(n / wall["floor"], 2),
                 "shard_w1_img_s_per_core": round(n / wall["shard_w1"], 2),
                 "shard_w2_img_s_per_core": round(n / wall["shard_w2"] / 2, 2),
+                "shard_train_tiled_img_s": round(n / wall["shard_train_tiled"], 2),
                 "seed_way_img_s": round(n / wall["seed_way"], 2),
                 "ratio_w1_to_floor": round(wall["floor"] / wall["shard_w1"], 3),
                 "ratio_w1_to_floor_cpu": round(cpu["floor"] / cpu["shard_w1"], 3),
-                "ratio_w1_to_cv2_floor_cpu": round(cpu["floor_cv2"] / cpu["shard_w1"], 3),
                 "speedup_w2": round(wall["shard_w1"] / wall["shard_w2"], 3),
                 "cpu_w2_over_w1": round(cpu["shard_w2"] / cpu["shard_w1"], 3),
                 "ratio_seed_way_to_floor": round(wall["floor"] / wall["seed_way"], 3),

@@ -8,10 +8,11 @@ device-side loss sums, schedule); the bare side is the plainest fast loop. Cases
 L1 stage, rrdb-6b x4 GAN stage (U-Net SN discriminator, VGG19 + ResNet50 perceptual backbones
 randomly initialised: speed does not depend on the weights), compact x2, span x4; each at every
 batch size. Repeats alternate awm/bare; overhead is the median of the paired ratios (robust to
-load drifting on a shared machine). TFLOP/s and MFU use FLOPs per pair counted by awm.train.perf.
+load drifting on a shared machine), reported with their range (min..max) and each side's step-time
+range: an overhead inside that range is noise, not a measurement. TFLOP/s and MFU use FLOPs per pair counted by awm.train.perf.
 
     .venv/bin/python tests/benchmarks/bench_train.py                      # GPU: LR 64 px, batch 16 and 32
-    .venv/bin/python tests/benchmarks/bench_train.py --lr-patch 16 --batches 2,4 --steps 4   # a CPU
+    .venv/bin/python tests/benchmarks/bench_train.py --lr-patch 8 --batches 4 --cases compact-x2,span-x4   # a CPU
 """
 
 from __future__ import annotations
@@ -162,11 +163,17 @@ def run_case(case: str, batch: int, a: argparse.Namespace, data: Path, extra: li
           f"{[round(s * 1e3, 1) for s in bare_s]} ms", file=sys.stderr)
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
-    ratio = statistics.median(t / b for t, b in zip(awm_s, bare_s, strict=True))
+    ratios = [t / b for t, b in zip(awm_s, bare_s, strict=True)]
     return {"case": case, "batch": batch, "lr_patch": a.lr_patch, "flops_per_pair": flops,
-            "awm": figures(statistics.median(awm_s), batch, flops, peak),
-            "bare": figures(statistics.median(bare_s), batch, flops, peak),
-            "overhead_pct": round(100 * (ratio - 1), 1)}
+            "awm": figures(statistics.median(awm_s), batch, flops, peak) | spread(awm_s),
+            "bare": figures(statistics.median(bare_s), batch, flops, peak) | spread(bare_s),
+            "overhead_pct": round(100 * (statistics.median(ratios) - 1), 1),
+            "overhead_pct_range": [round(100 * (min(ratios) - 1), 1), round(100 * (max(ratios) - 1), 1)]}
+
+
+def spread(seconds: list[float]) -> dict:
+    """Min and max step time over the repeats: how much of an overhead is noise."""
+    return {"step_ms_range": [round(min(seconds) * 1e3, 2), round(max(seconds) * 1e3, 2)]}
 
 
 def main() -> int:
@@ -177,9 +184,9 @@ def main() -> int:
     ap.add_argument("--lr-patch", type=int, default=64, help="LR patch side (HR = LR x scale)")
     ap.add_argument("--precision", default="bf16" if cuda else "fp32", choices=["fp32", "bf16", "fp16"])
     ap.add_argument("--compile", default="none")
-    ap.add_argument("--steps", type=int, default=30 if cuda else 4, help="timed steps per repeat")
-    ap.add_argument("--warmup", type=int, default=10 if cuda else 2)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=50, help="timed steps per repeat (>= 50 for a figure to quote)")
+    ap.add_argument("--warmup", type=int, default=10 if cuda else 3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (GPUs: from awm.train.perf)")
     a = ap.parse_args()
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))

@@ -42,7 +42,7 @@ def test_psnr_y_is_bt601_by_hand():
 
     a = np.zeros((32, 32, 3), np.uint8) + np.array([100, 150, 200], np.uint8)
     b = np.zeros((32, 32, 3), np.uint8) + np.array([110, 150, 200], np.uint8)
-    assert metrics.create("psnry")(a, b) == pytest.approx(39.9393, abs=2e-3)  # pyiqa computes in float32
+    assert metrics.create("psnry")(a, b) == pytest.approx(39.9393, abs=1e-4)
     t = [torch.from_numpy(x).permute(2, 0, 1)[None].double() / 255 for x in (a, b)]
     assert float(psnr_ssim_y(t[0], t[1], border=0)[0]) == pytest.approx(39.9393, abs=1e-4)
 
@@ -78,3 +78,20 @@ def test_published_calibration_values(name, tmp_path, monkeypatch):
     m = metrics.create(name)
     got = [m(dist, ref if m.full_reference else None) for dist, ref in _calibration_pairs()]
     assert got == pytest.approx(CALIBRATION[name], abs=5e-3 if name == "niqe" else 5e-4)
+
+
+def test_psnry_in_eval_and_validation_is_one_convention():
+    """A small image (where a border of `scale` pixels matters): awm eval's psnry with the scale as
+    border equals training validation's PSNR-Y exactly; without the crop they would differ."""
+    import torch
+
+    from awm.eval.psnr_ssim import psnr_ssim_y
+
+    hr = generate(3, 40, 32)
+    sr = hr.copy()
+    sr[:, :2] = 255 - sr[:, :2]  # errors only in the border strip a x2 crop removes
+    sr[10:20, 10:20] //= 2
+    t = [torch.from_numpy(x).permute(2, 0, 1)[None].double() / 255 for x in (sr, hr)]
+    validation = float(psnr_ssim_y(t[0], t[1], border=2)[0][0])
+    assert metrics.create("psnry", border=2)(sr, hr) == pytest.approx(validation, abs=1e-4)
+    assert metrics.create("psnry", border=0)(sr, hr) < validation - 1
