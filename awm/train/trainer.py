@@ -18,6 +18,7 @@ import os
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -52,7 +53,7 @@ class Trainer:
             acc.register_for_checkpointing(c.ema)
         resume = latest_state(cfg.run_dir) if cfg.checkpoint.resume else None
         if resume is not None:
-            acc.load_state(str(resume))
+            load_state(c, resume)
             log.info("resumed from %s at step %d", resume, self.state.step)
         self.eval_model = c.ema.module if c.ema is not None else c.generator_plain
         self.epoch = epoch_steps(cfg.data, self.world, cfg.optim.accum)
@@ -328,6 +329,30 @@ class StopAgreement:
         if self.work is not None:
             self.work.wait()
             self.work = None
+
+
+def load_state(c: Components, path: Path) -> None:
+    """Load a saved full state into the run's components.
+
+    A state saved while the run had no GAN stage (``gan_start >= steps`` then) holds no
+    discriminator; a rerun with more steps that reaches ``gan_start`` resumes the generator, its
+    optimizer, EMA and counters from it, and the discriminator starts fresh (its initial weights,
+    the same on every rank).
+    """
+    acc = c.accelerator
+    saved = len(list(path.glob("model*.safetensors")) + list(path.glob("pytorch_model*.bin")))
+    if c.discriminator is None or c.deepspeed or saved >= len(acc._models):
+        acc.load_state(str(path))
+        return
+    ours = {id(p) for p in c.discriminator_params}
+    models, optimizers = acc._models, acc._optimizers
+    acc._models = [m for m in models if not any(id(p) in ours for p in m.parameters())]
+    acc._optimizers = [o for o in optimizers if o is not c.discriminator_optimizer]
+    try:
+        acc.load_state(str(path))
+    finally:
+        acc._models, acc._optimizers = models, optimizers
+    log.info("state %s was saved before the GAN stage existed in this run: the discriminator starts fresh", path)
 
 
 def _fault_step(rank: int) -> int | None:

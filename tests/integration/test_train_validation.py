@@ -1,4 +1,5 @@
-"""Validation reports the bicubic bar next to the model; a finished run, run again, changes nothing."""
+"""Validation reports the bicubic bar next to the model; a finished run, run again, changes nothing;
+more steps resume it, into a GAN stage its saved state never had."""
 
 from __future__ import annotations
 
@@ -66,3 +67,8 @@ def test_validation_shows_bicubic_and_a_finished_run_is_left_alone(tmp_path):
     more = subprocess.run([*args, "steps=3"], capture_output=True, text=True, timeout=300, env=env)
     assert more.returncode == 0 and "resumed from" in more.stderr, more.stderr[-3000:]
     assert json.loads((run / "train_stats.json").read_text())["step"] == 3
+    # its state holds no discriminator (L1 only so far): a rerun reaching gan_start resumes it, D fresh
+    gan = subprocess.run([*args, "steps=5", "gan_start=4"], capture_output=True, text=True, timeout=300, env=env)
+    assert gan.returncode == 0 and "the discriminator starts fresh" in gan.stderr, gan.stderr[-3000:]
+    stats = json.loads((run / "train_stats.json").read_text())
+    assert stats["step"] == 5 and stats["status"] == "done"
