@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "niqe-fit": ("awm.eval.niqe", "fit an anime NIQE pristine model on HR images"),
     "report": ("awm.eval.report", "experiment table across training runs"),
     "convert": ("awm.models.checkpoint", "convert an AWM checkpoint to a BasicSR/spandrel-loadable file"),
+    "export": ("awm.release.export", "a verified release: safetensors, ONNX, OpenModelDB entry, model card"),
     "demo": ("awm.demo", "the whole pipeline on built-in generated wallpapers"),
 }
 
