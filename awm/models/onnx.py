@@ -48,6 +48,7 @@ class Plan:
 
     batch: Literal["dynamic", "fixed"] | None
     reason: str = ""
+    no_fp16: str = ""  # why a half-precision file cannot be made, when it cannot
 
 
 PLANS: dict[str, Plan] = {
@@ -59,7 +60,9 @@ PLANS: dict[str, Plan] = {
     "HAT": Plan("dynamic"),
     "SwinIR": Plan("fixed", "batch fixed at 1 (height and width stay dynamic): spandrel's window_reverse "
                             "computes the batch with int() of a float, which the exporter specialises to "
-                            "the example's batch; onnxruntime then fails on any other batch"),
+                            "the example's batch; onnxruntime then fails on any other batch",
+                  no_fp16="spandrel's SwinIR builds its attention mask in float32 inside forward "
+                          "(calculate_mask), so a half-precision model multiplies float16 by float32 in bmm"),
     "DAT": Plan(None, "exports, but onnxruntime fails in LayerNormalization ('Size of X.shape[axis:] must "
                       "be at least 1, got 0') on every input: the exporter specialises DAT's split-window "
                       "reshapes to the example input"),
@@ -72,13 +75,15 @@ class ExportError(RuntimeError):
     """An architecture or precision that cannot be exported and verified; the message says why."""
 
 
-def plan_for(spandrel_id: str) -> Plan:
+def plan_for(spandrel_id: str, precision: Precision = "fp32") -> Plan:
     """The export plan of an architecture; ExportError with the measured reason when refused."""
     plan = PLANS.get(spandrel_id)
     if plan is None:
         raise ExportError(f"{spandrel_id}: no ONNX export plan (measured: {', '.join(PLANS)})")
     if plan.batch is None:
         raise ExportError(f"{spandrel_id} cannot be exported to ONNX: {plan.reason}")
+    if precision != "fp32" and plan.no_fp16:
+        raise ExportError(f"{spandrel_id} cannot be exported in {precision}: {plan.no_fp16}")
     return plan
 
 
@@ -111,7 +116,7 @@ def exportable(module: nn.Module) -> nn.Module:
 def export_onnx(module: nn.Module, spandrel_id: str, out: Path, example_side: int, precision: Precision = "fp32",
                 metadata: dict[str, Any] | None = None, simplify: bool = True) -> dict[str, Any]:
     """Write ``out`` (ONNX, opset :data:`OPSET`) for ``module``; returns what was done. Not yet verified."""
-    plan = plan_for(spandrel_id)
+    plan = plan_for(spandrel_id, precision)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
     net = exportable(module).to(dtype)  # fp16/bf16 files take and return that type (chaiNNer's convention)
     x = torch.rand(2 if plan.batch == "dynamic" else 1, 3, example_side, example_side, dtype=dtype)

@@ -103,6 +103,10 @@ def _grid_lr(cfg: ExportConfig, t: card.Training, scale: int) -> np.ndarray:
     return cv2.resize(hr, (96, 96), interpolation=cv2.INTER_AREA)
 
 
+def _precisions(cfg: ExportConfig) -> list[str]:
+    return [p for p, on in (("fp32", cfg.onnx), ("fp16", cfg.fp16), ("bf16", cfg.bf16)) if on]
+
+
 def _onnx_files(cfg: ExportConfig, loaded, sid: str, name: str, tmp: Path) -> tuple[list[dict[str, Any]], dict]:
     """Export and verify each asked-for precision; ExportError when one cannot be verified."""
     from awm.models import onnx as ox
@@ -113,7 +117,7 @@ def _onnx_files(cfg: ExportConfig, loaded, sid: str, name: str, tmp: Path) -> tu
             "size_min": loaded.size_min, "color_order": "RGB", "spandrel_arch": sid,
             "config_digest": loaded.meta.get("config_digest") or ""}
     side = max(loaded.size_min, 2 * loaded.size_multiple, 32)
-    for prec in [p for p, on in (("fp32", True), ("fp16", cfg.fp16), ("bf16", cfg.bf16)) if on]:
+    for prec in _precisions(cfg):
         path = tmp / (f"{name}.onnx" if prec == "fp32" else f"{name}_{prec}.onnx")
         info = ox.export_onnx(loaded.module, sid, path, side, prec, meta, cfg.simplify)
         try:
@@ -149,8 +153,9 @@ def export(cfg: ExportConfig) -> Path:
     stem = (t.run.name if t.run else src.stem) if src.name not in ("best", "last") else src.parent.parent.name
     name = cfg.name or default_name(loaded.scale, f"AWM {stem}", arch_id)
     if cfg.onnx:
-        try:
-            ox.plan_for(sid)  # refuse before any work
+        try:  # refuse before any work
+            for prec in _precisions(cfg):
+                ox.plan_for(sid, prec)
         except ox.ExportError as e:
             raise ox.ExportError(f"{e} (--no-onnx releases the rest)") from None
     out = Path(cfg.out)
