@@ -200,8 +200,8 @@ def demo(cfg: DemoConfig) -> Path:
            all(any((out / "upscaled").glob(f"{p.stem}*")) for p in lr_files), timings)
     release = out / "release"
     _stage(7, "export a verified release (safetensors, ONNX, OpenModelDB entry, model card)",
-           _awm("export", str(run), "--out", str(release), "--eval-summary", str(summary), "--grid-image",
-                str(lr_files[0])),
+           _awm("export", str(run), "--out", str(release), "--name", "2x-AWM-demo-Compact", "--eval-summary",
+                str(summary), "--grid-image", str(lr_files[0])),
            (release / "release.json").is_file()
            and (release / "release.json").stat().st_mtime > summary.stat().st_mtime, timings)
     log.info("[demo 8/8] writing the report")

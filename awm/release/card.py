@@ -18,13 +18,16 @@ import numpy as np
 from awm.eval import results
 from awm.eval.report import _json, _loss_summary, _train_index, _yaml
 
+RERUN = " (its full config: `train_config.yaml`; `awm train --config train_config.yaml` reruns it)"
+
 
 @dataclass
 class Training:
     """The training facts a release can state (None: unknown, e.g. a foreign checkpoint)."""
 
     run: Path | None = None
-    recipe: str | None = None
+    run_name: str | None = None
+    gan_start: int | None = None
     steps: int | None = None
     batch: int | None = None
     hr_patch: int | None = None
@@ -60,7 +63,7 @@ def training_facts(path: Path, meta: dict[str, Any]) -> Training:
     otf = bool(data.get("degrade"))
     batch = data.get("batch_size")
     hours = stats.get("wall_s", 0) * (ranks or 1) / 3600 if stats.get("wall_s") else None
-    return Training(run=run, recipe=cfg.get("name"), steps=meta.get("step", stats.get("step")),
+    return Training(run=run, run_name=cfg.get("name"), gan_start=cfg.get("gan_start"), steps=meta.get("step", stats.get("step")),
                     batch=batch * (ranks or 1) * int((cfg.get("optim") or {}).get("accum", 1)) if batch else None,
                     hr_patch=data.get("patch"), otf=otf, preset=data.get("degrade") or index.get("preset"),
                     dataset=str(data.get("train")) if data.get("train") else None,
@@ -104,6 +107,12 @@ def crop_grid(lr: np.ndarray, sr: np.ndarray, scale: int, name: str, path: Path,
     return comparison_grid([("center crop", cols)], path)
 
 
+def _stages(t: Training) -> str:
+    if t.gan_start is None or t.steps is None:
+        return "stages unknown"
+    return "L1 only" if t.gan_start >= t.steps else f"L1 to step {t.gan_start}, then GAN"
+
+
 def _fmt(v: Any, unit: str = "") -> str:
     return "unknown" if v is None else f"{v}{unit}"
 
@@ -115,14 +124,15 @@ def model_card(name: str, entry: dict[str, Any], t: Training, files: list[dict[s
     lines = [f"# {name}", "", f"{scale}x super-resolution for anime wallpapers and illustrations "
              f"({arch}, {', '.join(entry['size'] or [])}), trained with AWM. RGB in, RGB out, float [0, 1].", ""]
     lines += ["## How it was trained", "", "| | |", "| --- | --- |",
-              f"| recipe | {_fmt(t.recipe)} |", f"| steps | {_fmt(t.steps)} |",
+              f"| run | {_fmt(t.run_name)}{RERUN if t.run else ''} |",
+              f"| steps | {_fmt(t.steps)} ({_stages(t)}) |",
               f"| batch (all ranks) | {_fmt(t.batch)} |", f"| HR patch | {_fmt(t.hr_patch, ' px')} |",
               f"| degradation preset | {_fmt(t.preset)}{' (on the fly)' if t.otf else ''} |",
               f"| training data | {_fmt(t.dataset)} ({_fmt(t.dataset_size)} pairs) |",
               f"| loss | {', '.join(t.loss) or 'unknown'} |",
               f"| device-hours (wall x ranks) | {_fmt(t.device_hours)} ({_fmt(t.ranks)} ranks, "
               f"{_fmt(t.precision)}) |", f"| config digest | {_fmt(t.config_digest)} |", ""]
-    if t.recipe is None:
+    if t.run_name is None:
         lines += ["This checkpoint carries no run folder, so its training is not known here.", ""]
     lines += ["## Evaluation", ""]
     lines += ([f"From `{eval_source}`:", "", table.strip(), ""] if table else

@@ -10,7 +10,8 @@
   with the reason (``--no-onnx`` releases without ONNX);
 * ``NAME.json``: the OpenModelDB entry, validated against the schema, sha256/size of the files;
 * ``README.md``: the model card, and ``NAME_grid.png`` (LR | bicubic | model) with the LR/SR
-  images the entry lists; ``release.json``: what was verified, with the measured PSNRs.
+  images the entry lists; ``train_config.yaml``: the run's config (reruns the training);
+  ``release.json``: what was verified, with the measured PSNRs.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import numpy as np
 
 from awm import __version__
 from awm.config import add_dataclass_arguments, check, from_args
-from awm.imageio import atomic_write_text, encode_image
+from awm.imageio import atomic_write_text, encode_image, to_rgb8
 from awm.log import get_logger
 from awm.release import card, openmodeldb
 
@@ -107,7 +108,18 @@ def _precisions(cfg: ExportConfig) -> list[str]:
     return [p for p, on in (("fp32", cfg.onnx), ("fp16", cfg.fp16), ("bf16", cfg.bf16)) if on]
 
 
-def _onnx_files(cfg: ExportConfig, loaded, sid: str, name: str, tmp: Path) -> tuple[list[dict[str, Any]], dict]:
+def _content_crop(lr: np.ndarray, multiple: int, minimum: int) -> tuple[str, Any]:
+    """A central crop of the grid's LR image (the run's own eval content) as a verification input."""
+    from awm.imageio import to_tensor
+
+    side = max(-(-max(64, minimum) // multiple) * multiple, multiple)
+    h, w = min(side, lr.shape[0] // multiple * multiple), min(side, lr.shape[1] // multiple * multiple)
+    y, x = (lr.shape[0] - h) // 2, (lr.shape[1] - w) // 2
+    return f"grid LR 1x{h}x{w}", to_tensor(np.ascontiguousarray(lr[y:y + h, x:x + w]))
+
+
+def _onnx_files(cfg: ExportConfig, loaded, sid: str, name: str, tmp: Path,
+                lr: np.ndarray) -> tuple[list[dict[str, Any]], dict]:
     """Export and verify each asked-for precision; ExportError when one cannot be verified."""
     from awm.models import onnx as ox
 
@@ -121,7 +133,8 @@ def _onnx_files(cfg: ExportConfig, loaded, sid: str, name: str, tmp: Path) -> tu
         path = tmp / (f"{name}.onnx" if prec == "fp32" else f"{name}_{prec}.onnx")
         info = ox.export_onnx(loaded.module, sid, path, side, prec, meta, cfg.simplify)
         try:
-            psnrs = ox.verify(loaded.module, path, loaded.size_multiple, loaded.size_min, info["batch"])
+            psnrs = ox.verify(loaded.module, path, loaded.size_multiple, loaded.size_min, info["batch"],
+                              [_content_crop(lr, loaded.size_multiple, loaded.size_min)])
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types; say which precision failed
             raise ox.ExportError(f"{prec}: onnxruntime {ox.runtime_version()} (CPU) cannot run the exported "
                                  f"file: {str(e).splitlines()[0][:300]}") from None
@@ -168,14 +181,11 @@ def export(cfg: ExportConfig) -> Path:
         if cfg.pth:
             files.append({"path": tmp / f"{name}.pth", "note": "BasicSR params_ema"})
             convert(src, files[-1]["path"])
+        lr = to_rgb8(_grid_lr(cfg, t, loaded.scale))
         onnx_report: dict[str, Any] = {}
         if cfg.onnx:
-            more, onnx_report = _onnx_files(cfg, loaded, sid, name, tmp)
+            more, onnx_report = _onnx_files(cfg, loaded, sid, name, tmp, lr)
             files += more
-        lr = _grid_lr(cfg, t, loaded.scale)
-        if lr.ndim == 2:
-            lr = np.dstack([lr] * 3)
-        lr = lr[:, :, :3]
         sr = upscale_array(loaded, lr, tile=256, tile_pad=16)
         grid = card.crop_grid(lr, sr, loaded.scale, name, tmp / f"{name}_grid.png")
         (tmp / f"{name}_LR.png").write_bytes(encode_image(lr, "png"))
@@ -185,6 +195,8 @@ def export(cfg: ExportConfig) -> Path:
         if errors:
             raise ValueError(f"OpenModelDB entry for {name} is not valid: " + "; ".join(errors))
         atomic_write_text(tmp / f"{name}.json", json.dumps(entry, indent=4, ensure_ascii=False) + "\n")
+        if t.run is not None:
+            shutil.copyfile(t.run / "config.yaml", tmp / "train_config.yaml")
         doc, eval_src = card.eval_summary(Path(cfg.eval_summary) if cfg.eval_summary else None, t.run)
         described = [{"file": f["path"].name, "size": f["path"].stat().st_size,
                       "sha256": openmodeldb.sha256(f["path"]), "note": f["note"]} for f in files]
@@ -211,7 +223,7 @@ def _entry(cfg: ExportConfig, loaded, arch_id: str, name: str, t: card.Training,
     size = [f"{k}: {v}" for k, v in sorted(loaded.hparams.items())] or None
     desc = cfg.description or (
         f"{loaded.scale}x {arch_id} model for anime wallpapers and illustrations, trained with AWM "
-        f"{__version__}" + (f" (recipe `{t.recipe}`, {t.steps} steps, degradation `{t.preset}`)." if t.recipe else ".")
+        f"{__version__}" + (f" (run `{t.run_name}`, {t.steps} steps, degradation `{t.preset}`)." if t.run_name else ".")
         + " See README.md of the release for the training record and evaluation.")
     entry: dict[str, Any] = {
         "name": name.split("-", 1)[1].replace("-", " "), "author": cfg.author, "license": cfg.license,

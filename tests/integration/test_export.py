@@ -51,7 +51,7 @@ def test_release_is_complete_verified_and_its_openmodeldb_entry_validates(releas
     assert printed["release"] == str(out)
     assert set(printed["files"]) == {f"{name}{s}" for s in (".safetensors", ".pth", ".onnx", "_fp16.onnx", ".json",
                                                               "_grid.png", "_LR.png", "_SR.png")} | {
-        "README.md", "release.json"}
+        "README.md", "release.json", "train_config.yaml"}
     entry = json.loads((out / f"{name}.json").read_text())
     assert openmodeldb.validate(entry, name) == [] and openmodeldb.check_files(entry, out) == []
     assert [r["type"] for r in entry["resources"]] == ["safetensors", "pth", "onnx", "onnx"]
@@ -68,7 +68,7 @@ def test_release_is_complete_verified_and_its_openmodeldb_entry_validates(releas
     assert min(onnx["fp32"]["psnr_db"].values()) >= ox.FP32_FLOOR_DB
     assert min(onnx["fp16"]["psnr_db"].values()) >= ox.FP16_FLOOR_DB
     card = (out / "README.md").read_text()
-    assert "| steps | 20 |" in card and "| HR patch | 32 px |" in card and "(4 pairs)" in card
+    assert "| steps | 20 (L1 only) |" in card and "train_config.yaml" in card and "| HR patch | 32 px |" in card and "(4 pairs)" in card
     assert "| bicubic |" in card and f"| {run} |" in card and f"({name}_grid.png)" in card
     assert "Trained from scratch; released under CC-BY-4.0." in card
 
@@ -110,3 +110,4 @@ def test_refused_architecture_names_the_reason_and_no_onnx_releases_the_rest(tmp
     assert [r["type"] for r in entry["resources"]] == ["safetensors"] and entry["architecture"] == "dat"
     assert openmodeldb.validate(entry, "2x-AWM-dat-DAT") == []
     assert "trainingIterations" in entry and "dataset" not in entry
+    assert not (tmp_path / "rel" / "train_config.yaml").exists()
