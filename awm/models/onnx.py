@@ -35,9 +35,10 @@ log = get_logger(__name__)
 
 OPSET = 18
 FP32_FLOOR_DB = 50.0
-# Measured on noise and generated content with the -tiny variants (see README "Release"): fp16
-# weights and activations against the fp32 torch output.
-FP16_FLOOR_DB = 30.0
+# fp16 weights and activations against the fp32 torch output. Measured worst cases: span-tiny 60 dB,
+# hat-tiny 70, compact-tiny 76, a demo-recipe Compact on the real anime images of shared/data/real
+# 72; the floor leaves room for deeper nets, whose fp16 error grows with depth.
+FP16_FLOOR_DB = 40.0
 Precision = Literal["fp32", "fp16", "bf16"]
 META_PREFIX = "awm_"
 

@@ -166,7 +166,7 @@ def main() -> None:
             loaded = load_model(big)
             onnx_path = work / "big.onnx"
             export_onnx(loaded.module, ARCHS[args.arch].spandrel_id, onnx_path, 64, "fp32",
-                        {"scale": 4, "size_multiple": loaded.size_multiple, "size_min": loaded.size_min})
+                        {"arch": args.arch, "scale": 4, "size_multiple": loaded.size_multiple, "size_min": loaded.size_min})
             res["onnx_vs_torch"] = {
                 name: throughput(path, w, h, args.repeats, args.tile, args.tile_pad)
                 for name, path in (("torch", big), ("onnxruntime", onnx_path))}
