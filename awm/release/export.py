@@ -44,12 +44,12 @@ class ExportConfig:
     model: str = field(default="", metadata={"help": "run folder, AWM checkpoint folder or weights file"})
     out: str = field(default="release", metadata={"help": "release folder (replaced if it exists)"})
     name: str | None = field(default=None, metadata={
-        "help": "release name, an OpenModelDB id like 2x-MyModel-Compact (default: from scale, run and arch)"})
+        "help": "release name, an OpenModelDB id like 2x-MyModel-Compact (unset: from scale, run and arch)"})
     author: str = field(default="anonymous", metadata={"help": "OpenModelDB user id of the author"})
     license: str | None = field(default="CC-BY-4.0", metadata={"help": "SPDX licence of the release"})
     tags: list[str] = field(default_factory=lambda: ["anime", "general-upscaler"], metadata={
         "help": "OpenModelDB tags"})
-    description: str | None = field(default=None, metadata={"help": "entry description (default: generated)"})
+    description: str | None = field(default=None, metadata={"help": "entry description (unset: generated)"})
     onnx: bool = field(default=True, metadata={"help": "write and verify NAME.onnx (fp32)"})
     fp16: bool = field(default=False, metadata={"help": "also NAME_fp16.onnx (fp16 in and out)"})
     bf16: bool = field(default=False, metadata={
@@ -57,9 +57,9 @@ class ExportConfig:
     pth: bool = field(default=False, metadata={"help": "also NAME.pth (BasicSR params_ema layout)"})
     simplify: bool = field(default=True, metadata={"help": "simplify the ONNX graph with onnxslim"})
     eval_summary: str | None = field(default=None, metadata={
-        "help": "awm eval summary.json for the card (default: the newest inside the run folder)"})
+        "help": "awm eval summary.json for the card (unset: the newest inside the run folder)"})
     grid_image: str | None = field(default=None, metadata={
-        "help": "LR image for the card's crop grid (default: the first eval LR of the run, else a generated one)"})
+        "help": "LR image for the card's crop grid and ONNX check (unset: the run's first eval LR, else generated)"})
     pretrained: str | None = field(default=None, metadata={
         "help": "OpenModelDB id of the model this one was fine-tuned from (pretrainedModelG)"})
     pretrained_license: str | None = field(default=None, metadata={"help": "SPDX licence of those start weights"})
@@ -71,6 +71,8 @@ class ExportConfig:
         check(self.name is None or bool(openmodeldb.MODEL_ID.match(self.name)), "name", self.name,
               "an OpenModelDB id: <scale>x-Word(-Word)*, letters and digits")
         check(bool(openmodeldb.USER_ID.match(self.author)), "author", self.author, "letters, digits and '-'")
+        check(self.pretrained is None or bool(openmodeldb.MODEL_ID.match(self.pretrained)), "pretrained",
+              self.pretrained, "an OpenModelDB model id such as 4x-RealESRGAN-x4plus")
         check((self.onnx or not (self.fp16 or self.bf16)), "onnx", self.onnx, "true when fp16/bf16 are asked for")
 
 
