@@ -178,13 +178,18 @@ def read_metadata(session: Any) -> dict[str, str]:
     return {k[len(META_PREFIX):]: v for k, v in custom.items() if k.startswith(META_PREFIX)}
 
 
-def providers(device: str) -> list[str]:
-    """Execution providers for ``device``: TensorRT and CUDA first on a CUDA device when installed, CPU last."""
+def providers(device: str) -> list[str | tuple[str, dict[str, Any]]]:
+    """Execution providers for ``device``: TensorRT and CUDA first on a CUDA device when installed, CPU last.
+
+    ``cuda:N`` becomes the providers' ``device_id`` (onnxruntime's documented option), so each rank
+    of a multi-GPU ``awm upscale`` uses its own GPU (not run here: no GPU on the development machine).
+    """
     import onnxruntime as ort
 
     available = ort.get_available_providers()
     wanted = ["TensorrtExecutionProvider", "CUDAExecutionProvider"] if device.startswith("cuda") else []
-    return [p for p in wanted if p in available] + ["CPUExecutionProvider"]
+    index = int(device.split(":", 1)[1]) if ":" in device else 0
+    return [(p, {"device_id": index}) for p in wanted if p in available] + ["CPUExecutionProvider"]
 
 
 def session(path: str | Path, device: str = "cpu", threads: int | None = None) -> Any:

@@ -66,3 +66,19 @@ def test_span_is_exported_with_its_eval_convs_fused_and_unchanged():
         assert torch.allclose(fused(x), model(x), atol=1e-5)
     assert not any(type(m).__name__ == "Conv3XC" for m in fused.modules())
     assert any(type(m).__name__ == "Conv3XC" for m in model.modules())
+
+
+def test_a_foreign_onnx_without_awm_metadata_gets_its_scale_probed(tmp_path):
+    import onnx
+
+    model = _lively(build_model("compact-tiny", 3))
+    ox.export_onnx(model, "Compact", tmp_path / "m.onnx", 32, "fp32", {"scale": 3, "arch": "compact-tiny"})
+    assert ox.load_onnx(tmp_path / "m.onnx").arch == "compact-tiny"
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(tmp_path / "foreign.onnx"))
+    loaded = ox.load_onnx(tmp_path / "foreign.onnx")
+    assert (loaded.arch, loaded.scale, loaded.size_multiple) == ("onnx", 3, 1)
+    x = torch.rand(1, 3, 20, 28)
+    with torch.no_grad():
+        assert ox.psnr(model(x).numpy(), loaded.module(x).numpy()) >= ox.FP32_FLOOR_DB
