@@ -8,6 +8,7 @@
 * ``NAME.onnx`` (fp32) and ``NAME_fp16.onnx`` / ``NAME_bf16.onnx`` on request, verified against
   torch by onnxruntime on CPU (awm.models.onnx); architectures that cannot be exported are refused
   with the reason (``--no-onnx`` releases without ONNX);
+* ``NAME.ncnn.param``/``.bin`` with ``--ncnn`` (pnnx, verified by ncnn; awm.models.ncnn);
 * ``NAME.json``: the OpenModelDB entry, validated against the schema, sha256/size of the files;
 * ``README.md``: the model card, and ``NAME_grid.png`` (LR | bicubic | model) with the LR/SR
   images the entry lists; ``train_config.yaml``: the run's config (reruns the training);
@@ -55,6 +56,8 @@ class ExportConfig:
     bf16: bool = field(default=False, metadata={
         "help": "also NAME_bf16.onnx, refused where onnxruntime lacks bf16 kernels (its CPU provider does)"})
     pth: bool = field(default=False, metadata={"help": "also NAME.pth (BasicSR params_ema layout)"})
+    ncnn: bool = field(default=False, metadata={
+        "help": "also NAME.ncnn.param/.bin through pnnx, verified with ncnn (OpenModelDB lists no ncnn resource)"})
     simplify: bool = field(default=True, metadata={"help": "simplify the ONNX graph with onnxslim"})
     eval_summary: str | None = field(default=None, metadata={
         "help": "awm eval summary.json for the card (unset: the newest inside the run folder)"})
@@ -151,6 +154,19 @@ def _onnx_files(cfg: ExportConfig, loaded, sid: str, name: str, tmp: Path,
     return files, report
 
 
+def _ncnn_files(loaded, name: str, tmp: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """NCNN param/bin through pnnx, verified by ncnn; ExportError below the floor, with the PSNRs."""
+    from awm.models import ncnn as nc
+    from awm.models.onnx import ExportError
+
+    param, weights = nc.export_ncnn(loaded.module, tmp, name, max(loaded.size_min, 2 * loaded.size_multiple, 32))
+    psnrs = nc.verify_ncnn(loaded.module, param, weights, loaded.size_multiple, loaded.size_min)
+    if min(psnrs.values()) < nc.FLOOR_DB:
+        raise ExportError(f"ncnn: output differs from torch: {psnrs} dB, floor {nc.FLOOR_DB} dB")
+    note = f"NCNN (pnnx), fp32, verified {min(psnrs.values()):.1f} dB vs torch"
+    return [{"path": param, "note": note}, {"path": weights, "note": note}], {"psnr_db": psnrs, "floor_db": nc.FLOOR_DB}
+
+
 def export(cfg: ExportConfig) -> Path:
     """Write the release folder for ``cfg.model``; returns its path."""
     from awm.models import onnx as ox
@@ -188,6 +204,10 @@ def export(cfg: ExportConfig) -> Path:
         if cfg.onnx:
             more, onnx_report = _onnx_files(cfg, loaded, sid, name, tmp, lr)
             files += more
+        ncnn_report: dict[str, Any] = {}
+        if cfg.ncnn:
+            more, ncnn_report = _ncnn_files(loaded, name, tmp)
+            files += more
         sr = upscale_array(loaded, lr, tile=256, tile_pad=16)
         grid = card.crop_grid(lr, sr, loaded.scale, name, tmp / f"{name}_grid.png")
         (tmp / f"{name}_LR.png").write_bytes(encode_image(lr, "png"))
@@ -207,7 +227,7 @@ def export(cfg: ExportConfig) -> Path:
             cfg.pretrained_license, onnx_report))
         atomic_write_text(tmp / "release.json", json.dumps(
             {"name": name, "source": str(src), "arch": loaded.arch, "spandrel_arch": sid, "scale": loaded.scale,
-             "awm_version": __version__, "files": described, "onnx": onnx_report,
+             "awm_version": __version__, "files": described, "onnx": onnx_report, "ncnn": ncnn_report,
              "eval_summary": str(eval_src) if eval_src else None}, indent=1, default=str))
         if out.exists():
             shutil.rmtree(out)
@@ -232,7 +252,8 @@ def _entry(cfg: ExportConfig, loaded, arch_id: str, name: str, t: card.Training,
         "tags": list(cfg.tags), "description": desc, "date": datetime.date.today().isoformat(),
         "architecture": arch_id, "size": size, "scale": loaded.scale, "inputChannels": loaded.in_channels,
         "outputChannels": loaded.in_channels,
-        "resources": [openmodeldb.resource(f["path"], cfg.url_base) for f in files],
+        "resources": [openmodeldb.resource(f["path"], cfg.url_base) for f in files
+                      if f["path"].suffix.lstrip(".") in openmodeldb.RESOURCE_PLATFORM],
         "images": [{"type": "paired", "caption": "AWM export sample",
                     "LR": f"{cfg.url_base.rstrip('/')}/{name}_LR.png",
                     "SR": f"{cfg.url_base.rstrip('/')}/{name}_SR.png"}],

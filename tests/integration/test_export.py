@@ -1,6 +1,7 @@
-"""`awm export` on a tiny trained run (20 steps, evaluated): the release is complete and verified, its
-OpenModelDB entry validates and matches the files, and `awm upscale` gives the same image from the
-release's .onnx (onnxruntime) as from its .safetensors (torch): tiled, several tiles, RGBA, 16-bit."""
+"""`awm export` on a tiny trained run (20 steps, evaluated): the release (ONNX fp32/fp16, .pth, NCNN) is
+complete and verified, its OpenModelDB entry validates and matches the files, and `awm upscale` gives
+the same image from the release's .onnx (onnxruntime) as from its .safetensors (torch): tiled, several
+tiles, RGBA, 16-bit."""
 
 import json
 import subprocess
@@ -41,7 +42,7 @@ def release(tmp_path_factory):
     r = _awm("eval", "--data", data / "eval", "--scale", "2", "--models", f"bicubic,{run}", "--metrics", "psnry",
              "--out", run / "eval")
     assert r.returncode == 0, r.stderr[-3000:]
-    r = _awm("export", run, "--out", root / "release", "--fp16", "--pth", "--author", "awm-tests")
+    r = _awm("export", run, "--out", root / "release", "--fp16", "--pth", "--ncnn", "--author", "awm-tests")
     assert r.returncode == 0, r.stderr[-3000:]
     return root / "release", run, json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -51,7 +52,7 @@ def test_release_is_complete_verified_and_its_openmodeldb_entry_validates(releas
     name = "2x-AWM-tiny-Compact"
     assert printed["release"] == str(out)
     assert set(printed["files"]) == {f"{name}{s}" for s in (".safetensors", ".pth", ".onnx", "_fp16.onnx", ".json",
-                                                              "_grid.png", "_LR.png", "_SR.png")} | {
+                                                              "_grid.png", "_LR.png", "_SR.png", ".ncnn.param", ".ncnn.bin")} | {
         "README.md", "release.json", "train_config.yaml"}
     entry = json.loads((out / f"{name}.json").read_text())
     assert openmodeldb.validate(entry, name) == [] and openmodeldb.check_files(entry, out) == []
@@ -68,6 +69,7 @@ def test_release_is_complete_verified_and_its_openmodeldb_entry_validates(releas
     onnx = json.loads((out / "release.json").read_text())["onnx"]
     assert min(onnx["fp32"]["psnr_db"].values()) >= ox.FP32_FLOOR_DB
     assert min(onnx["fp16"]["psnr_db"].values()) >= ox.FP16_FLOOR_DB
+    assert min(json.loads((out / "release.json").read_text())["ncnn"]["psnr_db"].values()) >= 50
     card = (out / "README.md").read_text()
     assert "| steps | 20 (L1 only) |" in card and "train_config.yaml" in card and "| HR patch | 32 px |" in card and "(4 pairs)" in card
     assert "| bicubic |" in card and f"| {run} |" in card and f"({name}_grid.png)" in card
