@@ -36,3 +36,10 @@ def test_span_in_ncnn_falls_below_the_floor_so_a_release_refuses_it(tmp_path):
     with pytest.raises(ExportError, match="ncnn: output differs from torch"):
         export(cfg)
     assert not (tmp_path / "rel").exists() and not list(tmp_path.glob(".rel.tmp-*"))
+
+
+def test_operators_ncnn_lacks_are_refused_before_ncnn_runs_them(tmp_path):
+    model = build_model("swinir-tiny", 2).eval()
+    with pytest.raises(ExportError, match="ncnn has no layer for: .*Tensor.fill"):
+        nc.export_ncnn(model, tmp_path, "swinir", 32)
+    assert not list(tmp_path.iterdir())
