@@ -118,7 +118,7 @@ def _fmt(v: Any, unit: str = "") -> str:
 
 
 def model_card(name: str, entry: dict[str, Any], t: Training, files: list[dict[str, Any]], table: str,
-               eval_source: Path | None, grid: str | None, start_licence: str | None, onnx: dict[str, Any]) -> str:
+               eval_source: Path | None, grid: str | None, start_licence: str | None) -> str:
     """README.md of a release: purpose, training, evaluation, files (with verification), licence."""
     arch, scale = entry["architecture"], entry["scale"]
     lines = [f"# {name}", "", f"{scale}x super-resolution for anime wallpapers and illustrations "
@@ -142,8 +142,6 @@ def model_card(name: str, entry: dict[str, Any], t: Training, files: list[dict[s
     lines += ["## Files", "", "| file | bytes | sha256 | notes |", "| --- | --- | --- | --- |"]
     for f in files:
         lines.append(f"| `{f['file']}` | {f['size']} | `{f['sha256'][:16]}…` | {f.get('note', '')} |")
-    if onnx.get("refused"):
-        lines += ["", f"No ONNX file: {onnx['refused']}"]
     lines += ["", "The `.safetensors` (and `.pth`) use the BasicSR key layout that spandrel, chaiNNer and "
               "traiNNer read; `awm upscale --model FILE` runs any of them (`.onnx` through onnxruntime). "
               f"`{name}.json` is an OpenModelDB entry: replace the resource URLs with where you upload the files.",

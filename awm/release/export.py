@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -171,7 +170,7 @@ def export(cfg: ExportConfig) -> Path:
     """Write the release folder for ``cfg.model``; returns its path."""
     from awm.models import onnx as ox
     from awm.models.archs import ARCHS
-    from awm.models.checkpoint import convert, load_model
+    from awm.models.checkpoint import _replace_dir, convert, load_model
     from awm.upscale.infer import upscale_array
 
     src = Path(cfg.model)
@@ -224,14 +223,12 @@ def export(cfg: ExportConfig) -> Path:
                       "sha256": openmodeldb.sha256(f["path"]), "note": f["note"]} for f in files]
         atomic_write_text(tmp / "README.md", card.model_card(
             name, entry, t, described, card.eval_table(doc), eval_src, grid.name,
-            cfg.pretrained_license, onnx_report))
+            cfg.pretrained_license))
         atomic_write_text(tmp / "release.json", json.dumps(
             {"name": name, "source": str(src), "arch": loaded.arch, "spandrel_arch": sid, "scale": loaded.scale,
              "awm_version": __version__, "files": described, "onnx": onnx_report, "ncnn": ncnn_report,
              "eval_summary": str(eval_src) if eval_src else None}, indent=1, default=str))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        _replace_dir(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
