@@ -10,7 +10,7 @@ from awm.models import onnx as ox
 from awm.models.archs import ARCHS, build_model, model_info
 
 TINY = sorted(a for a in ARCHS if a.endswith("-tiny"))
-SLOW = {"hat-tiny", "swinir-tiny"}  # transformers: torch.export takes 1-2+ minutes on 2 cores
+SLOW = {"hat-tiny", "swinir-tiny", "grl-tiny"}  # transformers: torch.export takes 0.5-2 minutes on 2 cores
 
 
 def _lively(model: torch.nn.Module) -> torch.nn.Module:
