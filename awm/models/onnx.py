@@ -66,8 +66,8 @@ PLANS: dict[str, Plan] = {
                   no_fp16="spandrel's SwinIR builds its attention mask in float32 inside forward "
                           "(calculate_mask), so a half-precision model multiplies float16 by float32 in bmm"),
     "DAT": Plan(None, "exports, but onnxruntime fails in LayerNormalization ('Size of X.shape[axis:] must "
-                      "be at least 1, got 0') on every input: the exporter specialises DAT's split-window "
-                      "reshapes to the example input"),
+                      "be at least 1, got 0') on every input, also with the batch fixed at 1: the exporter "
+                      "specialises DAT's split-window reshapes to the example input"),
     "GRL": Plan("fixed", "batch fixed at 1 (height and width stay dynamic): with a dynamic batch onnxruntime "
                          "reproduces torch only at the example's batch (141 dB at batch 2, 29-31 dB at batch 1), "
                          "the exporter specialising a batch-dependent reshape of the stripe/anchor attention; "
