@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("awm.eval.report", "experiment table across training runs"),
     "sweep": ("awm.sweep.sweep", "grid/random search over train config keys: train + eval per point, resumable"),
     "convert": ("awm.models.checkpoint", "convert an AWM checkpoint to a BasicSR/spandrel-loadable file"),
+    "export": ("awm.release.export", "a verified release: safetensors, ONNX, OpenModelDB entry, model card"),
     "demo": ("awm.demo", "the whole pipeline on built-in generated wallpapers"),
 }
 

@@ -1,7 +1,8 @@
 """``awm demo``: the whole pipeline on built-in generated wallpapers (or ``--data DIR``), on a laptop CPU.
 
 generate -> ingest -> shard (2x, seed preset, train and eval) -> train ``tiny-cpu`` with 2 processes
--> eval bicubic vs the trained model with 2 processes -> upscale a few eval images -> report.md.
+-> eval bicubic vs the trained model with 2 processes -> upscale a few eval images -> export a
+verified release (``release/``: safetensors, ONNX, OpenModelDB entry, model card) -> report.md.
 Each stage runs as its real CLI in a child process (``torchrun`` for the multi-process ones), so
 the demo exercises exactly what users run. A stage whose output is complete is reused on re-runs.
 Each stage's wall time and CPU time (user + sys of the stage's processes) go to
@@ -103,9 +104,9 @@ class Timings:
 def _stage(n: int, title: str, cmd: list[str], done: bool, timings: Timings) -> None:
     """Run one stage's real CLI unless its output is already complete."""
     if done:
-        log.info("[demo %d/7] %s: reusing finished output", n, title)
+        log.info("[demo %d/8] %s: reusing finished output", n, title)
         return
-    log.info("[demo %d/7] %s", n, title)
+    log.info("[demo %d/8] %s", n, title)
     t, c = time.perf_counter(), _cpu_seconds(resource.RUSAGE_CHILDREN)
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     result = subprocess.run(cmd, env=env)
@@ -113,7 +114,7 @@ def _stage(n: int, title: str, cmd: list[str], done: bool, timings: Timings) -> 
         raise RuntimeError(f"stage '{title}' failed (exit {result.returncode}): {' '.join(cmd)}")
     wall, cpu = time.perf_counter() - t, _cpu_seconds(resource.RUSAGE_CHILDREN) - c
     timings.add(title, wall, cpu)
-    log.info("[demo %d/7] %s: done in %.0f s (CPU %.0f s)", n, title, wall, cpu)
+    log.info("[demo %d/8] %s: done in %.0f s (CPU %.0f s)", n, title, wall, cpu)
 
 
 def _user_split(src: Path, dst: Path, seed: int) -> None:
@@ -199,7 +200,13 @@ def demo(cfg: DemoConfig) -> Path:
     _stage(6, f"upscale {len(lr_files)} eval images",
            _awm("upscale", "--model", str(run), *map(str, lr_files), "--out", str(out / "upscaled")),
            all(any((out / "upscaled").glob(f"{p.stem}*")) for p in lr_files), timings)
-    log.info("[demo 7/7] writing the report")
+    release = out / "release"
+    _stage(7, "export a verified release (safetensors, ONNX, OpenModelDB entry, model card)",
+           _awm("export", str(run), "--out", str(release), "--name", "2x-AWM-demo-Compact", "--eval-summary",
+                str(summary), "--grid-image", str(lr_files[0])),
+           (release / "release.json").is_file()
+           and (release / "release.json").stat().st_mtime > summary.stat().st_mtime, timings)
+    log.info("[demo 8/8] writing the report")
     report = write_report(out, run, lr_files)
     timings.write()
     log.info("PSNR-Y on the eval split: %s", headline(out / "eval" / "summary.json", run))
@@ -244,6 +251,11 @@ def write_report(out: Path, run: Path, lr_files: list[Path]) -> Path:
         ups = sorted((out / "upscaled").glob(f"{p.stem}*"))
         if ups:
             lines.append(f"| ![lr](lr/{p.name}) | ![sr](upscaled/{ups[0].name}) |")
+    release = json.loads((out / "release" / "release.json").read_text())
+    lines += ["", "## Release", "", f"`awm export` wrote [{release['name']}](release/README.md) (model card) "
+              "with " + ", ".join(f"`{f['file']}`" for f in release["files"]) + f" and the OpenModelDB entry "
+              f"[`{release['name']}.json`](release/{release['name']}.json); ONNX verified against torch: "
+              + ", ".join(f"{p} {min(r['psnr_db'].values()):.1f} dB" for p, r in release["onnx"].items()) + "."]
     lines += ["", "Reproduce: `awm demo` (re-running reuses finished stages; delete a stage's folder to redo it).", ""]
     return imageio.atomic_write_text(out / "report.md", "\n".join(lines))
 

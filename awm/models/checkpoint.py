@@ -271,12 +271,19 @@ def _load_foreign(path: Path, device: str, color_order: ColorOrder | None) -> Lo
 
 
 def load_model(path: str | Path, device: str = "cpu", color_order: ColorOrder | None = None) -> LoadedModel:
-    """Load one of our checkpoint dirs, a run dir (best, else last) or a foreign weights file.
+    """Load one of our checkpoint dirs, a run dir (best, else last), a foreign weights file or an ONNX file.
 
     ``color_order`` applies to foreign files only: None/"rgb" feeds RGB (APISR's inference does
     this too), "bgr" feeds BGR as APISR's training did. Our checkpoints are RGB by construction.
+    An ``.onnx`` file runs through onnxruntime (:mod:`awm.models.onnx`) behind the same interface.
     """
     path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        if color_order not in (None, "rgb"):
+            raise CheckpointError(f"{path}: color_order={color_order!r} applies to foreign weight files only")
+        from awm.models.onnx import load_onnx
+
+        return load_onnx(path, device)
     if path.is_dir():
         if color_order not in (None, "rgb"):
             raise CheckpointError(f"{path}: AWM checkpoints are RGB; color_order={color_order!r} applies "
@@ -327,10 +334,19 @@ def basicsr_names(module: nn.Module) -> dict[str, str]:
     return {keys[int(i)]: name for name, i in renamed.items()}
 
 
+def weights_metadata(loaded: LoadedModel) -> dict[str, str]:
+    """What an exported weights file says about itself: arch, scale, colour order, AWM version, config digest."""
+    return {"awm_arch": loaded.arch, "awm_scale": str(loaded.scale),
+            "awm_color_order": str(loaded.meta.get("color_order", "RGB")).upper(), "awm_version": __version__,
+            "awm_config_digest": str(loaded.meta.get("config_digest") or ""),
+            "awm_step": str(loaded.meta.get("step", ""))}
+
+
 def convert(src: str | Path, out: str | Path) -> dict[str, Any]:
     """Export any loadable checkpoint to a spandrel-loadable file and check spandrel reproduces it.
 
-    ``.pth``/``.pt`` get the BasicSR ``{"params_ema": state}`` wrapper; ``.safetensors`` is flat.
+    ``.pth``/``.pt`` get the BasicSR ``{"params_ema": state}`` wrapper; ``.safetensors`` is flat
+    with :func:`weights_metadata` in its header.
     """
     from spandrel import ModelLoader
 
@@ -339,12 +355,14 @@ def convert(src: str | Path, out: str | Path) -> dict[str, Any]:
     if suffix not in (".pth", ".pt", ".safetensors"):
         raise ConfigError("--out", str(out), "a file name ending in .pth, .pt or .safetensors")
     loaded = load_model(src)
+    if loaded.source == "onnx":
+        raise ConfigError("checkpoint", str(src), "PyTorch weights or an AWM checkpoint (ONNX holds no state dict)")
     state = basicsr_state_dict(loaded.module)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
         if suffix == ".safetensors":
-            save_file(state, str(tmp), metadata={"awm_arch": loaded.arch, "awm_scale": str(loaded.scale)})
+            save_file(state, str(tmp), metadata=weights_metadata(loaded))
         else:
             torch.save({"params_ema": state}, tmp)
         os.replace(usual_mode(tmp), out)

@@ -46,7 +46,8 @@ LUMA = (0.299, 0.587, 0.114)
 @dataclass
 class UpscaleConfig:
     inputs: list[str] = field(default_factory=list, metadata={"help": "image files, folders or pair-shard folders"})
-    model: str = field(default="", metadata={"help": "checkpoint dir, run dir, or a foreign .pth/.safetensors"})
+    model: str = field(default="", metadata={
+        "help": "checkpoint dir, run dir, a foreign .pth/.safetensors, or an .onnx file (onnxruntime)"})
     out: str = field(default="upscaled", metadata={"help": "output folder"})
     tile: int = field(default=512, metadata={"help": "max tile side in input pixels; 0 = whole image"})
     tile_pad: int = field(default=32, metadata={"help": "overlap between neighbouring tiles (input px)"})
@@ -75,6 +76,8 @@ class UpscaleConfig:
 def check_precision(model: LoadedModel, precision: str) -> torch.dtype:
     """The torch dtype for ``precision``; ConfigError when the architecture can't run in it."""
     check(precision in DTYPES, "precision", precision, "one of " + ", ".join(DTYPES))
+    check(model.source != "onnx" or precision == "fp32", "precision", precision,
+          "fp32 for an .onnx model: it runs in the precision it was exported in (awm export --fp16)")
     ok = {"fp32": True, "bf16": model.supports_bf16, "fp16": model.supports_fp16}
     valid = [p for p, v in ok.items() if v]
     check(ok[precision], "precision", precision, f"{', '.join(valid)} ({model.arch} does not support {precision})")

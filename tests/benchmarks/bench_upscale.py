@@ -6,6 +6,9 @@ JSON object last.
 * Throughput: megapixels (input) per second of ``upscale_array`` on one image that fits whole,
   whole-image vs tiled at the default tile/pad, same model and process, interleaved runs, medians.
   Both paths are warmed up once at full size first (allocator, oneDNN/cuDNN kernel choice).
+* ONNX (``--parts onnx``): the same throughput run with the model exported by ``awm export``'s
+  exporter and run by onnxruntime's CPU provider (``awm upscale --model NAME.onnx``), at the same
+  thread count as torch (the session takes ``torch.get_num_threads()`` intra-op threads), same tiles.
 * Memory: peak RSS of the real command (``awm upscale --tile 256``) with the ``compact-tiny`` x4
   model (named with its parameter count in the JSON: the figures measure the canvas and tile
   buffers, not a big model's weights) on 1080p, 4K and 8K inputs minus the same command on a
@@ -29,8 +32,9 @@ import torch
 
 from awm.data import synth
 from awm.imageio import encode_image
-from awm.models.archs import build_model
+from awm.models.archs import ARCHS, build_model
 from awm.models.checkpoint import load_model, save_checkpoint
+from awm.models.onnx import export_onnx
 from awm.upscale import tiling
 from awm.upscale.infer import upscale_array
 
@@ -137,7 +141,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="throughput device (cpu, cuda)")
     ap.add_argument("--precision", default="fp32", help="throughput precision")
     ap.add_argument("--batch", type=int, default=1, help="throughput tiles per forward")
-    ap.add_argument("--parts", default="throughput,memory", help="which parts to run")
+    ap.add_argument("--parts", default="throughput,memory,onnx", help="which parts to run")
     ap.add_argument("--mem-sizes", default="1080p,4k,8k")
     ap.add_argument("--mem-tile", type=int, default=256)
     args = ap.parse_args()
@@ -157,6 +161,15 @@ def main() -> None:
             kw = {"device": args.device, "precision": args.precision, "batch": args.batch}
             res["throughput"] = throughput(big, w, h, args.repeats, args.tile, args.tile_pad, **kw)
             res["throughput_tiny"] = throughput(tiny, w, h, args.repeats, args.tile, args.tile_pad, **kw)
+        if "onnx" in args.parts:
+            w, h = map(int, args.size.split("x"))
+            loaded = load_model(big)
+            onnx_path = work / "big.onnx"
+            export_onnx(loaded.module, ARCHS[args.arch].spandrel_id, onnx_path, 64, "fp32",
+                        {"arch": args.arch, "scale": 4, "size_multiple": loaded.size_multiple, "size_min": loaded.size_min})
+            res["onnx_vs_torch"] = {
+                name: throughput(path, w, h, args.repeats, args.tile, args.tile_pad)
+                for name, path in (("torch", big), ("onnxruntime", onnx_path))}
     print(json.dumps(res, indent=1))
 
 
