@@ -40,6 +40,7 @@ class Training:
     precision: str | None = None
     loss: list[str] = field(default_factory=list)
     config_digest: str | None = None
+    init: str | None = None  # model.init: the weights file the run was fine-tuned from
 
 
 def run_dir_of(path: Path) -> Path | None:
@@ -69,7 +70,7 @@ def training_facts(path: Path, meta: dict[str, Any]) -> Training:
                     dataset=str(data.get("train")) if data.get("train") else None,
                     dataset_size=index.get("nsamples"), device_hours=round(hours, 4) if hours else None,
                     ranks=ranks, precision={"no": "fp32"}.get(stats.get("precision"), stats.get("precision")), loss=_loss_summary(cfg.get("loss") or {}),
-                    config_digest=meta.get("config_digest"))
+                    config_digest=meta.get("config_digest"), init=(cfg.get("model") or {}).get("init"))
 
 
 def eval_summary(explicit: Path | None, run: Path | None) -> tuple[dict[str, Any], Path | None]:
@@ -146,6 +147,12 @@ def model_card(name: str, entry: dict[str, Any], t: Training, files: list[dict[s
               "traiNNer read; `awm upscale --model FILE` runs any of them (`.onnx` through onnxruntime). "
               f"`{name}.json` is an OpenModelDB entry: replace the resource URLs with where you upload the files.",
               "", "## Licence", ""]
-    lines.append(f"Weights started from a model licensed {start_licence}: that licence applies to this release."
-                 if start_licence else f"Trained from scratch; released under {entry['license'] or 'no licence yet'}.")
+    start = f"`{Path(t.init).name}` (`model.init`)" if t.init else "a model"
+    if start_licence:
+        lines.append(f"Weights started from {start}, licensed {start_licence}: that licence applies to this release.")
+    elif t.init:
+        lines.append(f"Fine-tuned from {start}: its licence applies to this release; state it with "
+                     "`awm export --pretrained-license SPDX` (and `--pretrained ID` for OpenModelDB).")
+    else:
+        lines.append(f"Trained from scratch; released under {entry['license'] or 'no licence yet'}.")
     return "\n".join(lines) + "\n"
