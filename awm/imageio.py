@@ -7,6 +7,7 @@ float RGB in [0, 1], NCHW (``to_tensor`` / ``from_tensor``).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 import tempfile
@@ -286,3 +287,12 @@ def list_images(paths: list[str | Path], suffixes: tuple[str, ...] = IMAGE_SUFFI
         else:
             out.append(p)
     return out
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks (staged weights, release files)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

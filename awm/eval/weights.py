@@ -10,7 +10,6 @@ can put files there ahead of time (sha256-checked where the digest is known) and
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import sys
@@ -141,18 +140,12 @@ def missing_for(metric: str) -> list[tuple[WeightFile, Path]]:
     return [(w, p) for w in for_metric(metric) if not (p := location(w)).is_file()]
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def check_digest(w: WeightFile, path: Path) -> str | None:
     """None when the file matches what is known of its sha256, else the reason."""
     if w.sha256 is None and w.sha256_prefix is None:
         return None
+    from awm.imageio import sha256_file  # cv2/numpy: only when a digest is checked (light `awm weights list`)
+
     digest = sha256_file(path)
     if w.sha256 and digest != w.sha256:
         return f"sha256 {digest[:16]}... != expected {w.sha256[:16]}..."

@@ -32,7 +32,7 @@ import numpy as np
 
 from awm import __version__
 from awm.config import add_dataclass_arguments, check, from_args
-from awm.imageio import atomic_write_text, encode_image, to_rgb8
+from awm.imageio import atomic_write_text, encode_image, sha256_file, to_rgb8
 from awm.log import get_logger
 from awm.release import card, openmodeldb
 
@@ -220,7 +220,7 @@ def export(cfg: ExportConfig) -> Path:
             shutil.copyfile(t.run / "config.yaml", tmp / "train_config.yaml")
         doc, eval_src = card.eval_summary(Path(cfg.eval_summary) if cfg.eval_summary else None, t.run)
         described = [{"file": f["path"].name, "size": f["path"].stat().st_size,
-                      "sha256": openmodeldb.sha256(f["path"]), "note": f["note"]} for f in files]
+                      "sha256": sha256_file(f["path"]), "note": f["note"]} for f in files]
         atomic_write_text(tmp / "README.md", card.model_card(
             name, entry, t, described, card.eval_table(doc), eval_src, grid.name,
             cfg.pretrained_license))

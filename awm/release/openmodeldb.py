@@ -8,10 +8,11 @@ file name is its model id (``2x-Name-Arch.json``), so the id pattern applies to 
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 from typing import Any
+
+from awm.imageio import sha256_file
 
 MODEL_ID = re.compile(r"^\d+x-[a-zA-Z0-9]+(?:-[a-zA-Z0-9]+)*$")
 USER_ID = re.compile(r"^[a-zA-Z0-9]+(?:-[a-zA-Z0-9]+)*$")
@@ -124,20 +125,11 @@ def validate(entry: dict[str, Any], model_id: str) -> list[str]:
     return errors
 
 
-def sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def resource(path: Path, url_base: str) -> dict[str, Any]:
     """A Resource for a release file: its type, platform, size and sha256, and a URL to fill in."""
     kind = path.suffix.lstrip(".").lower()
     return {"platform": RESOURCE_PLATFORM[kind], "type": kind, "size": path.stat().st_size,
-            "sha256": sha256(path), "urls": [f"{url_base.rstrip('/')}/{path.name}"]}
+            "sha256": sha256_file(path), "urls": [f"{url_base.rstrip('/')}/{path.name}"]}
 
 
 def check_files(entry: dict[str, Any], folder: Path) -> list[str]:
@@ -147,6 +139,6 @@ def check_files(entry: dict[str, Any], folder: Path) -> list[str]:
         path = folder / r["urls"][0].rsplit("/", 1)[-1]
         if not path.is_file():
             errors.append(f"resources[{i}]: {path.name} not in {folder}")
-        elif path.stat().st_size != r["size"] or sha256(path) != r["sha256"]:
+        elif path.stat().st_size != r["size"] or sha256_file(path) != r["sha256"]:
             errors.append(f"resources[{i}]: {path.name} differs from its size/sha256")
     return errors
