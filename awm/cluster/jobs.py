@@ -31,7 +31,7 @@ from awm.imageio import atomic_write_text
 from awm.log import get_logger
 from awm.shardwrite import write_index
 
-INDEX_KEYS = ("__kind__", "wids_version", "shardlist", "nshards", "nsamples", "skipped")
+INDEX_KEYS = ("__kind__", "wids_version", "shardlist", "nshards", "nsamples", "skipped", "skipped_names")
 SHARD_NAME = re.compile(r"([A-Za-z_-]*?)\d{6}\.tar")
 
 log = get_logger("awm.jobs")

@@ -16,6 +16,7 @@ import json
 import shutil
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,11 @@ def queued_jobs(folder: Path) -> list[str]:
     if not p.is_file() or shutil.which("sacct") is None:
         return []
     ids = sorted({j.split("_")[0] for s in json.loads(p.read_text()) for j in s["jobs"]})
-    return sub._active_jobs(ids)
+    # squeue first: slurmctld knows a job the moment it is submitted, while sacct may list it only
+    # after slurmdbd has recorded it (seconds later on a loaded controller)
+    queue = subprocess.run(["squeue", "-h", "-o", "%F"], capture_output=True, text=True, timeout=60)
+    queued = {line.strip() for line in queue.stdout.splitlines()} if queue.returncode == 0 else set()
+    return sorted((queued & set(ids)) | set(sub._active_jobs(ids)))
 
 
 def _remember(folder: Path, record_dir: Path, entries: list[dict[str, Any]]) -> None:

@@ -46,7 +46,9 @@ def check_run_dir(cfg: TrainConfig) -> None:
         return
     saved = state_identity(yaml.safe_load(saved_path.read_text()) or {})
     new = state_identity(cfgmod.to_dict(cfg))
-    diff = [k for k in STATE_KEYS if saved[k] != new[k]]
+    # model.arch null: taken from model.init's file, or on resume from this run's own config.yaml
+    from_file = new["model.arch"] is None and cfg.model.init is not None
+    diff = [k for k in STATE_KEYS if saved[k] != new[k] and not (from_file and k in ("model.arch", "model.hparams"))]
     if diff:
         raise ConfigError("name", cfg.name, f"a new run name, or the settings of the run it resumes in {cfg.run_dir} "
                                             f"({'; '.join(f'{k}: {saved[k]} there, {new[k]} here' for k in diff)}); "

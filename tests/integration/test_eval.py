@@ -159,7 +159,7 @@ def test_nothing_scorable_exits_1_naming_counts_and_writes_nothing(case: str, ev
         "other_scale": (eval_data, 3, "none of the 7 samples at {d} can be scored at x3 ({{'no_lr_x3': 7}}): "
                                       "the samples hold lr_x2; make eval pairs with awm shard --split eval --scales 3"),
         "raw_shards": (None, 2, "({{'no_hr': 1}}): raw-*.tar shards hold originals only"),
-        "nothing_decodes": (None, 2, "no sample of {d} was scored at x2 (skipped: {{'undecodable': 2}})"),
+        "nothing_decodes": (None, 2, "no sample of {d} was scored at x2 (skipped: {{'truncated': 2}})"),
     }[case]
     if case == "raw_shards":
         data = _raw(tmp_path / "raw")
