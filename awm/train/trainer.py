@@ -344,6 +344,8 @@ def load_state(c: Components, path: Path) -> None:
     if c.discriminator is None or c.deepspeed or saved >= len(acc._models):
         acc.load_state(str(path))
         return
+    # Accelerate's load_state loads every prepared model/optimizer it holds (its private lists):
+    # narrowed to the generator's for this one call, then restored
     ours = {id(p) for p in c.discriminator_params}
     models, optimizers = acc._models, acc._optimizers
     acc._models = [m for m in models if not any(id(p) in ours for p in m.parameters())]
