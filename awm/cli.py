@@ -43,7 +43,12 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    """Shows defaults, except where there is none to show: a required option, a None or empty default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.required or action.default in (None, "", []):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _stage_module(name: str):
@@ -103,7 +108,7 @@ def build_parser(command: str | None = None) -> tuple[argparse.ArgumentParser, d
 
 
 def main(argv: list[str] | None = None) -> int:
-    from awm.config import ConfigError
+    from awm.errors import ConfigError
     from awm.log import get_logger
 
     argv = list(sys.argv[1:] if argv is None else argv)

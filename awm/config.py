@@ -18,31 +18,27 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
+from awm.errors import ConfigError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
-    """A configuration value is unknown or invalid; the message says which and what is valid."""
-
-    def __init__(self, key: str, value: Any, valid: str):
-        self.key, self.value, self.valid = key, value, valid
-        super().__init__(f"config key '{key}': got {value!r}; valid: {valid}")
-
-
-def check(cond: bool, key: str, value: Any, valid: str) -> None:
+def check(cond: bool, key: str, value: Any, valid: str, argument: str | None = None) -> None:
     """Raise ConfigError unless ``cond``; a one-liner for ``__post_init__`` range checks."""
     if not cond:
-        raise ConfigError(key, value, valid)
+        raise ConfigError(key, value, valid, argument)
 
 
-def help_field(help_text: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
+def help_field(help_text: str, default: Any = dataclasses.MISSING, argument: str | None = None, **kw: Any) -> Any:
     """A dataclass field whose ``metadata["help"]`` becomes its ``--help`` text; a list, tuple or
-    dict default is copied for each instance (a shared mutable default would leak between configs)."""
+    dict default is copied for each instance (a shared mutable default would leak between configs).
+    ``argument``: the command-line positional that sets it (errors name it, see ConfigError)."""
+    meta = {"help": help_text, **({"argument": argument} if argument else {})}
     if isinstance(default, (list, tuple, dict)):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help_text}, **kw)
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta, **kw)
     if default is not dataclasses.MISSING:
         kw["default"] = default
-    return dataclasses.field(metadata={"help": help_text}, **kw)
+    return dataclasses.field(metadata=meta, **kw)
 
 
 def _type_name(tp: Any) -> str:
@@ -195,6 +191,9 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     try:
         return cls(**kwargs)
     except ConfigError as e:
+        argument = next((f.metadata.get("argument") for f in dataclasses.fields(cls) if f.name == e.key), None)
+        if argument and not e.argument:
+            raise ConfigError(e.key, e.value, e.valid, argument) from None
         if prefix and not e.key.startswith(prefix):
             raise ConfigError(prefix + e.key, e.value, e.valid) from None
         raise
@@ -313,14 +312,14 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, skip: tu
         help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
         shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
         tp = hints[f.name]
-        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
-                              "help": f"{help_text} (default: {shown})"}
+        said = "" if default in (None, "", []) else f" (default: {shown})"  # nothing to show: say nothing
+        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text + said}
         if tp is bool:
             kw["action"] = argparse.BooleanOptionalAction
         else:
             kw["metavar"] = f.metadata.get("metavar", f.name.upper())
             if get_origin(tp) is Literal:
-                kw["help"] = f"{help_text} {{{','.join(map(str, get_args(tp)))}}} (default: {shown})"
+                kw["help"] = f"{help_text} {{{','.join(map(str, get_args(tp)))}}}{said}"
         parser.add_argument(flag, **kw)
 
 

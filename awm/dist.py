@@ -15,7 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from awm.config import ConfigError
+from awm.errors import ConfigError
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT_S = 6 * 3600
@@ -136,14 +136,23 @@ def require_cuda(asked_by: str) -> None:
                      "(device cpu)")
 
 
+def local_gpu() -> int:
+    """This process's GPU: ``LOCAL_RANK`` modulo the GPUs it sees, as Accelerate chooses. Sites that
+    bind one GPU per task (``--gpus-per-task``, cgroup binding) show each rank one GPU, ``cuda:0``,
+    where ``cuda:LOCAL_RANK`` would be an invalid ordinal."""
+    import torch
+
+    return env().local_rank % max(1, torch.cuda.device_count())
+
+
 def resolve_device(name: str, key: str = "device") -> str:
-    """``auto``: this process's GPU (``cuda:LOCAL_RANK``) when there is one, else ``cpu``; any other
+    """``auto``: this process's GPU (:func:`local_gpu`) when there is one, else ``cpu``; any other
     name is checked by torch (``cpu``, ``cuda``, ``cuda:N``, ...), and a CUDA name must find a GPU
     (:func:`require_cuda`): the one resolver of every stage."""
     import torch
 
     if name == "auto":
-        return f"cuda:{env().local_rank}" if torch.cuda.is_available() else "cpu"
+        return f"cuda:{local_gpu()}" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -200,7 +209,7 @@ def init(device: str = "auto") -> DistEnv:
         os.environ.setdefault("WORLD_SIZE", str(d.world_size))
         os.environ.setdefault("LOCAL_RANK", str(d.local_rank))
         if gpu:
-            torch.cuda.set_device(d.local_rank)
+            torch.cuda.set_device(local_gpu())
         dist.init_process_group("nccl" if gpu else "gloo", timeout=timeout())
         atexit.register(destroy)
     return d

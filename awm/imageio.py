@@ -17,7 +17,19 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+# The one list of image formats every stage reads (ingest, split, crawl, shard, loader, eval,
+# upscale): the format's name (sniff_format's) -> the file suffixes that declare it.
+IMAGE_FORMATS: dict[str, tuple[str, ...]] = {
+    "png": (".png",), "jpg": (".jpg", ".jpeg", ".jpe"), "webp": (".webp",), "bmp": (".bmp",), "tiff": (".tif", ".tiff")}
+IMAGE_SUFFIXES = tuple(s for suffixes in IMAGE_FORMATS.values() for s in suffixes)
+# tar member extensions an image may be stored under (format names and their suffixes)
+IMAGE_EXTS = tuple(dict.fromkeys([*IMAGE_FORMATS, *(s[1:] for s in IMAGE_SUFFIXES)]))
+
+
+def format_of_suffix(suffix: str) -> str | None:
+    """The format a file suffix or extension (``.JPEG``, ``jpg``) declares; None for a non-image one."""
+    ext = "." + suffix.lower().lstrip(".")
+    return next((name for name, suffixes in IMAGE_FORMATS.items() if ext in suffixes), None)
 MAX_PIXELS_DEFAULT = 25_600_000
 
 cv2.setNumThreads(1)

@@ -31,12 +31,16 @@ def get_logger(name: str = "awm") -> logging.Logger:
     return logging.getLogger(name)
 
 
+def show_progress(enabled: bool = True) -> bool:
+    """Whether a progress bar is drawn here: rank 0 only, and not under ``AWM_NO_PROGRESS=1``
+    (which ``--no-progress`` on any command sets); every bar asks this one place."""
+    return enabled and dist.is_main() and os.environ.get("AWM_NO_PROGRESS", "") in ("", "0")
+
+
 def progress(it: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it",
              enabled: bool = True) -> Iterator[T]:
-    """tqdm on rank 0 (rate and ETA), a plain iterator elsewhere or when disabled (also by
-    ``AWM_NO_PROGRESS=1``, which ``--no-progress`` on any command sets)."""
+    """tqdm on rank 0 (rate and ETA), a plain iterator elsewhere or when disabled (show_progress)."""
     from tqdm.auto import tqdm
 
-    show = enabled and dist.is_main() and os.environ.get("AWM_NO_PROGRESS", "") in ("", "0")
-    return iter(tqdm(it, total=total, desc=desc, unit=unit, disable=not show, dynamic_ncols=True,
-                     mininterval=1.0, file=sys.stderr))
+    return iter(tqdm(it, total=total, desc=desc, unit=unit, disable=not show_progress(enabled),
+                     dynamic_ncols=True, mininterval=1.0, file=sys.stderr))

@@ -2,16 +2,19 @@
 
 A shard is the unit of work. It exists under its final name only once complete (written as a
 temp file, then renamed); its ``<shard>_stats.json`` is written after it and doubles as the
-resume marker. Tars are written by ``webdataset.TarWriter`` with fixed member metadata (mtime 0,
-uid/gid 0, empty user/group, mode 644, sorted extensions), so the same samples always give
-byte-identical shards. Reading (local folders, URLs, pipe:, the cache) is :mod:`awm.shardio`.
+resume marker. Tars are written here member by member with fixed metadata (mtime 0, uid/gid 0,
+empty user/group, mode 644, sorted extensions), byte for byte what ``webdataset.TarWriter`` writes
+with those settings but without importing it (webdataset imports torch: 0.4 GB for a crawl), so
+the same samples always give byte-identical shards, whether built in memory (``tar_bytes``) or
+streamed into an open shard (``sample_tar``: a crawl appends committed samples as they come).
+Reading (local folders, URLs, pipe:, the cache) is :mod:`awm.shardio`.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import re
+import tarfile
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -21,7 +24,6 @@ from typing import Any
 
 from awm import skips
 from awm.imageio import atomic_write_bytes, atomic_write_text
-from awm.shardio import iter_tar  # noqa: F401 - re-exported: the reader every stage imports from here
 
 INDEX_FORMAT = "wids-shard-index-v1"
 _KEY_RE = re.compile(r"^[^./\\\s][^.\\/\s]*$")
@@ -34,27 +36,42 @@ def check_key(key: str) -> str:
     return key
 
 
+_BLOCK, _RECORD = tarfile.BLOCKSIZE, tarfile.RECORDSIZE
+
+
+def _member(name: str, data: bytes) -> bytes:
+    """One tar member: header, data, zero padding to the block size (what ``TarFile.addfile`` writes)."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o644, "", ""
+    pad = -len(data) % _BLOCK
+    return b"".join((info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"), data, b"\0" * pad))
+
+
+def sample_tar(sample: dict[str, Any]) -> bytes:
+    """The tar members of one sample (``{"__key__": k, "ext": bytes|str|dict, ...}``), extensions
+    sorted; dicts/lists become JSON with sorted keys, str becomes UTF-8, so equal samples give
+    equal bytes. Concatenated and closed by ``tar_end`` they make a shard."""
+    key = check_key(str(sample["__key__"]))
+    parts = []
+    for ext in sorted(k for k in sample if not k.startswith("__")):
+        value = sample[ext]
+        if isinstance(value, (dict, list)):
+            value = json.dumps(value, sort_keys=True).encode()
+        elif isinstance(value, str):
+            value = value.encode()
+        parts.append(_member(f"{key}.{ext}", bytes(value)))
+    return b"".join(parts)
+
+
+def tar_end(size: int) -> bytes:
+    """What closes a tar of ``size`` member bytes: two zero blocks, then zeros to a whole record."""
+    return b"\0" * (2 * _BLOCK + (-(size + 2 * _BLOCK) % _RECORD))
+
+
 def tar_bytes(samples: list[dict[str, Any]]) -> bytes:
-    """A tar of samples (``{"__key__": k, "ext": bytes|str|dict, ...}``) with fixed member metadata.
-
-    dicts/lists become JSON with sorted keys, str becomes UTF-8, so equal samples give equal bytes.
-    """
-    import webdataset
-
-    buf = io.BytesIO()
-    with webdataset.TarWriter(buf, user="", group="", mode=0o644, mtime=0, encoder=False) as tar:
-        for s in samples:
-            out: dict[str, Any] = {"__key__": check_key(str(s["__key__"]))}
-            for ext, value in s.items():
-                if ext.startswith("__"):
-                    continue
-                if isinstance(value, (dict, list)):
-                    value = json.dumps(value, sort_keys=True).encode()
-                elif isinstance(value, str):
-                    value = value.encode()
-                out[ext] = value
-            tar.write(out)
-    return buf.getvalue()
+    """A tar of samples with fixed member metadata (see ``sample_tar``)."""
+    body = b"".join(sample_tar(s) for s in samples)
+    return body + tar_end(len(body))
 
 
 @dataclass

@@ -31,11 +31,12 @@ REASONS: dict[str, str] = {
     "bad_size": "a non-positive width, height or byte size",
     "too_many_pixels": "more pixels than max_pixels (checked before decoding)",
     "too_small": "a side below the minimum (min_side, min_lr_side, a model's size floor)",
-    "smaller_than_tile": "a side below the tile size",
+    "smaller_than_tile": "a side below the tile size and below shard --tile-min (the training patch)",
     "too_large": "more bytes than max_bytes",
     # duplicates (md5 and 64-bit perceptual hash, awm.acquire.clean)
     "duplicate_md5": "the same bytes as a kept image",
     "near_duplicate": "within near_dup bits of a kept image's perceptual hash",
+    "changed_while_read": "the file's bytes changed between ingest's examination and its copy",
     "duplicate_id": "a second source with an id already used",
     "variant": "another post of a family already kept (crawl --variants one)",
     # curation (awm.acquire.clean, crawl)

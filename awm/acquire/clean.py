@@ -18,20 +18,19 @@ import cv2
 import numpy as np
 
 from awm.acquire.nearindex import HammingIndex
-from awm.imageio import ImageError, check_image_bytes, decode_image, to_rgb8
+from awm.imageio import IMAGE_FORMATS, ImageError, check_image_bytes, decode_image, format_of_suffix, to_rgb8
 
-# What we keep as HR originals; webp only when asked (lossy webp makes poor HR).
-BASE_FORMATS = ("png", "jpg")
-EXT_ALIASES = {"jpeg": "jpg", "jpe": "jpg", "png": "png", "jpg": "jpg", "webp": "webp"}
+# What we keep as HR originals: imageio's one format list, webp only when asked (lossy webp makes poor HR).
+BASE_FORMATS = tuple(f for f in IMAGE_FORMATS if f != "webp")
 
 
 def allowed_formats(webp: bool) -> tuple[str, ...]:
-    return (*BASE_FORMATS, "webp") if webp else BASE_FORMATS
+    return tuple(IMAGE_FORMATS) if webp else BASE_FORMATS
 
 
 def type_skip_reason(ext: object, formats: tuple[str, ...]) -> str | None:
     """A declared extension (``file_ext`` or a file suffix) outside the kept formats -> a skip reason."""
-    if not isinstance(ext, str) or EXT_ALIASES.get(ext.lower().lstrip(".")) not in formats:
+    if not isinstance(ext, str) or format_of_suffix(ext) not in formats:
         return "unsupported_type"
     return None
 
@@ -65,11 +64,13 @@ class Checked:
                 "jpeg_quality": self.jpeg_quality}
 
 
-def check_image(data: bytes, formats: tuple[str, ...], max_pixels: int, min_side: int) -> Checked:
+def check_image(data: bytes, formats: tuple[str, ...], max_pixels: int, min_side: int,
+                md5: str | None = None) -> Checked:
     """Validate downloaded/read bytes fully; raise ``ImageError`` with a skip reason otherwise.
 
     The header is probed (type, dimensions, pixel cap) before any pixel is decoded, then the
-    whole image is decoded so truncated or corrupt files never reach a shard.
+    whole image is decoded so truncated or corrupt files never reach a shard. ``md5``: the bytes'
+    md5 when the caller verified it already (a crawl checks the site's).
     """
     probe = check_image_bytes(data, max_pixels=max_pixels, min_side=1)
     if probe.format not in formats:
@@ -77,10 +78,32 @@ def check_image(data: bytes, formats: tuple[str, ...], max_pixels: int, min_side
     reason = dims_skip_reason(probe.width, probe.height, max_pixels, min_side)
     if reason:
         raise ImageError(reason, f"{probe.width}x{probe.height}")
-    img = decode_image(data, max_pixels=max_pixels)
-    gray = cv2.cvtColor(to_rgb8(img), cv2.COLOR_RGB2GRAY)
-    return Checked(probe.format, probe.width, probe.height, hashlib.md5(data).hexdigest(), phash_gray(gray),
+    img = decode_image(data, max_pixels=max_pixels, bgr=True)
+    gray = to_gray8(img)
+    return Checked(probe.format, probe.width, probe.height, md5 or hashlib.md5(data).hexdigest(), phash_gray(gray),
                    complexity(gray), jpeg_quality(data) if probe.format == "jpg" else None)
+
+
+def to_gray8(img: np.ndarray) -> np.ndarray:
+    """8-bit luma of a ``decode_image(..., bgr=True)`` array: for 8-bit colour straight from BGR
+    (the same values as through RGB, without a full-size RGB copy), else through ``to_rgb8``."""
+    if img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3:
+        return cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+    if img.ndim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB if img.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
+    return cv2.cvtColor(to_rgb8(img), cv2.COLOR_RGB2GRAY)
+
+
+LOSSLESS_FORMATS = ("png",)
+
+
+def keep_rank(width: int, height: int, fmt: str, jpeg_quality: int | None, stable: int | str) -> tuple:
+    """Sort key of a duplicate group's members, the copy to keep first: the most pixels (a resize
+    lost detail), lossless over lossy, the higher JPEG quality (a re-encode lost more), then
+    ``stable`` (an id from content or the listing, never a path): ingest, split and the merge all
+    keep the same copy whatever the files are called or the order they came in."""
+    lossless = fmt in LOSSLESS_FORMATS
+    return (-width * height, not lossless, -(jpeg_quality or 0) if not lossless else 0, stable)
 
 
 def curation_skip_reason(c: Checked, min_complexity: float, min_jpeg_quality: int) -> str | None:

@@ -1,12 +1,14 @@
 """``awm crawl``: download verified originals from a Moebooru or Danbooru API into raw shards.
 
 The listing walks ids downwards (keyset paging) and decides what it can from metadata alone
-(status, URL, rating, type, declared size and dimensions, the tag quota); a worker pool downloads
-the rest, verifies md5 and size, checks the image (header before decode) and the curation
+(status, URL, rating, type, declared size and dimensions, the tag quota); a pool of ``--workers``
+connections downloads the rest and verifies md5 and size, a check pool checks the image (header
+before decode, one decode for the checks, the perceptual hash and the complexity) and the curation
 thresholds (complexity, JPEG quality); results are committed in listing order, so dedup and the
 variant policy (first kept member per family wins) give the same dataset whatever the timing.
-State lives in SQLite beside the shards (see ``awm.acquire.crawl_state``); re-running with the
-same arguments resumes exactly.
+A committed original is appended straight into the open shard's temp tar; state lives in SQLite
+beside the shards (see ``awm.acquire.crawl_state``); re-running with the same arguments resumes
+exactly. The crawl imports neither torch nor webdataset (start-up and memory count at scale).
 
 One crawl, one politeness budget: ``--rate`` holds for everything that writes into ``--out``
 (every worker of every part), through a rate file there (``fetch.SharedRateLimiter``), and the
@@ -34,14 +36,22 @@ from awm.acquire import booru, clean, merge
 from awm.acquire.crawl_state import CrawlState
 from awm.acquire.fetch import FetchError, FetchSettings, HttpClient, SharedRateLimiter
 from awm.acquire.listing import SharedListing
-from awm.config import ConfigError, add_dataclass_arguments, check, from_args, help_field, save_beside
+from awm.config import add_dataclass_arguments, check, from_args, help_field, save_beside
 from awm.dist import Part
+from awm.errors import ConfigError
 from awm.imageio import MAX_PIXELS_DEFAULT, ImageError
 from awm.log import get_logger, progress
 from awm.shardwrite import write_index
 
 log = get_logger("awm.crawl")
 MAX_PAGE_BYTES = 32 << 20
+# Posts in flight (downloading, checking, or done and waiting to be committed in listing order) per
+# worker: the committing thread appends a few MB per post and seals a shard (fsync) every
+# --shard-size posts, and one slow download holds back the commits after it; a deep window keeps
+# every connection and check thread busy meanwhile. Memory: the originals in flight are held, so
+# beyond one per worker the window also stops at WINDOW_BYTES of declared file sizes.
+WINDOW_PER_WORKER = 4
+WINDOW_BYTES = 256 << 20
 
 
 
@@ -152,8 +162,7 @@ class Outcome:
 
     post: booru.Post
     reason: str | None = None
-    staged: Path | None = None  # verified bytes in the spool under a temp name
-    nbytes: int = 0
+    data: bytes | None = None  # the verified original, exactly as downloaded
     checked: clean.Checked | None = None
     dup_of: int | None = None  # the kept post this one duplicates (dedup and variant skips)
 
@@ -274,8 +283,9 @@ class Crawler:
                 or clean.dims_skip_reason(post.width, post.height, self.cfg.max_pixels, self.cfg.min_side))
 
     # ---- downloads ------------------------------------------------------------------------
-    def download(self, post: booru.Post) -> Outcome:
-        """Fetch, verify and stage one original (worker thread; the database is not touched)."""
+    def download(self, post: booru.Post, checks: ThreadPoolExecutor) -> Outcome | Future[Outcome]:
+        """Fetch and verify one original (download thread), then hand it to the check pool, so a
+        connection never waits on a decode (threads; the database is not touched)."""
 
         def verify(body: bytes) -> None:
             if hashlib.md5(body).hexdigest() != post.md5:
@@ -285,16 +295,20 @@ class Crawler:
 
         try:
             data = self.http.get(post.file_url or "", self.cfg.max_bytes, check=verify)
-            checked = clean.check_image(data, self.formats, self.cfg.max_pixels, self.cfg.min_side)
         except FetchError as e:
             return Outcome(post, reason=e.reason)
+        return checks.submit(self.check, post, data)
+
+    def check(self, post: booru.Post, data: bytes) -> Outcome:
+        """The content checks and curation measures of verified bytes (check thread)."""
+        try:
+            checked = clean.check_image(data, self.formats, self.cfg.max_pixels, self.cfg.min_side, md5=post.md5)
         except ImageError as e:
             return Outcome(post, reason=e.reason)
         reason = clean.curation_skip_reason(checked, self.cfg.min_complexity, self.cfg.min_jpeg_quality)
         if reason:
             return Outcome(post, reason=reason)
-        return Outcome(post, staged=self.state.stage(post.id, checked.format, data), nbytes=len(data),
-                       checked=checked)
+        return Outcome(post, data=data, checked=checked)
 
     def _kept_enough(self) -> bool:
         return bool(self.cfg.limit) and len(self.dedup) >= self.cfg.limit
@@ -316,17 +330,15 @@ class Crawler:
         if reason is None and out.checked is not None:
             reason, of = self.dedup.skip_reason(out.checked.md5, out.checked.phash) or (None, None)
         if reason is not None:
-            if out.staged is not None:
-                out.staged.unlink(missing_ok=True)
             self.state.skip(post.id, reason, of)
             return False
         c = out.checked
+        assert c is not None and out.data is not None
         meta = {**post.metadata(self.cfg.source), "width": c.width, "height": c.height, **c.metadata(),
                 "fetched_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        self.state.accept(post.id, out.staged, out.nbytes, clean.to_signed64(c.phash), meta)
+        self.state.append(post.id, c.format, out.data, clean.to_signed64(c.phash), meta, self.cfg.shard_size)
         self.dedup.add(c.md5, c.phash, post.id)
         self.families.setdefault(post.family, post.id)
-        self.state.flush(self.cfg.shard_size, final=False)
         return True
 
     def _supply(self):
@@ -348,29 +360,37 @@ class Crawler:
                 return
 
     def kept_posts(self):
-        """Run the pool; yield once per kept post (drives the progress bar)."""
+        """Run the pools (``workers`` downloads, as many checks); yield once per kept post (drives
+        the progress bar)."""
         workers = self.cfg.part_workers
-        window = workers * 2
-        inflight: collections.deque[Future | Outcome] = collections.deque()
+        window = workers * WINDOW_PER_WORKER
+        inflight: collections.deque[tuple[int, Future | Outcome]] = collections.deque()  # (declared size, item)
+        held = 0  # declared bytes of the posts in flight
         supply = self._supply()
-        with ThreadPoolExecutor(workers, thread_name_prefix="crawl") as pool:
+        with (ThreadPoolExecutor(workers, thread_name_prefix="crawl-check") as checks,
+              ThreadPoolExecutor(workers, thread_name_prefix="crawl") as pool):
             try:
                 while True:
-                    while len(inflight) < window and not self._kept_enough():
+                    while (len(inflight) < window and (len(inflight) < workers or held < WINDOW_BYTES)
+                           and not self._kept_enough()):
                         post = next(supply, None)
                         if post is None:
                             break
                         prior = self._prior_skip(post)
-                        inflight.append(Outcome(post, *prior[:1], dup_of=prior[1]) if prior
-                                        else pool.submit(self.download, post))
+                        size = 0 if prior else post.file_size
+                        held += size
+                        inflight.append((size, Outcome(post, *prior[:1], dup_of=prior[1]) if prior
+                                         else pool.submit(self.download, post, checks)))
                     if not inflight:
                         return
-                    item = inflight.popleft()
-                    outcome = item.result() if isinstance(item, Future) else item
+                    size, outcome = inflight.popleft()
+                    held -= size
+                    while isinstance(outcome, Future):  # a download, then its check
+                        outcome = outcome.result()
                     if not self._kept_enough() and self.commit(outcome):
                         yield outcome.post.id
             finally:
-                for item in inflight:
+                for _, item in inflight:
                     if isinstance(item, Future):
                         item.cancel()
 
@@ -380,10 +400,9 @@ class Crawler:
                        unit="img", enabled=self.cfg.progress)
         for _ in bar:
             pass
-        self.state.drop_staged()
         finished = self._kept_enough() or self.state.listing_done()
         if finished:
-            self.state.flush(self.cfg.shard_size, final=True)
+            self.state.close_open()
         self.http.limiter.close()
         extra: dict[str, Any] = {"source": self.cfg.source, "tags": self.cfg.tags, "url": self.cfg.url}
         if finished and self.part.count == 1:  # one process: it is its own merge step

@@ -1,15 +1,22 @@
-"""Crash-safe crawl state: a small SQLite file and a spool folder beside the shards.
+"""Crash-safe crawl state: a small SQLite file beside the shards, and the open shard's temp tar.
 
-Why it survives ``kill -9`` at any instant:
+Why it survives ``kill -9`` (and a lost page cache) at any instant:
 - a listing page's decisions and the keyset cursor are committed in one transaction;
-- a verified download is written to the spool (temp + rename) before its row says ``ready``;
-- a shard is first *assigned* (its posts and index committed), then written atomically from the
-  spool, then marked done; on restart an assigned-but-not-done shard is simply written again
-  from the same spool files, so it gets the same name and the same samples;
-- spool files and temp files that no committed row refers to are deleted on start.
-Post states: pending -> ready -> assigned -> sharded, or skipped (with a reason, and for dedup and
-variant skips the id of the kept post it duplicates) at any point; ``dropped`` is a sharded post
-the merge step removed as a duplicate of a post elsewhere (another part, run or source).
+- a kept post's tar members (the original's bytes as downloaded, then its json) are appended to the
+  open shard's temp file ``.raw-NNNNNN.tar.open`` after the last committed member, then one
+  transaction marks the post ``assigned`` to that shard with the offset after its members; on
+  restart every committed member is checked (names, the image's md5, the json, the exact bytes)
+  and the file is cut after the last intact one; posts whose members are missing (only a power cut
+  loses them) go back to ``pending`` and are downloaded again;
+- a full shard (or the last one) is *sealed* (its skips attributed, committed), closed (the tar's
+  end blocks, fsync), renamed to its final name, given its stats file and marked done; a restart
+  finishes a sealed shard from wherever it stopped, so it gets the same name and the same bytes.
+Each original is written once, by the committing thread: no spool, no read-back, no in-memory tar.
+Post states: pending -> assigned -> sharded, or skipped (with a reason, and for dedup and variant
+skips the id of the kept post it duplicates) at any point; ``dropped`` is a sharded post the merge
+step removed as a duplicate of a post elsewhere (another part, run or source). Shard states
+(``shards.done``): 0 open, 2 sealed, 1 done. A state from before streaming (a spool folder, posts
+``ready``) is taken over: what was not yet in a done shard is downloaded again.
 The listing itself is shared by all parts (``awm.acquire.listing``); a part records how many of
 its pages it has read, and a part's decisions on a page are committed with that count.
 """
@@ -18,17 +25,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import sqlite3
+import tarfile
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from awm import skips
-from awm.config import ConfigError
 from awm.dist import Part
-from awm.imageio import atomic_write_text
-from awm.shardwrite import ShardStats, shard_done, stats_path, write_shard
+from awm.errors import ConfigError
+from awm.imageio import atomic_write_text, usual_mode
+from awm.shardwrite import ShardStats, sample_tar, shard_done, stats_path, tar_end
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
@@ -40,29 +50,31 @@ CREATE INDEX IF NOT EXISTS posts_shard ON posts(shard);
 CREATE TABLE IF NOT EXISTS shards (idx INTEGER PRIMARY KEY, done INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS tag_counts (tag TEXT PRIMARY KEY, n INTEGER NOT NULL);
 """
-KEPT = ("ready", "assigned", "sharded")
+KEPT = ("ready", "assigned", "sharded")  # ready: states from before streaming
 
 
 class CrawlState:
-    """The SQLite state and spool of one part (``--part i/n``) of a crawl into ``out``."""
+    """The SQLite state and open shard of one part (``--part i/n``) of a crawl into ``out``."""
 
     def __init__(self, out: Path, part: Part, prefix: str = "raw-"):
         self.out, self.part, self.prefix = out, part, prefix
         tag = f"{part.index}of{part.count}"
         self.path = out / f"crawl_state-{tag}.sqlite"
-        self.spool = out / f"crawl_spool-{tag}"
+        self.old_spool = out / f"crawl_spool-{tag}"  # states from before streaming
         if not self.path.exists() and any(self._mine(p) for p in out.glob(f"{prefix}*.tar")):
             raise ConfigError("out", str(out), f"a folder without raw shards of part {part}, or with "
                               f"its {self.path.name} (the state that wrote them)")
         out.mkdir(parents=True, exist_ok=True)
-        self.spool.mkdir(exist_ok=True)
         self.db = sqlite3.connect(self.path, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
-        if "dup_of" not in {r[1] for r in self.db.execute("PRAGMA table_info(posts)")}:  # older states
-            self.db.execute("ALTER TABLE posts ADD COLUMN dup_of INTEGER")
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(posts)")}
+        for col in ("dup_of", "tar_end"):  # older states
+            if col not in columns:
+                self.db.execute(f"ALTER TABLE posts ADD COLUMN {col} INTEGER")
         self._shard_started = time.time()
+        self._open: _OpenShard | None = None
 
     # ---- small helpers -------------------------------------------------------------------
     def _mine(self, p: Path) -> bool:
@@ -76,11 +88,12 @@ class CrawlState:
     def set(self, key: str, value: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
-    def spool_file(self, post_id: int, ext: str) -> Path:
-        return self.spool / f"{int(post_id)}.{ext}"
-
     def shard_path(self, idx: int) -> Path:
         return self.out / f"{self.prefix}{idx:06d}.tar"
+
+    def open_path(self, idx: int) -> Path:
+        """The temp tar a shard is streamed into until it is complete."""
+        return self.out / f".{self.prefix}{idx:06d}.tar.open"
 
     def check_fingerprint(self, fingerprint: dict[str, Any]) -> None:
         """Resuming with different arguments would mix two datasets: refuse, naming the keys."""
@@ -135,24 +148,28 @@ class CrawlState:
         self.db.execute("UPDATE posts SET status='skipped', reason=?, dup_of=? WHERE id=?",
                         (reason, dup_of, post_id))
 
-    def stage(self, post_id: int, ext: str, data: bytes) -> Path:
-        """Write a download to a temp spool name (worker thread; no fsync: spool files are
-        md5-checked on recovery, so a torn file after a power cut is fetched again)."""
-        tmp = self.spool / f".{int(post_id)}.{ext}.tmp"
-        tmp.write_bytes(data)
-        return tmp
-
-    def drop_staged(self) -> None:
-        """Remove staged downloads that were never committed (in flight when the crawl stopped)."""
-        for tmp in self.spool.glob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
-
-    def accept(self, post_id: int, staged: Path, nbytes: int, phash: int, meta: dict[str, Any]) -> None:
-        """Keep a staged download: rename it into the spool, then mark the post ready."""
-        ext = staged.name.split(".")[2]
-        staged.replace(self.spool_file(post_id, ext))
-        self.db.execute("UPDATE posts SET status='ready', ext=?, nbytes=?, phash=?, meta=? WHERE id=?",
-                        (ext, nbytes, phash, json.dumps(meta, sort_keys=True), post_id))
+    def append(self, post_id: int, ext: str, data: bytes, phash: int, meta: dict[str, Any],
+               shard_size: int) -> None:
+        """Keep a verified download: append its members to the open shard (opening one when none
+        is), commit the post with the offset after them, and seal the shard once it is full."""
+        if self._open is None:
+            idx = self._next_index()
+            self._open = _OpenShard(idx, os.open(self.open_path(idx), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666))
+        shard = self._open
+        text = json.dumps(meta, sort_keys=True)
+        blob = sample_tar({"__key__": str(post_id), ext: data, "json": meta})
+        _pwrite_all(shard.fd, blob, shard.end)
+        self.db.execute("BEGIN")
+        if shard.count == 0:
+            self.db.execute("INSERT INTO shards VALUES (?, 0)", (shard.idx,))
+        self.db.execute("UPDATE posts SET status='assigned', shard=?, tar_end=?, ext=?, nbytes=?, phash=?, meta=? "
+                        "WHERE id=?", (shard.idx, shard.end + len(blob), ext, len(data), phash, text, post_id))
+        self.db.execute("COMMIT")
+        shard.end += len(blob)
+        shard.count += 1
+        shard.last_id = post_id
+        if shard.count >= shard_size:
+            self._seal(last=False)
 
     def kept(self) -> list[tuple[int, str, int | None, int]]:
         """(id, md5, phash, family) of every kept post in listing order: what dedup and the variant
@@ -166,29 +183,44 @@ class CrawlState:
         (k,) = self.db.execute("SELECT COUNT(*) FROM shards").fetchone()
         return k * self.part.count + self.part.index
 
-    def flush(self, shard_size: int, final: bool) -> int:
-        """Write every full shard of ready posts (and the remainder when ``final``); count written."""
-        written = 0
-        while True:
-            ids = [r[0] for r in self.db.execute(
-                "SELECT id FROM posts WHERE status='ready' ORDER BY id DESC LIMIT ?", (shard_size,))]
-            if not ids or (len(ids) < shard_size and not final):
-                break
-            idx = self._next_index()
-            self.db.execute("BEGIN")
-            self.db.executemany("UPDATE posts SET status='assigned', shard=? WHERE id=?",
-                                [(idx, i) for i in ids])
-            # Skips are attributed to the shard whose id range covers them (deterministic).
-            last = final and len(ids) < shard_size
-            self.db.execute("UPDATE posts SET shard=? WHERE status='skipped' AND shard IS NULL"
-                            " AND (id >= ? OR ?)", (idx, ids[-1], int(last)))
-            self.db.execute("INSERT INTO shards VALUES (?, 0)", (idx,))
-            self.db.execute("COMMIT")
-            self._write(idx)
-            written += 1
-        if final:
-            self._attach_leftover_skips()
-        return written
+    def close_open(self) -> None:
+        """The end of the crawl: seal the open shard (it takes every skip not yet attributed) and
+        attach skips after the last sample to the last shard, so index.json counts them all."""
+        if self._open is not None:
+            self._seal(last=True)
+        self._attach_leftover_skips()
+
+    def _seal(self, last: bool) -> None:
+        """Attribute skips to the open shard (those its id range covers, or all when ``last``) and
+        commit it as sealed, then finish it."""
+        shard = self._open
+        assert shard is not None
+        self.db.execute("BEGIN")
+        self.db.execute("UPDATE posts SET shard=? WHERE status='skipped' AND shard IS NULL AND (id >= ? OR ?)",
+                        (shard.idx, shard.last_id, int(last)))
+        self.db.execute("UPDATE shards SET done=2 WHERE idx=?", (shard.idx,))
+        self.db.execute("COMMIT")
+        self._finish(shard)
+
+    def _finish(self, shard: _OpenShard) -> None:
+        """Close a sealed shard's tar (end blocks, fsync), rename it, write its stats, mark it done."""
+        final = self.shard_path(shard.idx)
+        if shard.fd >= 0:
+            trailer = tar_end(shard.end)
+            _pwrite_all(shard.fd, trailer, shard.end)
+            os.ftruncate(shard.fd, shard.end + len(trailer))
+            os.fsync(shard.fd)
+            os.close(shard.fd)
+            usual_mode(self.open_path(shard.idx))
+            os.replace(self.open_path(shard.idx), final)
+        st = self._stats(shard.idx, shard.count, final.stat().st_size)
+        atomic_write_text(stats_path(final), json.dumps(st.to_json(), indent=1, sort_keys=True))
+        self.db.execute("BEGIN")
+        self.db.execute("UPDATE posts SET status='sharded' WHERE shard=? AND status='assigned'", (shard.idx,))
+        self.db.execute("UPDATE shards SET done=1 WHERE idx=?", (shard.idx,))
+        self.db.execute("COMMIT")
+        self._open = None
+        self._shard_started = time.time()
 
     def _stats(self, idx: int, nsamples: int, nbytes: int) -> ShardStats:
         st = ShardStats(self.shard_path(idx).name, started=self._shard_started)
@@ -197,20 +229,6 @@ class CrawlState:
             st.skip(reason, n, self._skipped_ids("shard=? AND", (idx,), reason))
         st.nsamples, st.bytes = nsamples, nbytes
         return st
-
-    def _write(self, idx: int) -> None:
-        rows = self.db.execute("SELECT id, ext, meta FROM posts WHERE shard=? AND status IN "
-                               "('assigned', 'sharded') ORDER BY id DESC", (idx,)).fetchall()
-        samples = [{"__key__": str(i), ext: self.spool_file(i, ext).read_bytes(), "json": json.loads(m)}
-                   for i, ext, m in rows]
-        write_shard(self.shard_path(idx), samples, self._stats(idx, 0, 0))
-        self.db.execute("BEGIN")
-        self.db.execute("UPDATE posts SET status='sharded' WHERE shard=? AND status='assigned'", (idx,))
-        self.db.execute("UPDATE shards SET done=1 WHERE idx=?", (idx,))
-        self.db.execute("COMMIT")
-        for i, ext, _ in rows:
-            self.spool_file(i, ext).unlink(missing_ok=True)
-        self._shard_started = time.time()
 
     def _attach_leftover_skips(self) -> None:
         """Skips after the last sample go to this part's last shard, so index.json counts them all."""
@@ -230,41 +248,71 @@ class CrawlState:
         for tmp in self.out.glob(f".{self.prefix}*.tmp"):
             if self._mine(Path(tmp.name[1:])):
                 tmp.unlink(missing_ok=True)
-        spooled = {int(r[0]): r for r in self.db.execute(
-            "SELECT id, ext, md5, status, shard FROM posts WHERE status IN ('ready', 'assigned')")}
-        expected = {self.spool_file(r[0], r[1]).name for r in spooled.values()}
-        for f in self.spool.iterdir():
-            if f.name not in expected:
-                f.unlink(missing_ok=True)
-        for idx, in self.db.execute("SELECT idx FROM shards WHERE done=0").fetchall():
-            members = [r for r in spooled.values() if r[4] == idx]
-            if all(self._intact(r) for r in members):
-                self._write(idx)
-            else:
-                self._unassign(idx)
-        for pid, ext, md5, status, _ in spooled.values():
-            if status == "ready" and not self._intact((pid, ext, md5)):
-                self.db.execute("UPDATE posts SET status='pending' WHERE id=?", (pid,))
+        if self.old_spool.is_dir():
+            self._forget_spool()
+        unfinished = self.db.execute("SELECT idx, done FROM shards WHERE done != 1 ORDER BY idx").fetchall()
+        keep = {self.open_path(idx).name for idx, _ in unfinished}
+        for tmp in self.out.glob(f".{self.prefix}*.tar.open"):
+            if tmp.name not in keep and self._mine(Path(tmp.name[1:])):
+                tmp.unlink()
+        for idx, done in unfinished:
+            self._resume(idx, sealed=done == 2)
         for idx, in self.db.execute("SELECT idx FROM shards WHERE done=1").fetchall():
             if not shard_done(self.shard_path(idx)):
                 raise FileNotFoundError(f"{self.shard_path(idx)} is recorded as written but is missing "
                                         f"or incomplete; restore it or start with a new --out")
 
-    def _intact(self, row: tuple) -> bool:
-        f = self.spool_file(row[0], row[1])
-        return f.is_file() and hashlib.md5(f.read_bytes()).hexdigest() == row[2]
-
-    def _unassign(self, idx: int) -> None:
+    def _resume(self, idx: int, sealed: bool) -> None:
+        """An open or sealed shard after an interruption: a sealed one renamed already only lacks
+        its stats and record; otherwise its temp tar is cut after the last intact committed post
+        (later posts go back to pending), then the shard is finished (sealed) or reopened."""
+        temp, final = self.open_path(idx), self.shard_path(idx)
+        rows = self.db.execute("SELECT id, ext, md5, meta, tar_end FROM posts WHERE shard=? AND status='assigned' "
+                               "ORDER BY id DESC", (idx,)).fetchall()
+        if sealed and final.is_file() and not temp.exists():
+            self._finish(_OpenShard(idx, -1, 0, len(rows), rows[-1][0] if rows else 0))
+            return
+        fd = os.open(temp, os.O_RDWR | os.O_CREAT, 0o666)
+        end, good = 0, 0
+        for pid, ext, md5, meta, stop in rows:
+            if stop is None or stop <= end or not _intact(os.pread(fd, stop - end, end), pid, ext, md5, meta):
+                break
+            end, good = stop, good + 1
+        os.ftruncate(fd, end)
+        lost = [r[0] for r in rows[good:]]
         self.db.execute("BEGIN")
-        for pid, ext, md5 in self.db.execute("SELECT id, ext, md5 FROM posts WHERE shard=? AND "
-                                             "status='assigned'", (idx,)).fetchall():
-            status = "ready" if self._intact((pid, ext, md5)) else "pending"
-            self.db.execute("UPDATE posts SET status=?, shard=NULL WHERE id=?", (status, pid))
-        self.db.execute("UPDATE posts SET shard=NULL WHERE shard=?", (idx,))
-        self.db.execute("DELETE FROM shards WHERE idx=?", (idx,))
+        self.db.executemany("UPDATE posts SET status='pending', shard=NULL, tar_end=NULL WHERE id=?",
+                            [(p,) for p in lost])
+        if lost and sealed:  # reopened: skips are attributed again when it is sealed
+            self.db.execute("UPDATE posts SET shard=NULL WHERE status='skipped' AND shard=?", (idx,))
+            self.db.execute("UPDATE shards SET done=0 WHERE idx=?", (idx,))
+            sealed = False
+        if not good:
+            self.db.execute("DELETE FROM shards WHERE idx=?", (idx,))
         self.db.execute("COMMIT")
-        for p in (self.shard_path(idx), stats_path(self.shard_path(idx))):
-            p.unlink(missing_ok=True)
+        if not good:
+            os.close(fd)
+            temp.unlink()
+            return
+        shard = _OpenShard(idx, fd, end, good, rows[good - 1][0])
+        if sealed:
+            self._finish(shard)
+        else:
+            self._open = shard
+
+    def _forget_spool(self) -> None:
+        """Take over a state from before streaming: posts waiting in its spool (ready, or assigned to
+        a shard not yet written) go back to pending, then the spool goes."""
+        self.db.execute("BEGIN")
+        self.db.execute("UPDATE posts SET status='pending' WHERE status='ready'")
+        for idx, in self.db.execute("SELECT idx FROM shards WHERE done=0").fetchall():
+            self.db.execute("UPDATE posts SET status='pending', shard=NULL WHERE shard=? AND status='assigned'", (idx,))
+            self.db.execute("UPDATE posts SET shard=NULL WHERE shard=?", (idx,))
+            self.db.execute("DELETE FROM shards WHERE idx=?", (idx,))
+            for p in (self.shard_path(idx), stats_path(self.shard_path(idx))):
+                p.unlink(missing_ok=True)
+        self.db.execute("COMMIT")
+        shutil.rmtree(self.old_spool)
 
     # ---- summary ------------------------------------------------------------------------
     def _skipped_ids(self, where: str, args: tuple, reason: str) -> list[str]:
@@ -288,4 +336,38 @@ class CrawlState:
                 "skipped": dict(sorted(skipped.items())), "nskipped": sum(skipped.values()), "skipped_names": names}
 
     def close(self) -> None:
+        if self._open is not None:
+            os.close(self._open.fd)
+            self._open = None
         self.db.close()
+
+
+class _OpenShard:
+    """The shard being filled: its temp tar's descriptor, committed size, samples, lowest id."""
+
+    def __init__(self, idx: int, fd: int, end: int = 0, count: int = 0, last_id: int = 0):
+        self.idx, self.fd, self.end, self.count, self.last_id = idx, fd, end, count, last_id
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+def _intact(region: bytes, pid: int, ext: str, md5: str, meta: str) -> bool:
+    """Whether ``region`` holds exactly the members committed for post ``pid``: its original with
+    this md5 and its json, as ``sample_tar`` writes them."""
+    members, off = {}, 0
+    try:
+        while off < len(region):
+            info = tarfile.TarInfo.frombuf(region[off:off + tarfile.BLOCKSIZE], "utf-8", "surrogateescape")
+            start = off + tarfile.BLOCKSIZE
+            members[info.name] = region[start:start + info.size]
+            off = start + info.size + (-info.size % tarfile.BLOCKSIZE)
+    except tarfile.HeaderError:
+        return False
+    image = members.get(f"{pid}.{ext}")
+    return (image is not None and hashlib.md5(image).hexdigest() == md5
+            and sample_tar({"__key__": str(pid), ext: image, "json": json.loads(meta)}) == region)

@@ -14,6 +14,7 @@ import random
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -40,25 +41,30 @@ class RateLimiter:
     """At most ``rate`` request starts per second across all threads (``rate <= 0``: unlimited).
 
     ``hold`` pushes the next allowed start into the future for everyone: a 429 with Retry-After
-    pauses the whole crawler, not only the worker that received it.
+    pauses the whole crawler, not only the worker that received it. ``clock``/``sleep`` are
+    injectable so that tests check the schedule itself, not how a loaded machine kept it.
     """
 
-    def __init__(self, rate: float):
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
         self.interval = 1.0 / rate if rate > 0 else 0.0
         self._next = 0.0
         self._lock = threading.Lock()
+        self._clock, self._sleep = clock, sleep
 
-    def wait(self, priority: bool = False) -> None:
+    def wait(self, priority: bool = False) -> float:
+        """Block until this request's slot; returns the slot (a ``clock`` time)."""
         with self._lock:
-            now = time.monotonic()
+            now = self._clock()
             start = max(now, self._next)
             self._next = start + self.interval
         if start > now:
-            time.sleep(start - now)
+            self._sleep(start - now)
+        return start
 
     def hold(self, seconds: float) -> None:
         with self._lock:
-            self._next = max(self._next, time.monotonic() + seconds)
+            self._next = max(self._next, self._clock() + seconds)
 
 
 CLOCK_STEP_S = 3600.0  # a stored next start further ahead than this is a clock step, not a Retry-After
@@ -78,37 +84,42 @@ class SharedRateLimiter(RateLimiter):
     kept in step by NTP (a skew of d seconds can let d*rate requests through early).
     """
 
-    def __init__(self, rate: float, path: Path):
-        super().__init__(rate)
+    def __init__(self, rate: float, path: Path, clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], None] = time.sleep):
+        super().__init__(rate, clock, sleep)
         self.path = Path(path)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644) if self.interval else -1
 
-    def _advance(self, update) -> float:
-        """``update(stored_next, now) -> (start, new_next)`` under the file lock; returns start - now."""
+    def _advance(self, update) -> tuple[float, float]:
+        """``update(stored_next, now) -> (start, new_next)`` under the file lock; returns (start, start - now)."""
         with self._lock:
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             try:
                 raw = os.pread(self._fd, 8, 0)
                 stored = struct.unpack("<d", raw)[0] if len(raw) == 8 else 0.0
-                now = time.time()
+                now = self._clock()
                 if stored > now + CLOCK_STEP_S:  # the wall clock was stepped back: do not stall for it
                     stored = now
                 start, new = update(stored, now)
                 os.pwrite(self._fd, struct.pack("<d", new), 0)
             finally:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
-        return start - now
+        return start, start - now
 
-    def wait(self, priority: bool = False) -> None:
+    def wait(self, priority: bool = False) -> float:
+        """Block until this request's slot; returns the slot (a ``clock`` time; 0 when unlimited)."""
         if not self.interval:
-            return
+            return 0.0
         if priority:
-            delay = self._advance(lambda nxt, now: (max(now, nxt), max(now, nxt) + self.interval))
+            start, delay = self._advance(lambda nxt, now: (max(now, nxt), max(now, nxt) + self.interval))
             if delay > 0:
-                time.sleep(delay)
-            return
-        while (delay := self._advance(lambda nxt, now: (nxt, nxt) if nxt > now else (now, now + self.interval))) > 0:
-            time.sleep(delay)
+                self._sleep(delay)
+            return start
+        while True:
+            start, delay = self._advance(lambda nxt, now: (nxt, nxt) if nxt > now else (now, now + self.interval))
+            if delay <= 0:
+                return start
+            self._sleep(delay)
 
     def hold(self, seconds: float) -> None:
         if self.interval:

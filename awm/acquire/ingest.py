@@ -3,6 +3,9 @@
 Replaces the seed's rename-and-clean notebooks: every file is read, its real type sniffed, its
 header checked against the caps and the whole image decoded; bad suffixes, undecodable files
 and exact or near duplicates become recorded skip reasons (same rules as crawl: awm.acquire.clean).
+Of a group of duplicates the best copy is kept (most pixels, lossless, higher JPEG quality, then
+id: awm.acquire.clean.keep_rank), whatever the file names: every file is examined first (its
+bytes dropped), the winners chosen, and only they are read again to be written.
 
 Ids are stable and content-derived: the first 15 hex digits of the file's md5 as a decimal
 integer (< 2**60), so the same picture gets the same id whatever its name, folder or run, and
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -26,10 +30,11 @@ from typing import Any
 
 from awm import skips
 from awm.acquire import clean, merge
-from awm.config import ConfigError, add_dataclass_arguments, check, from_args, help_field, save_beside
+from awm.config import add_dataclass_arguments, check, from_args, help_field, save_beside
+from awm.errors import ConfigError
 from awm.imageio import MAX_PIXELS_DEFAULT, ImageError, atomic_write_text
 from awm.log import get_logger, progress
-from awm.shardio import INDEX_NAME
+from awm.shardio.locations import INDEX_NAME
 from awm.shardwrite import ShardStats, list_shards, stats_path, write_index, write_shard
 
 log = get_logger("awm.ingest")
@@ -39,7 +44,7 @@ PREFIX = "raw-"
 
 @dataclass
 class IngestConfig:
-    src: Path = help_field("folder of images (searched recursively)", default=Path("."))
+    src: Path = help_field("folder of images (searched recursively)", default=Path("."), argument="SRC_DIR")
     out: Path = help_field("output folder for raw-%06d.tar shards and index.json", default=Path("shards/raw"))
     min_side: int = help_field("skip images whose shorter side is below this", default=0)
     max_pixels: int = help_field("skip images with more pixels than this (checked before decoding)",
@@ -119,6 +124,38 @@ def _ordered(cfg: IngestConfig, files: list[tuple[Path, str]]) -> Iterator[Item]
                 window.append(pool.submit(examine, *nxt, cfg, formats))
 
 
+def _without_data(item: Item) -> Item:
+    return Item(item.rel, item.reason, b"", item.checked, item.mtime)
+
+
+def duplicates(items: list[Item], near_dup: int) -> dict[str, str]:
+    """{relative path: duplicate reason} of every examined image that is not its group's best copy:
+    first wins over the images in :func:`clean.keep_rank` order, so the best one is the first."""
+    dedup = clean.Dedup(near_dup)
+    out = {}
+    ranked = sorted((i for i in items if i.reason is None), key=lambda i: clean.keep_rank(
+        i.checked.width, i.checked.height, i.checked.format, i.checked.jpeg_quality, stable_id(i.checked.md5)))
+    for item in ranked:
+        c = item.checked
+        hit = dedup.skip_reason(c.md5, c.phash)
+        if hit:
+            out[item.rel] = hit[0]
+        else:
+            dedup.add(c.md5, c.phash, stable_id(c.md5))
+    return out
+
+
+def _reread(item: Item, path: Path) -> Item:
+    """A kept image's bytes, read again; ``changed_while_read`` if they are not the examined ones."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return Item(item.rel, "unreadable")
+    if hashlib.md5(data).hexdigest() != item.checked.md5:
+        return Item(item.rel, "changed_while_read")
+    return Item(item.rel, None, data, item.checked, item.mtime)
+
+
 def sample_of(item: Item) -> dict[str, Any]:
     c = item.checked
     sid = stable_id(c.md5)
@@ -138,7 +175,10 @@ def ingest(cfg: IngestConfig) -> dict[str, Any]:
                    key=lambda x: x[1])
     if not files:
         raise ValueError(f"{cfg.src}: no files to ingest (empty folder)")
-    dedup = clean.Dedup(cfg.near_dup)
+    examined = [_without_data(item) for item in progress(_ordered(cfg, files), total=len(files), desc="ingest",
+                                                         unit="file", enabled=cfg.progress)]
+    dropped = duplicates(examined, cfg.near_dup)
+    kept = 0
     samples: list[dict[str, Any]] = []
     stats = ShardStats(f"{PREFIX}{0:06d}.tar")
     skipped: collections.Counter = collections.Counter()
@@ -149,22 +189,24 @@ def ingest(cfg: IngestConfig) -> dict[str, Any]:
 
     def flush() -> None:
         nonlocal samples, stats, nshards, last
+        if not nshards:  # the first kept image: only now is --out made or an earlier ingest's record replaced
+            cfg.out.mkdir(parents=True, exist_ok=True)
+            (cfg.out / merge.RECORD).unlink(missing_ok=True)  # shards are rewritten from scratch: so are drops
         write_shard(cfg.out / stats.shard, samples, stats)
         nshards += 1
         samples, last, stats = [], stats, ShardStats(f"{PREFIX}{nshards:06d}.tar")
 
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    (cfg.out / merge.RECORD).unlink(missing_ok=True)  # shards are rewritten from scratch: so are drops
-    for item in progress(_ordered(cfg, files), total=len(files), desc="ingest", unit="file",
-                         enabled=cfg.progress):
-        hit = None if item.reason else dedup.skip_reason(item.checked.md5, item.checked.phash)
-        reason = item.reason or (hit[0] if hit else None)
+    for item, (path, _) in zip(examined, files, strict=True):
+        reason = item.reason or dropped.get(item.rel)
+        if reason is None:
+            item = _reread(item, path)
+            reason = item.reason
         if reason:
             stats.skip(reason, names=[item.rel])
             skipped[reason] += 1
             skips.add_name(names, reason, item.rel)
             continue
-        dedup.add(item.checked.md5, item.checked.phash, stable_id(item.checked.md5))
+        kept += 1
         samples.append(sample_of(item))
         nbytes += len(item.data)
         if len(samples) >= cfg.shard_size:
@@ -175,21 +217,21 @@ def ingest(cfg: IngestConfig) -> dict[str, Any]:
         last.skipped.update(stats.skipped)
         last.skipped_names = skips.merge_names([last.skipped_names, stats.skipped_names])
         atomic_write_text(stats_path(cfg.out / last.shard), json.dumps(last.to_json(), indent=1, sort_keys=True))
+    summary = {"files": len(files), "kept": kept, "bytes": nbytes, "shards": nshards,
+               "skipped": dict(sorted(skipped.items())), "nskipped": sum(skipped.values()),
+               "skipped_names": dict(sorted(names.items())), "seconds": round(time.time() - t0, 2)}
+    if not nshards:  # nothing kept: --out is not made, and an earlier run's index must not look like this one's
+        (cfg.out / INDEX_NAME).unlink(missing_ok=True)
+        return summary
     for stale in list_shards(cfg.out, PREFIX):
         digits = stale.stem[len(PREFIX):]
         if digits.isdigit() and int(digits) >= nshards:
             stale.unlink()
             stats_path(stale).unlink(missing_ok=True)
-    summary = {"files": len(files), "kept": len(dedup), "bytes": nbytes, "shards": nshards,
-               "skipped": dict(sorted(skipped.items())), "nskipped": sum(skipped.values()),
-               "skipped_names": dict(sorted(names.items())), "seconds": round(time.time() - t0, 2)}
     if cfg.against:
         summary["dedup"] = merge.dedup(cfg.out, cfg.near_dup, cfg.against, PREFIX)
         summary["kept"] -= summary["dedup"]["dropped"]
-    if nshards:
-        write_index(cfg.out, PREFIX, extra={"source": "local", "src": str(cfg.src), "ingest": summary})
-    else:  # nothing kept: no index that would look like a finished (empty) ingest
-        (cfg.out / INDEX_NAME).unlink(missing_ok=True)
+    write_index(cfg.out, PREFIX, extra={"source": "local", "src": str(cfg.src), "ingest": summary})
     return summary
 
 

@@ -4,7 +4,8 @@ Every part of ``awm submit crawl --array n`` needs every listing page (it keeps 
 that are its share), so the pages are fetched once and shared through the output folder: a part
 that needs page ``k`` reads the file if it exists; otherwise it takes the listing lock, looks
 again (another part may have just written it) and only then fetches the page itself, below the
-cursor that page ``k-1`` recorded. Pages are written atomically (temp + rename) and only in
+cursor that page ``k-1`` recorded. Pages are written atomically (temp + rename, under the lock,
+so a temp file seen while holding it is a dead part's and is removed) and only in
 order, so a listing interrupted at any instant resumes at its first missing page, and no page
 is ever requested twice except to retry a failed request (or one in flight when a part died).
 Pages keep the entries exactly as the site sent them: every part applies its own decisions.
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from awm.config import ConfigError
+from awm.errors import ConfigError
 from awm.imageio import atomic_write_bytes, atomic_write_text
 
 
@@ -40,6 +41,8 @@ class SharedListing:
         self.dir.mkdir(parents=True, exist_ok=True)
         text = json.dumps(query, sort_keys=True)
         with self._locked():
+            for stale in self.dir.glob(".*.tmp"):  # a part killed mid-write; writers hold this lock
+                stale.unlink(missing_ok=True)
             qpath = self.dir / "query.json"
             if not qpath.is_file():
                 atomic_write_text(qpath, text)

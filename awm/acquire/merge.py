@@ -7,9 +7,9 @@ each one that duplicates an earlier winner, so the result depends only on the sa
 timing or on how the crawl was split:
 
 - samples of the ``against`` folders come first, in the order given (the first source wins);
-- then ``out``'s own samples: for a crawl in listing order (highest id first, the order a single
-  process crawl commits in, so a part's own dedup and the merge agree), for an ingest folder in
-  shard order (sorted file paths).
+- then ``out``'s own samples, best copy first (:func:`awm.acquire.clean.keep_rank`: most pixels,
+  lossless, higher JPEG quality), ties in listing order for a crawl (highest id first, the order a
+  single process crawl commits in) and by id for an ingest folder (ids follow content, not paths).
 
 Each drop is recorded in ``out/dedup.json`` with the id (and folder) of the sample it duplicates,
 before the shard is rewritten without it (atomically: temp + rename) and its stats file counts it
@@ -30,14 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from awm.acquire import clean
-from awm.imageio import atomic_write_bytes, atomic_write_text, decode_image
+from awm.imageio import IMAGE_EXTS, atomic_write_bytes, atomic_write_text, decode_image
 from awm.log import get_logger
-from awm.shardio import group_members, iter_tar
+from awm.shardio.members import group_members
+from awm.shardio.read import iter_tar
 from awm.shardwrite import list_shards, stats_path, tar_bytes
 
 log = get_logger("awm.merge")
 RECORD = "dedup.json"
-IMAGE_EXTS = ("png", "jpg", "webp")
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class Entry:
     md5: str
     phash: int | None
     shard: str
+    rank: tuple = ()
 
 
 def _is_crawl(folder: Path) -> bool:
@@ -57,6 +58,7 @@ def scan(folder: Path, prefix: str = "raw-") -> list[Entry]:
 
     Reads only the json members (the image only for a sample whose json lacks its phash)."""
     entries: list[Entry] = []
+    crawl = _is_crawl(folder)
     for shard in list_shards(folder, prefix):
         if not stats_path(shard).is_file():
             continue
@@ -70,9 +72,11 @@ def scan(folder: Path, prefix: str = "raw-") -> list[Entry]:
                     ph = None if ext is None else clean.phash(decode_image(tar.extractfile(group[ext]).read()))
                 else:
                     ph = int(ph, 16)
-                entries.append(Entry(int(key), meta["md5"], ph, shard.name))
-    if _is_crawl(folder):
-        entries.sort(key=lambda e: -e.id)
+                fmt = next((e for e in IMAGE_EXTS if e in group), "")
+                rank = clean.keep_rank(int(meta.get("width") or 0), int(meta.get("height") or 0), fmt,
+                                       meta.get("jpeg_quality"), -int(key) if crawl else int(key))
+                entries.append(Entry(int(key), meta["md5"], ph, shard.name, rank))
+    entries.sort(key=lambda e: e.rank)
     return entries
 
 
@@ -105,8 +109,9 @@ def dedup(out: Path, near: int = 4, against: list[Path] | tuple[Path, ...] = (),
     for r in new:
         records[str(r["id"])] = r
     if new:
-        atomic_write_text(record_path, json.dumps({"rule": "first wins: --dedup-against folders in order, "
-                                                   "then this folder's listing (crawl) or shard order",
+        atomic_write_text(record_path, json.dumps({"rule": "--dedup-against folders win, in order; then this "
+                                                   "folder's best copy (most pixels, lossless, higher JPEG "
+                                                   "quality, then listing order or id)",
                                                    "dropped": records}, indent=1, sort_keys=True))
     by_shard: dict[str, list[dict[str, Any]]] = {}
     for r in records.values():

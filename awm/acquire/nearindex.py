@@ -7,9 +7,11 @@ CVPR 2012). The index keeps one exact-match table per band; a lookup probes, in 
 query's band value and every value within ``r // m`` bits of it, and verifies only the items
 found there. ``m`` is chosen for the expected size so that buckets stay small: for ``r = 4`` and
 ~10^6 hashes, 3 bands of 21-22 bits probed within 1 bit (66 probes, < 1 item per bucket). The
-probe count does not depend on the number of kept hashes; measured, a lookup grows ~2.4x per 10x
-kept (larger tables miss the CPU caches) where the linear scan it replaces grows 10x: 0.3 ms
-against 280 ms at 10^6 (tests/benchmarks/bench_dedup.py). Answers are exactly those of a
+probe count does not depend on the number of kept hashes, but real perceptual hashes cluster
+(crops and edits of similar pictures), so buckets fill unevenly: against the best NumPy linear
+scan (XOR + ``np.bitwise_count``) on deduplicated phashes of generated pictures the index is no
+faster at 10^4 kept hashes and ~4x faster at 10^5 (tests/benchmarks/bench_dedup.py; the README's
+Performance table has the figures of the current tree). Answers are exactly those of a
 linear scan: the earliest added item within the radius (tests/unit/acquire/test_nearindex.py).
 """
 

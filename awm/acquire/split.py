@@ -11,7 +11,8 @@ holds ``--eval-fraction`` of the images; a group larger than what is left stays 
 
 The sides are links (or copies, ``--copy``) keeping the relative paths, ready for
 ``awm ingest DIR/train`` and ``awm ingest DIR/eval``; ``DIR/split.json`` lists every file's side
-and group, and the files skipped (unreadable images, named by reason as everywhere: awm.skips).
+and group (named by its best copy, the one ingest keeps: ``best_copy``), and the files skipped (unreadable
+images, named by reason as everywhere: awm.skips).
 A rerun into the same ``--out`` replaces what the previous run made there.
 """
 
@@ -29,8 +30,9 @@ from typing import Any
 
 from awm import skips
 from awm.acquire import clean
-from awm.config import ConfigError, add_dataclass_arguments, check, from_args, help_field, save_beside
-from awm.imageio import MAX_PIXELS_DEFAULT, ImageError, atomic_write_text, list_images
+from awm.config import add_dataclass_arguments, check, from_args, help_field, save_beside
+from awm.errors import ConfigError
+from awm.imageio import IMAGE_SUFFIXES, MAX_PIXELS_DEFAULT, ImageError, atomic_write_text, list_images
 from awm.log import get_logger, progress
 
 log = get_logger("awm.split")
@@ -39,7 +41,7 @@ MANIFEST = "split.json"
 
 @dataclass
 class SplitConfig:
-    src: Path = help_field("folder of images (searched recursively)", default=Path("."))
+    src: Path = help_field("folder of images (searched recursively)", default=Path("."), argument="SRC_DIR")
     out: Path = help_field("output folder: train/, eval/ and split.json", default=Path("data/split"))
     eval_fraction: float = help_field("share of the images that goes to eval (whole duplicate groups)",
                                       default=0.1)
@@ -62,15 +64,15 @@ class SplitConfig:
         check(not out.is_relative_to(src), "out", str(self.out), f"a folder outside src ({self.src})")
 
 
-def _hash(path: Path, max_pixels: int) -> tuple[str, int] | str:
-    """(md5, perceptual hash) of one image, or its skip reason."""
+def _hash(path: Path, max_pixels: int) -> clean.Checked | str:
+    """One image's hashes and what ranks its copies (size, format, JPEG quality), or its skip reason."""
     try:
         c = clean.check_image(path.read_bytes(), clean.allowed_formats(True), max_pixels, 1)
     except ImageError as e:
         return e.reason
     except OSError:
         return "unreadable"
-    return c.md5, c.phash
+    return c
 
 
 def assign(groups: list[int], md5s: list[str], fraction: float, seed: int) -> list[str]:
@@ -95,36 +97,60 @@ def assign(groups: list[int], md5s: list[str], fraction: float, seed: int) -> li
     return side
 
 
-def _clear_previous(out: Path) -> None:
-    manifest = out / MANIFEST
-    if not manifest.is_file():
+def best_copies(groups: list[int], checked: list[clean.Checked]) -> dict[int, int]:
+    """{group: the member to keep} by :func:`clean.keep_rank`, the rule ingest and the merge keep by."""
+    members: dict[int, list[int]] = {}
+    for k, g in enumerate(groups):
+        members.setdefault(g, []).append(k)
+    rank = [clean.keep_rank(c.width, c.height, c.format, c.jpeg_quality, c.md5) for c in checked]
+    return {g: min(ks, key=rank.__getitem__) for g, ks in members.items()}
+
+
+def _check_out(out: Path) -> None:
+    """``out`` is new or an earlier split's: never someone else's train/ or eval/."""
+    if not (out / MANIFEST).is_file():
         for part in ("train", "eval"):
             if (out / part).exists() and any((out / part).iterdir()):
                 raise ConfigError("out", str(out), f"a new folder or an earlier split's (it has {part}/ but no "
                                   f"{MANIFEST})")
-        return
-    for rel, entry in json.loads(manifest.read_text())["files"].items():
-        (out / entry["split"] / rel).unlink(missing_ok=True)
+
+
+def _clear_previous(out: Path) -> None:
+    manifest = out / MANIFEST
+    if manifest.is_file():
+        for rel, entry in json.loads(manifest.read_text())["files"].items():
+            (out / entry["split"] / rel).unlink(missing_ok=True)
 
 
 def split(cfg: SplitConfig) -> dict[str, Any]:
-    """Hash, group and place every image of ``cfg.src``; returns the manifest written to split.json."""
-    _clear_previous(cfg.out)
+    """Hash, group and place every image of ``cfg.src``; returns the manifest written to split.json.
+
+    A split that would leave a side empty fails before anything is written (or an earlier split removed).
+    """
+    _check_out(cfg.out)
     paths = list_images([cfg.src])
+    if not paths:
+        raise ValueError(f"{cfg.src}: no image to split ({', '.join(IMAGE_SUFFIXES)}); nothing written")
     with ThreadPoolExecutor(cfg.workers) as pool:
         results = list(progress(pool.map(lambda p: _hash(p, cfg.max_pixels), paths), total=len(paths),
                                 desc="split", unit="img", enabled=cfg.progress))
     rels = [p.relative_to(cfg.src).as_posix() for p in paths]
-    ok = [i for i, r in enumerate(results) if isinstance(r, tuple)]
+    ok = [i for i, r in enumerate(results) if isinstance(r, clean.Checked)]
     skipped: dict[str, int] = {}
     names: dict[str, list[str]] = {}
     for i, r in enumerate(results):
         if isinstance(r, str):
             skipped[r] = skipped.get(r, 0) + 1
             skips.add_name(names, r, rels[i])
-    md5s = [results[i][0] for i in ok]
-    groups = clean.duplicate_groups(md5s, [results[i][1] for i in ok], cfg.near_dup)
+    md5s = [results[i].md5 for i in ok]
+    groups = clean.duplicate_groups(md5s, [results[i].phash for i in ok], cfg.near_dup)
     sides = assign(groups, md5s, cfg.eval_fraction, cfg.seed)
+    if "eval" not in sides or "train" not in sides:
+        raise ValueError(f"{cfg.src}: {len(ok)} usable images in {len(set(groups))} duplicate groups (skipped: "
+                         f"{skipped or 'none'}) cannot fill both train and eval (eval needs images that are "
+                         "not copies of training ones); nothing written")
+    _clear_previous(cfg.out)
+    best = best_copies(groups, [results[i] for i in ok])
     files = {}
     for k, i in enumerate(ok):
         dst = cfg.out / sides[k] / rels[i]
@@ -133,7 +159,8 @@ def split(cfg: SplitConfig) -> dict[str, Any]:
             shutil.copy2(paths[i], dst)
         else:
             os.symlink(paths[i].resolve(), dst)
-        files[rels[i]] = {"split": sides[k], "group": rels[ok[groups[k]]], "md5": md5s[k]}
+        files[rels[i]] = {"split": sides[k], "group": rels[ok[best[groups[k]]]], "md5": md5s[k],
+                          "best_copy": best[groups[k]] == k}
     manifest = {"src": str(cfg.src), "eval_fraction": cfg.eval_fraction, "near_dup": cfg.near_dup,
                 "seed": cfg.seed, "images": len(ok), "groups": len(set(groups)),
                 "train": sides.count("train"), "eval": sides.count("eval"),
@@ -154,8 +181,4 @@ def run(args: argparse.Namespace) -> int:
     save_beside(cfg, cfg.out, "split")
     log.info("split %s: %d images in %d groups -> train %d, eval %d (%s/train, %s/eval); skipped %s",
              cfg.src, m["images"], m["groups"], m["train"], m["eval"], cfg.out, cfg.out, m["skipped"])
-    if m["eval"] == 0 or m["train"] == 0:
-        log.error("split %s: one side is empty (%d images in %d duplicate groups; skipped: %s): eval needs "
-                  "images that are not copies of training ones", cfg.src, m["images"], m["groups"], m["skipped"])
-        return 1
     return 0

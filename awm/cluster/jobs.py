@@ -285,6 +285,9 @@ class TrainTask(submitit.helpers.Checkpointable):
                           "resubmit to resume from the saved state", job.job_id, restarts)
             else:
                 self._requeue(job.job_id, restarts)
+        # every rank leaves after the requeue: the step runs with srun --kill-on-bad-exit, so a rank
+        # exiting early (non-zero, below) would kill rank 0 inside `scontrol requeue`
+        dist.barrier()
         dist.destroy()
         if restarts >= self.max_requeue:
             return result
@@ -292,8 +295,18 @@ class TrainTask(submitit.helpers.Checkpointable):
 
     @staticmethod
     def _requeue(job_id: str, restarts: int) -> None:
-        proc = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60)
+        # SLURM signals every process of the step, and a preemption's signals keep coming (submitit's
+        # simulated one sends SIGTERM, then USR2, ~0.1 s apart): `scontrol` is started with them
+        # ignored (a child inherits SIG_IGN), or a late one kills it before its request is sent and
+        # the job ends FAILED instead of requeued.
+        late = dict.fromkeys((signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, _preempt_signal()))  # once each
+        previous = {s: signal.signal(s, signal.SIG_IGN) for s in late}
+        try:
+            proc = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60)
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
         if proc.returncode == 0:
             log.warning("job %s: state saved, requeued (restart %d)", job_id, restarts + 1)
         else:  # e.g. SLURM itself is already requeueing a preempted job
-            log.warning("job %s: scontrol requeue: %s", job_id, proc.stderr.strip())
+            log.warning("job %s: scontrol requeue exited %d: %s", job_id, proc.returncode, proc.stderr.strip())

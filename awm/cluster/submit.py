@@ -10,7 +10,8 @@ step: on SLURM the merge is a job that depends on the array (afterany) and check
 finished before merging the per-part shard stats into one ``index.json`` (for a crawl, after
 dropping duplicates across its parts: ``awm.acquire.merge``), so ``awm submit``
 returns at once; with ``--cluster local``/``debug`` it waits and merges in-process. Data stages
-that split their work over ranks instead (eval, score) run as one job of ``--array`` ranks.
+that split their work over ranks instead (eval, score, upscale) run as one job of ranks: one per GPU
+of each node on a profile with GPUs (with ``--device cuda``), else ``--array`` of them.
 Training is one job of ``nodes x gpus_per_node`` tasks (one per GPU) that requeues itself on
 preemption or time limit and resumes. Any other stage is a single job. Every submission gets a
 fresh folder (``<log_dir>/<stage>-<time>-<rand>``) with ``submission.json``, logs, part markers.
@@ -22,131 +23,40 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import re
-import secrets
 import shlex
-import shutil
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from awm import cli
 from awm.cli import COMMANDS
+from awm.cluster.executor import (
+    CLUSTERS,
+    Profile,
+    Request,
+    describe_jobs,
+    fit_signal_delay,
+    load_profile,
+    load_record,
+    make_executor,
+    new_record_dir,
+    print_jobs,
+    render_sbatch,
+    request_from_record,
+    save_record,
+)
 from awm.cluster.jobs import MergeTask, StageTask, TrainTask, parts_done
-from awm.config import ConfigError, check, from_dict, load, parse_override, set_dotted, to_dict
+from awm.cluster.jobstate import active_jobs, wait_jobs
+from awm.config import check, from_dict, parse_override, set_dotted, to_dict
 from awm.dist import Part
-from awm.imageio import atomic_write_text
+from awm.errors import ConfigError
 from awm.log import get_logger
 
 log = get_logger("awm.submit")
 
-DATA_STAGES = ("crawl", "shard", "eval", "score")
-GPU_STAGES = ("eval", "score", "upscale")  # stages that use one GPU per task when the profile has some
-CLUSTERS = ("slurm", "local", "debug")
-PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
-
-
-@dataclass
-class Profile:
-    """A cluster profile (a YAML file, or a shipped one in ``awm/cluster/profiles/``): where and with what a job runs."""
-
-    cluster: Literal["slurm", "local", "debug"] = field(
-        default="slurm", metadata={"help": "submitit backend: slurm, local (subprocesses) or debug (in-process)"})
-    partition: str | None = field(default=None, metadata={"help": "sbatch --partition"})
-    account: str | None = field(default=None, metadata={"help": "sbatch --account"})
-    qos: str | None = field(default=None, metadata={"help": "sbatch --qos"})
-    constraint: str | None = field(default=None, metadata={"help": "sbatch --constraint (node features)"})
-    nodes: int = field(default=1, metadata={"help": "nodes of a training job unless --nodes"})
-    max_nodes: int | None = field(default=None, metadata={"help": "most nodes a job may ask for"})
-    gpus_per_node: int = field(default=0, metadata={"help": "GPUs each node of this partition has"})
-    tasks_per_node: int | None = field(
-        default=None, metadata={"help": "training ranks per node; default: one per GPU, else 1"})
-    cpus_per_task: int = field(default=1, metadata={"help": "CPU cores per task (data loader workers + 1)"})
-    mem: str | None = field(default=None, metadata={"help": "memory per node, sbatch syntax: 64G, 0 = all"})
-    time: int = field(default=60, metadata={"help": "time limit in minutes"})
-    signal_delay_s: int = field(
-        default=120, metadata={"help": "the stop warning (USR2) comes this long before the time limit; a job "
-                                       "whose limit is under twice this gets a quarter of its limit instead"})
-    array_parallelism: int = field(default=64, metadata={"help": "most array tasks running at once"})
-    max_requeue: int = field(default=10, metadata={"help": "most automatic requeues of a training job"})
-    setup: list[str] = field(
-        default_factory=list, metadata={"help": "shell lines run before the job (module load, ...)"})
-    sbatch: dict[str, Any] = field(
-        default_factory=dict, metadata={"help": "extra #SBATCH parameters, e.g. {exclusive: true}"})
-    log_dir: str = field(default=".slurm", metadata={"help": "folder for submissions, logs and pickles"})
-
-    def __post_init__(self) -> None:
-        for key in ("nodes", "cpus_per_task", "time", "array_parallelism"):
-            check(getattr(self, key) >= 1, key, getattr(self, key), "an integer >= 1")
-        check(self.gpus_per_node >= 0, "gpus_per_node", self.gpus_per_node, "an integer >= 0")
-        check(self.max_requeue >= 0, "max_requeue", self.max_requeue, "an integer >= 0")
-        check(self.signal_delay_s >= MIN_SIGNAL_DELAY_S, "signal_delay_s", self.signal_delay_s,
-              f"seconds >= {MIN_SIGNAL_DELAY_S}: the warning must leave time to save a state (0 would send it "
-              "with the kill itself)")
-        check(self.tasks_per_node is None or self.tasks_per_node >= 1, "tasks_per_node",
-              self.tasks_per_node, "null or an integer >= 1")
-        check(self.max_nodes is None or self.max_nodes >= self.nodes, "max_nodes", self.max_nodes,
-              f"null or an integer >= nodes ({self.nodes})")
-        check(self.mem is None or bool(re.fullmatch(r"\d+[KMGT]?B?", str(self.mem))), "mem", self.mem,
-              "null or sbatch memory like 64G, 512000M, 0")
-
-
-def load_profile(name_or_path: str | None, overrides: list[str] | None = None) -> tuple[str, Profile]:
-    """A profile from a YAML path, a name in the working folder's ``slurm/`` or a shipped profile
-    (``awm/cluster/profiles/``, package data, so names work from an installed package); built-ins if None."""
-    names = {f.name for f in dataclasses.fields(Profile)}
-    for item in overrides or []:
-        key = parse_override(item)[0]
-        if key.split(".")[0] not in names:
-            raise ConfigError(f"--set {key}", item, "profile keys: " + ", ".join(sorted(names)))
-    if name_or_path is None:
-        return "default", load(Profile, None, overrides)
-    p = Path(name_or_path)
-    candidates = [p, Path("slurm") / p, Path("slurm") / f"{p}.yaml", PROFILE_DIR / p.name,
-                  PROFILE_DIR / f"{p.name}.yaml"]
-    found = next((c for c in candidates if c.is_file()), None)
-    if found is None:
-        known = sorted(x.stem for x in PROFILE_DIR.glob("*.yaml"))
-        raise ConfigError("--profile", name_or_path, "a YAML file or one of " + ", ".join(known))
-    try:
-        return found.stem, load(Profile, found, overrides)
-    except ConfigError as e:
-        raise ConfigError(f"{found}: {e.key}", e.value, e.valid) from None
-
-
-@dataclass(frozen=True)
-class Request:
-    """What this submission asks for, after the command line has overridden the profile.
-
-    mode: ``train`` (nodes x tasks ranks, requeues itself), ``array`` (a data stage with
-    ``--part``: ``array`` parts + a merge), ``ranks`` (a data stage that splits its work over
-    ranks, like eval: one job of ``tasks_per_node`` ranks), ``sweep`` (an array of sweep points,
-    each ``nodes x tasks_per_node`` ranks, + a summary; awm.cluster.sweep) or ``single`` (any other stage).
-    """
-
-    stage: str
-    mode: Literal["train", "array", "ranks", "sweep", "single"]
-    nodes: int
-    tasks_per_node: int
-    gpus_per_node: int
-    cpus_per_task: int
-    time: int
-    name: str
-    array: int = 1
-    signal_delay_s: int = 120
-
-
-MIN_SIGNAL_DELAY_S = 10
-
-
-def fit_signal_delay(delay_s: int, time_min: int) -> int:
-    """The warning's lead time for a job of ``time_min`` minutes: ``delay_s``, unless that leaves the
-    job less than half its limit before the warning (``--time 2`` with 120 s would warn at the
-    start, every requeue again); then a quarter of the limit."""
-    return delay_s if 2 * delay_s <= 60 * time_min else max(MIN_SIGNAL_DELAY_S, 60 * time_min // 4)
+DATA_STAGES = ("crawl", "shard", "eval", "score", "upscale")
+GPU_STAGES = ("eval", "score", "upscale")  # one rank per GPU of each node when the profile has GPUs
 
 
 def stage_mode(stage: str) -> str:
@@ -155,11 +65,16 @@ def stage_mode(stage: str) -> str:
         return "train"
     if stage not in DATA_STAGES:
         return "single"
+    return "array" if "--part" in stage_options(stage) else "ranks"
+
+
+def stage_options(stage: str) -> set[str]:
+    """The option strings a stage's parser takes (``--part``, ``--device``, ...)."""
     parser, modules = cli.build_parser(stage)
     if modules.get(stage) is None:
         raise ConfigError("stage", stage, "a stage that exists in this awm version (awm --help)")
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[stage]
-    return "array" if any("--part" in a.option_strings for a in sub._actions) else "ranks"
+    return {o for a in sub._actions for o in a.option_strings}
 
 
 def make_request(stage: str, profile: Profile, profile_name: str, args: argparse.Namespace) -> Request:
@@ -175,10 +90,15 @@ def make_request(stage: str, profile: Profile, profile_name: str, args: argparse
             args.gpus_per_node if args.gpus_per_node is not None else profile.gpus_per_node, 1)
         default_gpus = profile.gpus_per_node and tasks
     elif mode == "ranks":
-        check(array % nodes == 0, "--array", array, f"a multiple of --nodes ({nodes}): each node runs "
-              "the same number of ranks")
-        tasks = args.tasks_per_node or array // nodes
-        default_gpus = tasks if stage in GPU_STAGES and profile.gpus_per_node else 0
+        node_gpus = args.gpus_per_node if args.gpus_per_node is not None else profile.gpus_per_node
+        gpu = stage in GPU_STAGES and node_gpus > 0
+        if gpu and args.array is None and args.tasks_per_node is None:
+            tasks = node_gpus  # one rank per GPU of every node: what sharded eval/score/upscale is for
+        else:
+            check(array % nodes == 0, "--array", array, f"a multiple of --nodes ({nodes}): each node runs "
+                  "the same number of ranks")
+            tasks = args.tasks_per_node or array // nodes
+        default_gpus = tasks if gpu else 0
     else:
         check(args.tasks_per_node in (None, 1), "--tasks-per-node", args.tasks_per_node,
               f"1 for '{stage}' (each part is one process)")
@@ -208,105 +128,6 @@ def make_request(stage: str, profile: Profile, profile_name: str, args: argparse
     return Request(stage=stage, mode=mode, nodes=nodes, tasks_per_node=tasks, gpus_per_node=gpus,
                    cpus_per_task=args.cpus_per_task or profile.cpus_per_task, time=time, name=f"awm-{stage}",
                    array=array if mode == "array" else 1, signal_delay_s=delay)
-
-
-def sbatch_parameters(profile: Profile, req: Request) -> dict[str, Any]:
-    """The SLURM executor's parameters (submitit names) for one job: what the sbatch file says."""
-    params: dict[str, Any] = {
-        "job_name": req.name, "time": req.time, "nodes": req.nodes, "ntasks_per_node": req.tasks_per_node,
-        "cpus_per_task": req.cpus_per_task, "signal_delay_s": req.signal_delay_s,
-        "array_parallelism": profile.array_parallelism, "wckey": "awm",
-    }
-    if req.gpus_per_node:
-        params["gpus_per_node"] = req.gpus_per_node
-    for key in ("partition", "account", "qos", "constraint", "mem"):
-        if getattr(profile, key) is not None:
-            params[key] = getattr(profile, key)
-    if profile.setup:
-        params["setup"] = list(profile.setup)
-    extra = {"requeue": True} if req.mode == "train" else {}  # JobRequeue=0 sites refuse scontrol requeue otherwise
-    extra.update(profile.sbatch)
-    if extra:
-        params["additional_parameters"] = extra
-    return params
-
-
-def render_sbatch(profile: Profile, req: Request, folder: Path | str, python: str = sys.executable) -> str:
-    """The sbatch script submitit would write for this request (``--dry-run``, golden tests)."""
-    from submitit.slurm.slurm import _make_sbatch_string
-
-    params = sbatch_parameters(profile, req)
-    if req.array > 1:
-        params["map_count"] = req.array
-    command = f"{shlex.quote(python)} -u -m submitit.core._submit {shlex.quote(str(folder))}"
-    return _make_sbatch_string(command=command, folder=folder, **params)
-
-
-def make_executor(profile: Profile, req: Request, folder: Path, **slurm_extra: Any):
-    """A submitit AutoExecutor for ``req``; jobs run with this process's python (the venv's)."""
-    import submitit
-
-    cluster = profile.cluster
-    if cluster == "slurm" and shutil.which("sbatch") is None:
-        raise ConfigError("--cluster", "slurm",
-                          "'local' or 'debug' on this machine: 'sbatch' is not on PATH (not a SLURM login "
-                          "node); add --cluster local to run the jobs here")
-    python = shlex.quote(sys.executable)
-    kwargs = {"slurm_python": python, "local_python": python} if cluster != "debug" else {}
-    ex = submitit.AutoExecutor(folder=folder, cluster=cluster, **kwargs)
-    if cluster == "slurm":
-        params = {**sbatch_parameters(profile, req), **slurm_extra}
-        ex.update_parameters(**{f"slurm_{k}": v for k, v in params.items()})
-    else:
-        ex.update_parameters(timeout_min=req.time, tasks_per_node=req.tasks_per_node,
-                             gpus_per_node=req.gpus_per_node, cpus_per_task=req.cpus_per_task, name=req.name)
-        if cluster == "local" and profile.setup:
-            ex.update_parameters(local_setup=list(profile.setup))
-    return ex
-
-
-def new_record_dir(profile: Profile, stage: str) -> Path:
-    """A fresh submission folder: job ids restart when a cluster is rebuilt, old pickles must not match."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    d = Path(profile.log_dir).resolve() / f"{stage}-{stamp}-{secrets.token_hex(2)}"
-    d.mkdir(parents=True, exist_ok=False)
-    return d
-
-
-def save_record(record_dir: Path, record: dict[str, Any]) -> None:
-    atomic_write_text(record_dir / "submission.json", json.dumps(record, indent=1))
-
-
-def load_record(record_dir: Path) -> dict[str, Any]:
-    p = Path(record_dir) / "submission.json"
-    if not p.is_file():
-        raise ConfigError("--retry", str(record_dir), "a submission folder printed by awm submit "
-                          "(it holds submission.json)")
-    return json.loads(p.read_text())
-
-
-def describe_jobs(jobs: list, label: str) -> list[dict[str, Any]]:
-    """Job ids and log paths, printed and kept in submission.json."""
-    out = []
-    for j in jobs:
-        entry = {"kind": label, "job_id": str(j.job_id)}
-        if getattr(j, "paths", None) is not None:
-            entry["stdout"], entry["stderr"] = str(j.paths.stdout), str(j.paths.stderr)
-        out.append(entry)
-    return out
-
-
-def print_jobs(entries: list[dict[str, Any]], profile: Profile, record_dir: Path) -> None:
-    for e in entries:
-        logs = f"  log {e['stderr']}" if "stderr" in e else ""
-        print(f"{e['kind']:<6} job {e['job_id']}{logs}")
-    ids = sorted({e["job_id"].split("_")[0] for e in entries})
-    if profile.cluster == "slurm":
-        print(f"watch: squeue -j {','.join(ids)}   (after: sacct -j {','.join(ids)})")
-    if profile.cluster != "debug":
-        # awm logs to stderr (submitit's *_log.err); *_log.out holds only what a stage prints
-        print(f"logs:  tail -F {record_dir}/jobs/*_log.err")
-    print(f"submission: {record_dir}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -377,10 +198,23 @@ def train_task(ns: argparse.Namespace, profile: Profile, gpus: int = 0):
     return TrainTask(ns.config, overrides, profile.max_requeue)
 
 
+def gpu_stage_args(stage: str, stage_args: list[str], gpus: int) -> list[str]:
+    """A stage's arguments in a job given GPUs: ``--device cuda`` added when the stage takes a
+    ``--device`` and the arguments choose none, so a node whose torch (or onnxruntime) cannot see
+    the GPUs fails at start instead of running on its CPUs. ``cuda`` is each rank's own GPU
+    (``awm.dist.init`` makes it the current device)."""
+    chosen = any(a == "--device" or a.startswith("--device=") for a in stage_args)
+    if not gpus or chosen or "--device" not in stage_options(stage):
+        return list(stage_args)
+    return [*stage_args, "--device", "cuda"]
+
+
 def submit(profile: Profile, profile_name: str, req: Request, stage_args: list[str],
            ns: argparse.Namespace, wait: bool = False) -> int:
     """Queue the jobs of one submission, record them, print ids/logs/watch lines; maybe wait."""
     record_dir = new_record_dir(profile, req.stage)
+    if req.stage != "train":
+        stage_args = gpu_stage_args(req.stage, stage_args, req.gpus_per_node)
     record = {"stage": req.stage, "args": list(stage_args), "profile_name": profile_name,
               "profile": to_dict(profile), "request": dataclasses.asdict(req),
               "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "python": sys.executable, "jobs": []}
@@ -394,7 +228,7 @@ def submit(profile: Profile, profile_name: str, req: Request, stage_args: list[s
     save_record(record_dir, record)
     print_jobs(entries, profile, record_dir)
     if wait or profile.cluster != "slurm":
-        return _wait([job])
+        return wait_jobs([job])
     return 0
 
 
@@ -423,11 +257,11 @@ def _submit_parts(profile: Profile, req: Request, record: dict[str, Any], record
         record["jobs"] += entries
         save_record(record_dir, record)
         print_jobs(entries, profile, record_dir)
-        return _wait(jobs + [merge_job]) if wait else 0
+        return wait_jobs(jobs + [merge_job]) if wait else 0
     record["jobs"] += entries
     save_record(record_dir, record)
     print_jobs(entries, profile, record_dir)
-    failed = _wait(jobs)
+    failed = wait_jobs(jobs)
     try:
         result = merge()
     except Exception as e:  # noqa: BLE001 - reported, exit code 1
@@ -435,47 +269,6 @@ def _submit_parts(profile: Profile, req: Request, record: dict[str, Any], record
         return 1
     print(f"merged: {json.dumps(result)}")
     return failed
-
-
-def _wait(jobs: list) -> int:
-    """Block until the jobs end; 0 if all succeeded, else 1 with each failure logged."""
-    import submitit
-
-    failed = 0
-    for j in jobs:
-        try:
-            j.results()
-            print(f"job {j.job_id}: done")
-        except Exception as e:  # noqa: BLE001 - a failed job is a result to report, not a crash
-            failed = 1
-            first = str(e).strip().splitlines()
-            log.error("job %s failed: %s", j.job_id, first[-1] if first else type(e).__name__)
-    _settle(sorted({j.job_id.split("_")[0] for j in jobs if isinstance(j, submitit.SlurmJob)}))
-    return failed
-
-
-def _settle(job_ids: list[str], timeout: float = 60) -> None:
-    """Wait until SLURM has ended the jobs too: a task writes its result just before it exits, and
-    a ``--retry`` right after ``--wait`` would otherwise find them still running."""
-    deadline = time.time() + timeout
-    try:
-        while _active_jobs(job_ids) and time.time() < deadline:
-            time.sleep(0.5)
-    except (OSError, subprocess.SubprocessError) as e:  # no sacct (no accounting): nothing to wait for
-        log.warning("sacct: %s", e)
-
-
-ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED")
-
-
-def _active_jobs(job_ids: list[str]) -> list[str]:
-    """Which of these SLURM jobs are still queued or running (from sacct)."""
-    if not job_ids:
-        return []
-    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],
-                         capture_output=True, text=True, timeout=60, check=True).stdout
-    return [line.split("|")[0] for line in out.splitlines()
-            if "|" in line and line.split("|")[1].split()[0] in ACTIVE_STATES]
 
 
 def retry(record_dir: Path, args: argparse.Namespace, overrides: list[str]) -> int:
@@ -495,7 +288,7 @@ def retry(record_dir: Path, args: argparse.Namespace, overrides: list[str]) -> i
     req = request_from_record(record)
     if profile.cluster == "slurm":
         make_executor(profile, req, record_dir / "jobs")  # the clear error when sbatch is missing
-        active = _active_jobs(sorted({e["job_id"].split("_")[0] for e in record["jobs"]}))
+        active = active_jobs(sorted({e["job_id"].split("_")[0] for e in record["jobs"]}))
         if active:
             raise ConfigError("--retry", str(record_dir), f"a submission whose jobs ended; still queued or "
                               f"running: {', '.join(active)} (scancel them or wait)")
@@ -528,10 +321,11 @@ def run(args: argparse.Namespace) -> int:
     ns = check_stage_args(req, args.stage_args)
     if args.dry_run:
         print(render_sbatch(profile, req, Path(profile.log_dir).resolve() / f"{args.stage}-DRYRUN" / "jobs"))
+        ranks = req.nodes * req.tasks_per_node if req.mode in ("train", "ranks") else 1
+        run_args = ["--config", ns.config, *train_task(ns, profile, req.gpus_per_node).overrides] \
+            if req.stage == "train" else gpu_stage_args(req.stage, args.stage_args, req.gpus_per_node)
+        print(f"# each of the {ranks} task(s) runs: awm {args.stage} {shlex.join(run_args)}")
         return 0
     return submit(profile, profile_name, req, args.stage_args, ns, wait=args.wait)
 
 
-def request_from_record(record: dict[str, Any]) -> Request:
-    return Request(**{f.name: record["request"][f.name] for f in dataclasses.fields(Request)
-                      if f.name in record["request"]})  # older records: the field's default

@@ -12,54 +12,38 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import shutil
 import signal
 import socket
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 from awm import cli
-from awm.cluster import submit as sub
+from awm.cluster.executor import (
+    Profile,
+    Request,
+    describe_jobs,
+    make_executor,
+    new_record_dir,
+    print_jobs,
+    render_sbatch,
+    save_record,
+)
 from awm.cluster.jobs import StageFailed, _preempt_signal, export_rendezvous
-from awm.config import ConfigError, to_dict
-from awm.imageio import atomic_write_text
+from awm.cluster.jobstate import queued_jobs, remember_submission, wait_jobs
+from awm.config import to_dict
+from awm.errors import ConfigError
 from awm.log import get_logger
 
 log = get_logger("awm.submit")
 
 
-SUBMISSIONS = "submissions.json"  # in the sweep folder: the SLURM jobs each submission queued
-
-
-def queued_jobs(folder: Path) -> list[str]:
-    """SLURM jobs of this sweep's earlier submissions that are still queued or running: their points
-    must not be started a second time (a queued point has no record yet)."""
-    p = Path(folder) / SUBMISSIONS
-    if not p.is_file() or shutil.which("sacct") is None:
-        return []
-    ids = sorted({j.split("_")[0] for s in json.loads(p.read_text()) for j in s["jobs"]})
-    # squeue first: slurmctld knows a job the moment it is submitted, while sacct may list it only
-    # after slurmdbd has recorded it (seconds later on a loaded controller)
-    queue = subprocess.run(["squeue", "-h", "-o", "%F"], capture_output=True, text=True, timeout=60)
-    queued = {line.strip() for line in queue.stdout.splitlines()} if queue.returncode == 0 else set()
-    return sorted((queued & set(ids)) | set(sub._active_jobs(ids)))
-
-
-def _remember(folder: Path, record_dir: Path, entries: list[dict[str, Any]]) -> None:
-    p = folder / SUBMISSIONS
-    done = json.loads(p.read_text()) if p.is_file() else []
-    done.append({"submission": str(record_dir), "jobs": [e["job_id"] for e in entries]})
-    atomic_write_text(p, json.dumps(done, indent=1))
-
-
 class PointTask:
-    """One rank of one sweep point: train, then eval (every rank of the point runs this)."""
+    """One rank of one sweep point: train, then eval (every rank of the point runs this); ``device``
+    "cuda" in a job given GPUs (see run_point)."""
 
-    def __init__(self, folder: str, point_id: str):
-        self.folder, self.point_id = folder, point_id
+    def __init__(self, folder: str, point_id: str, device: str | None = None):
+        self.folder, self.point_id, self.device = folder, point_id, device
 
     def __call__(self) -> dict[str, Any]:
         from awm.sweep.spec import load_spec
@@ -73,7 +57,7 @@ class PointTask:
         signal.signal(_preempt_signal(), lambda *_: train.request_stop())
         sweep = open_sweep(load_spec(spec_path(self.folder)))
         point = next(p for p in sweep.points if p.id == self.point_id)
-        state = run_point(sweep, point)
+        state = run_point(sweep, point, self.device)
         if state != "done":
             raise StageFailed(f"sweep point {point.id} ({point.delta}): {state}; see {sweep.run_dir(point)}/point.json")
         return {"point": point.id, "state": state, "host": socket.gethostname(),
@@ -97,8 +81,8 @@ class SweepSummaryTask:
         return {"points": len(sweep.points), "folder": self.folder}
 
 
-def sweep_request(profile: sub.Profile, profile_name: str, args: argparse.Namespace, processes: int,
-                  npoints: int) -> sub.Request:
+def sweep_request(profile: Profile, profile_name: str, args: argparse.Namespace, processes: int,
+                  npoints: int) -> Request:
     """Resources of one point (``processes`` tasks over ``--nodes``) and the array over the points."""
     if args.array not in (None, 1):
         raise ConfigError("--array", args.array, "no --array for a sweep: it is an array of its points")
@@ -119,12 +103,12 @@ def sweep_request(profile: sub.Profile, profile_name: str, args: argparse.Namesp
         raise ConfigError("--nodes", nodes, f"at most {profile.max_nodes} (max_nodes of profile '{profile_name}')")
     if profile.cluster != "slurm" and nodes > 1:
         raise ConfigError("--nodes", nodes, f"1 with the {profile.cluster} backend (one machine)")
-    return sub.Request(stage="sweep", mode="sweep", nodes=nodes, tasks_per_node=tasks, gpus_per_node=gpus,
+    return Request(stage="sweep", mode="sweep", nodes=nodes, tasks_per_node=tasks, gpus_per_node=gpus,
                        cpus_per_task=args.cpus_per_task or profile.cpus_per_task, time=args.time or profile.time,
                        name="awm-sweep", array=max(npoints, 1))
 
 
-def submit_sweep(profile: sub.Profile, profile_name: str, args: argparse.Namespace) -> int:
+def submit_sweep(profile: Profile, profile_name: str, args: argparse.Namespace) -> int:
     """Prepare the sweep folder, submit its unfinished points as an array and the summary after it."""
     from awm.sweep.spec import load_spec
     from awm.sweep.sweep import finish, open_sweep, owner_alive, prepare, spec_path
@@ -151,36 +135,37 @@ def submit_sweep(profile: sub.Profile, profile_name: str, args: argparse.Namespa
         todo.append(p)
     req = sweep_request(profile, profile_name, args, sweep.spec.processes, len(todo))
     if args.dry_run:
-        print(sub.render_sbatch(profile, req, Path(profile.log_dir).resolve() / "sweep-DRYRUN" / "jobs"))
+        print(render_sbatch(profile, req, Path(profile.log_dir).resolve() / "sweep-DRYRUN" / "jobs"))
         return 0
     if not todo:
         print(f"all {len(sweep.points)} points of {sweep.folder} are done: nothing to submit")
         return finish(sweep)
-    record_dir = sub.new_record_dir(profile, "sweep")
+    record_dir = new_record_dir(profile, "sweep")
     record = {"stage": "sweep", "args": list(args.stage_args), "profile_name": profile_name,
               "profile": to_dict(profile), "request": dataclasses.asdict(req), "folder": str(sweep.folder),
               "points": [p.id for p in todo], "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "jobs": []}
-    ex = sub.make_executor(profile, req, record_dir / "jobs")
+    ex = make_executor(profile, req, record_dir / "jobs")
     with ex.batch():
-        jobs = [ex.submit(PointTask(str(sweep.folder), p.id)) for p in todo]
-    entries = sub.describe_jobs(jobs, "point")
+        device = "cuda" if req.gpus_per_node else None
+        jobs = [ex.submit(PointTask(str(sweep.folder), p.id, device)) for p in todo]
+    entries = describe_jobs(jobs, "point")
     for e, p in zip(entries, todo, strict=True):
         e["point"] = p.id
     summary = SweepSummaryTask(str(sweep.folder))
     if profile.cluster == "slurm":
         summary_req = dataclasses.replace(req, nodes=1, tasks_per_node=1, gpus_per_node=0, cpus_per_task=1,
                                           time=min(req.time, 30), name="awm-sweep-summary", array=1)
-        job = sub.make_executor(profile, summary_req, record_dir / "jobs",
+        job = make_executor(profile, summary_req, record_dir / "jobs",
                                 dependency=f"afterany:{jobs[0].job_id.split('_')[0]}").submit(summary)
-        entries += sub.describe_jobs([job], "summary")
+        entries += describe_jobs([job], "summary")
         record["jobs"] += entries
-        sub.save_record(record_dir, record)
-        _remember(sweep.folder, record_dir, entries)
-        sub.print_jobs(entries, profile, record_dir)
-        return sub._wait(jobs + [job]) if args.wait else 0
+        save_record(record_dir, record)
+        remember_submission(sweep.folder, record_dir, entries)
+        print_jobs(entries, profile, record_dir)
+        return wait_jobs(jobs + [job]) if args.wait else 0
     record["jobs"] += entries
-    sub.save_record(record_dir, record)
-    sub.print_jobs(entries, profile, record_dir)
+    save_record(record_dir, record)
+    print_jobs(entries, profile, record_dir)
     for j in jobs:  # the points' own records say how each ended (results() waits 15 s for a killed job's)
         j.wait()
     return finish(sweep)

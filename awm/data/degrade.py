@@ -22,8 +22,9 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
-from awm.config import ConfigError, check, from_dict, help_field, to_dict
+from awm.config import check, from_dict, help_field, to_dict
 from awm.data.degrade_ops import OPS, VIDEO_MISSING, resize, video_available
+from awm.errors import ConfigError
 from awm.imageio import encode_image
 
 Interp = Literal["area", "bilinear", "bicubic", "lanczos"]

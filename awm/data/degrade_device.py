@@ -36,6 +36,7 @@ so those presets stay in the loader workers.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -411,8 +412,14 @@ def _quant_tables(quality: torch.Tensor) -> torch.Tensor:
     jpeg_add_quant_table with force_baseline (integer maths, as libjpeg)."""
     q = quality.clamp(1, 100)
     scale = torch.where(q < 50, 5000 // q, 200 - 2 * q)
-    base = torch.tensor([_STD_LUMA, _STD_CHROMA], dtype=torch.int32, device=q.device).view(1, 2, 8, 8)
-    return ((base * scale.view(-1, 1, 1, 1) + 50) // 100).clamp(1, 255)
+    return ((_base_tables(q.device) * scale.view(-1, 1, 1, 1) + 50) // 100).clamp(1, 255)
+
+
+@functools.cache
+def _base_tables(device: torch.device) -> torch.Tensor:
+    """The IJG base tables (1, 2, 8, 8) int32 on ``device``, built once per device: not a copy from
+    the host at every JPEG of every step."""
+    return _dev([_STD_LUMA, _STD_CHROMA], device, torch.int32).view(1, 2, 8, 8)
 
 
 # libjpeg's ISLOW DCT constants: FIX(c) in 13-bit fixed point (jfdctint.c, jidctint.c).
@@ -505,7 +512,8 @@ def _jpeg(x: torch.Tensor, sizes: Sizes, ops: list[dict[str, Any]]) -> tuple[tor
     y = (_fix(0.299) * r + _fix(0.587) * g + _fix(0.114) * b + half) >> 16
     cb = (-_fix(0.16874) * r - _fix(0.33126) * g + _fix(0.5) * b + off + half - 1) >> 16
     cr = (_fix(0.5) * r - _fix(0.41869) * g - _fix(0.08131) * b + off + half - 1) >> 16
-    c = torch.stack([cb, cr], 1).view(s, 2, hp // 2, 2, wp // 2, 2).sum((3, 5))
+    # int32 as libjpeg (sum() of an integer tensor would promote to int64: twice the memory and time)
+    c = torch.stack([cb, cr], 1).view(s, 2, hp // 2, 2, wp // 2, 2).sum((3, 5), dtype=torch.int32)
     c = (c + 1 + torch.arange(wp // 2, device=dev, dtype=torch.int32) % 2) >> 2
     ch, cw = (hs + 1) // 2, (ws + 1) // 2
     # jcprepct pads the bottom after downsampling: chroma rows past each sample's last are copies of it

@@ -38,12 +38,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from awm.config import ConfigError, check
+from awm.config import check
 from awm.dist import Part
-from awm.imageio import MAX_PIXELS_DEFAULT, ImageError, decode_image, to_rgb8
-from awm.shardio import ShardSet, TarReader, group_members, iter_tar, local_path, resolve, tar_members
-
-IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff")  # pair members; raw shards keep any
+from awm.errors import ConfigError
+from awm.imageio import IMAGE_EXTS, MAX_PIXELS_DEFAULT, ImageError, decode_image, to_rgb8
+from awm.shardio.cache import local_path
+from awm.shardio.locations import ShardSet, resolve
+from awm.shardio.members import group_members, tar_members
+from awm.shardio.read import TarReader, iter_tar
 
 
 @dataclass
@@ -411,6 +413,21 @@ class SkipCounter:
         return out
 
 
+def center_crop(hr: np.ndarray, lr: np.ndarray | None, scale: int,
+                crop: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """HR cut to a multiple of ``scale`` and, with ``crop``, its centred square of ``crop`` px (a
+    multiple of ``scale``, at most the shorter side) with the LR under it: ``validation.crop`` and
+    ``awm eval --crop`` alike, so both score the same pixels."""
+    hr = hr[:hr.shape[0] // scale * scale, :hr.shape[1] // scale * scale]
+    if not crop:
+        return hr, lr
+    h, w = hr.shape[0] // scale, hr.shape[1] // scale
+    q = min(crop // scale, h, w)
+    y, x = (h - q) // 2, (w - q) // 2
+    return (hr[y * scale:(y + q) * scale, x * scale:(x + q) * scale],
+            None if lr is None else lr[y:y + q, x:x + q])
+
+
 def eval_pairs(directory: str | Path, scale: int, rank: int, world: int, limit: int | None = None,
                crop: int | None = None, skipped: Counter | None = None,
                max_pixels: int = MAX_PIXELS_DEFAULT,
@@ -442,13 +459,7 @@ def eval_pairs(directory: str | Path, scale: int, rank: int, world: int, limit: 
                 if skipped is not None:
                     skipped["no_lr"] += 1
                 continue
-            hr = hr[:hr.shape[0] // scale * scale, :hr.shape[1] // scale * scale]
-            h, w = hr.shape[0] // scale, hr.shape[1] // scale
-            if crop:
-                q = min(crop // scale, h, w)
-                y, x = (h - q) // 2, (w - q) // 2
-                lr = lr if lr is None else lr[y:y + q, x:x + q]
-                hr = hr[y * scale:(y + q) * scale, x * scale:(x + q) * scale]
+            hr, lr = center_crop(hr, lr, scale, crop)
             if lr is None:
                 hr = np.ascontiguousarray(hr)
                 lr = degrade_hr(hr, scale, _eval_params(degrade, hr, scale, sample["__key__"]))

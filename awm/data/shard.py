@@ -32,8 +32,8 @@ import cv2
 import numpy as np
 import yaml
 
-from awm import config, dist, shardio
-from awm.config import ConfigError, check
+from awm import config, dist
+from awm.config import check
 from awm.data.degrade import (
     PRESETS,
     Preset,
@@ -45,7 +45,9 @@ from awm.data.degrade import (
     require_video,
 )
 from awm.dist import Part
+from awm.errors import ConfigError
 from awm.imageio import (
+    IMAGE_EXTS,
     MAX_PIXELS_DEFAULT,
     ImageError,
     atomic_write_text,
@@ -58,6 +60,10 @@ from awm.imageio import (
     truncated,
 )
 from awm.log import get_logger, progress
+from awm.shardio.cache import local_path
+from awm.shardio.locations import has_braces, resolve
+from awm.shardio.members import group_members, tar_members
+from awm.shardio.ref import is_remote
 from awm.shardwrite import ShardStats, check_key, shard_done, stats_path, write_index, write_shard
 
 try:  # optional extra 'fast': libspng decodes 8-bit RGB PNGs 2-2.5x faster than OpenCV's libpng
@@ -66,7 +72,6 @@ except ImportError:
     _spng = None
 
 log = get_logger("awm.shard")
-RAW_IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff")
 CONFIG_NAME = "shard_config.yaml"
 
 
@@ -86,6 +91,9 @@ class ShardConfig:
         "help": "preset field overrides, as key=value arguments: degrade.blur_sigma=0.8"})
     split: Literal["train", "eval"] = field(default="train", metadata={"help": "shard name prefix"})
     tile: int = field(default=0, metadata={"help": "train: cut HR into N px tiles (0 = whole images)"})
+    tile_min: int = field(default=64, metadata={
+        "help": "train, with --tile: a source with a side below the tile is kept whole along that side when "
+                "both sides are >= this (the smallest training patch, data.patch); a smaller one is skipped"})
     hr_only: bool = field(default=False, metadata={
         "help": "write HR only (hr.png + json; sides multiples of the largest scale): training makes the LR "
                 "on the fly with data.degrade=PRESET, new draws every crop"})
@@ -111,6 +119,7 @@ class ShardConfig:
         check(self.tile == 0 or (self.tile % m == 0 and self.tile // m >= self.min_lr_side), "tile", self.tile,
               f"0 or a multiple of the largest scale {m} with tile/{m} >= min_lr_side {self.min_lr_side}")
         check(self.split == "train" or self.tile == 0, "tile", self.tile, "0 for the eval split (full images)")
+        check(self.tile_min >= 1, "tile_min", self.tile_min, ">= 1 (the smallest training patch)")
         check(self.workers >= 1, "workers", self.workers, ">= 1")
         check(self.shard_size >= 1, "shard_size", self.shard_size, ">= 1")
         check(0 <= self.hr_png_level <= 9, "hr_png_level", self.hr_png_level, "0..9")
@@ -151,6 +160,7 @@ class Source:
     offset: int = -1
     size: int = -1
     skip: str | None = None  # decided while listing (duplicate id, raw sample without an image)
+    name: str = ""  # the picture's own name (an ingested file's path, a crawled post), for tables and logs
 
     def read(self) -> bytes:
         with open(self.path, "rb") as f:
@@ -166,19 +176,19 @@ def _sanitize(stem: str) -> str:
 
 def _raw_tars(src: str) -> list[tuple[Path, str]]:
     """``(local file, shown name)`` of the raw shards at a location; remote ones are fetched to the cache."""
-    if not shardio.is_remote(src) and Path(src).is_dir():
+    if not is_remote(src) and Path(src).is_dir():
         return [(p, p.name) for p in sorted(Path(src).glob("raw-*.tar"))]
     try:
-        refs = shardio.resolve(src).shards
+        refs = resolve(src).shards
     except (OSError, ValueError) as e:
         raise ConfigError("in", src, f"a folder of raw-*.tar shards or of images, or a shard location ({e})") from None
-    return [(shardio.local_path(r), r.name) for r in refs]
+    return [(local_path(r), r.name) for r in refs]
 
 
 def list_sources(src: str | Path) -> tuple[list[Source], list[str]]:
     """Stable, complete list of sources (raw-*.tar first if any) and unreadable-input messages."""
     src = str(src)
-    if not shardio.is_remote(src) and not shardio.has_braces(src) and not Path(src).is_dir():
+    if not is_remote(src) and not has_braces(src) and not Path(src).is_dir():
         raise ConfigError("in", src, "an existing folder of raw-*.tar shards or of images, or a shard location")
     tars = _raw_tars(src)
     items, errors = ([], []) if not tars else _list_raw(tars)
@@ -193,7 +203,7 @@ def list_sources(src: str | Path) -> tuple[list[Source], list[str]]:
             sid = f"{sid}_{hashlib.sha1(s.source.encode()).hexdigest()[:8]}"
         skip = s.skip or ("duplicate_id" if sid in seen else None)
         seen.add(sid)
-        out.append(Source(sid, s.source, s.path, s.offset, s.size, skip))
+        out.append(Source(sid, s.source, s.path, s.offset, s.size, skip, s.name or s.source))
     return out, errors
 
 
@@ -203,19 +213,35 @@ def _list_raw(tars: list[tuple[Path, str]]) -> tuple[list[Source], list[str]]:
     for tp, name in tars:
         groups: list[tuple[str, dict[str, tuple[int, int]]]] = []
         try:
-            groups.extend(shardio.group_members(shardio.tar_members(tp), name))
+            groups.extend(group_members(tar_members(tp), name))
         except (tarfile.TarError, OSError) as e:
             errors.append(f"{name}: {type(e).__name__}: {e} (samples listed before the error are kept)")
         for key, members in groups:
-            ext = next((e for e in RAW_IMAGE_EXTS if e in members), None)
+            ext = next((e for e in IMAGE_EXTS if e in members), None)
             try:
                 check_key(key)
                 bad = None if ext else "no_image"
             except ValueError:
                 bad = "bad_key"
             offset, size = members[ext] if ext else next(iter(members.values()))
-            items.append(Source(_sanitize(key), f"{name}/{key}.{ext}", str(tp), offset, size, bad))
+            items.append(Source(_sanitize(key), f"{name}/{key}.{ext}", str(tp), offset, size, bad,
+                                _raw_name(tp, members.get("json"))))
     return items, errors
+
+
+def _raw_name(tar: Path, member: tuple[int, int] | None) -> str:
+    """A raw sample's own name from its json: the ingested file's path, or ``<source> post <id>``."""
+    if member is None:
+        return ""
+    try:
+        meta = json.loads(Source("", "", str(tar), *member).read())
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(meta, dict):
+        return ""
+    if meta.get("file_name") and meta.get("source") == "local":
+        return str(meta["file_name"])
+    return f"{meta['source']} post {meta['id']}" if meta.get("source") and meta.get("id") is not None else ""
 
 
 def _is_plain_png(data: bytes) -> bool:
@@ -239,11 +265,12 @@ def decode_source(data: bytes, max_pixels: int) -> tuple[np.ndarray, bool]:
 
 
 def tile_boxes(w: int, h: int, tile: int, multiple: int) -> list[tuple[int, int, int, int]]:
-    """Tiles covering the image, evenly spread (overlap < one tile), corners on the scale grid."""
+    """Tiles covering the image, evenly spread (overlap < one tile), corners on the scale grid; a side
+    shorter than the tile is kept whole (the tiles are that long on it)."""
     def starts(n: int) -> list[int]:
         k = math.ceil(n / tile)
         return [0] if k == 1 else [round(i * (n - tile) / (k - 1)) // multiple * multiple for i in range(k)]
-    return [(x, y, tile, tile) for y in starts(h) for x in starts(w)]
+    return [(x, y, min(tile, w), min(tile, h)) for y in starts(h) for x in starts(w)]
 
 
 def make_samples(src: Source, data: bytes, cfg: ShardConfig, preset: Preset,
@@ -258,7 +285,7 @@ def make_samples(src: Source, data: bytes, cfg: ShardConfig, preset: Preset,
     w, h = probe.width - probe.width % m, probe.height - probe.height % m
     if min(w, h) // m < cfg.min_lr_side:
         raise ImageError("too_small")
-    if cfg.tile and min(w, h) < cfg.tile:
+    if cfg.tile and min(w, h) < min(cfg.tile, cfg.tile_min):  # smaller than the tile, larger: kept whole
         raise ImageError("smaller_than_tile")
     img, is_bgr = decode_source(data, cfg.max_pixels)  # JPEG EXIF orientation may swap the header's w, h
     w, h = img.shape[1] - img.shape[1] % m, img.shape[0] - img.shape[0] % m
@@ -274,7 +301,7 @@ def make_samples(src: Source, data: bytes, cfg: ShardConfig, preset: Preset,
     hr = cv2.cvtColor(hr_src, cv2.COLOR_BGR2RGB) if is_bgr and not lr_bgr else hr_src
     cache: dict = {}
     lrs = {s: apply_params(hr, s, params[f"x{s}"], cache) for s in scales}
-    meta = {"id": src.id, "source": src.source, "scales": scales, "preset": None if cfg.hr_only else preset.name,
+    meta = {"id": src.id, "source": src.source, "name": src.name or src.source, "scales": scales, "preset": None if cfg.hr_only else preset.name,
             "params": params, "seed": cfg.seed, "src_size": [probe.width, probe.height],
             "image_size": [w, h], "converted": converted}
     boxes = tile_boxes(w, h, cfg.tile, m) if cfg.tile else [(0, 0, w, h)]

@@ -14,9 +14,10 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
+import textwrap
 import time
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -24,11 +25,15 @@ from typing import Literal
 import numpy as np
 
 from awm import dist
-from awm.config import ConfigError, add_dataclass_arguments, check, from_args, save_beside
+from awm.config import add_dataclass_arguments, check, from_args, save_beside
+from awm.errors import ConfigError
 from awm.eval import metrics, results
 from awm.imageio import ImageError, atomic_write_bytes, atomic_write_text
 from awm.log import get_logger, progress
-from awm.shardio import group_members, iter_tar, local_path, resolve, tar_members
+from awm.shardio.cache import local_path
+from awm.shardio.locations import resolve
+from awm.shardio.members import group_members, tar_members
+from awm.shardio.read import iter_tar
 
 log = get_logger("awm.evaluate")
 BASELINES = ("bicubic", "lanczos")
@@ -50,8 +55,10 @@ class EvalConfig:
     tile_pad: int = field(default=32, metadata={"help": "overlap around each tile"})
     precision: Literal["fp32", "bf16", "fp16"] = field(default="fp32", metadata={"help": "model precision"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N"})
+    crop: int | None = field(default=None, metadata={
+        "help": "score a centred HR crop of N px per image, as training's validation.crop (unset: whole images)"})
     grid: int = field(default=4, metadata={"help": "samples shown in the comparison grid"})
-    crop: int = field(default=160, metadata={"help": "HR crop size in the comparison grid"})
+    grid_crop: int = field(default=160, metadata={"help": "HR crop size in the comparison grid"})
     download: bool = field(default=False, metadata={
         "help": "let pyiqa download missing metric weights (off: fail fast, offline nodes)"})
     niqe_model: str | None = field(default=None, metadata={
@@ -64,7 +71,8 @@ class EvalConfig:
         check(bool(self.metrics), "metrics", self.metrics, "at least one metric")
         check(self.limit >= 0, "limit", self.limit, ">= 0")
         check(self.tile == 0 or self.tile >= 16, "tile", self.tile, "0 or >= 16")
-        check(self.crop >= 16, "crop", self.crop, ">= 16")
+        check(self.crop is None or self.crop >= 16, "crop", self.crop, ">= 16, or unset for whole images")
+        check(self.grid_crop >= 16, "grid_crop", self.grid_crop, ">= 16")
 
 
 class Upscaler:
@@ -83,12 +91,15 @@ class Upscaler:
                 raise ConfigError("models", name, f"a model of scale {scale} (this one is x{self.model.scale})")
 
     def __call__(self, lr: np.ndarray) -> np.ndarray:
+        if self.name == "bicubic":
+            from awm.eval.psnr_ssim import bicubic
+
+            return bicubic(lr, self.scale)
         if self.model is None:
             from PIL import Image
 
             h, w = lr.shape[:2]
-            method = Image.Resampling.BICUBIC if self.name == "bicubic" else Image.Resampling.LANCZOS
-            return np.array(Image.fromarray(lr).resize((w * self.scale, h * self.scale), method))
+            return np.array(Image.fromarray(lr).resize((w * self.scale, h * self.scale), Image.Resampling.LANCZOS))
         from awm.upscale.infer import upscale_array
 
         return upscale_array(self.model, lr, tile=self.cfg.tile, tile_pad=self.cfg.tile_pad,
@@ -146,14 +157,16 @@ def count_samples(data: str | Path, limit: int = 0) -> int:
     return min(n, limit) if limit else n
 
 
-def decode_pair(sample: dict, scale: int) -> tuple[np.ndarray, np.ndarray]:
-    """(HR, LR) as RGB uint8, the order of the training loader's decoder (which this one wraps);
-    an eval sample must have its LR: ImageError with a skip reason otherwise."""
+def decode_pair(sample: dict, scale: int, crop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(HR, LR) as RGB uint8, the order of the training loader's decoder (which this one wraps),
+    cropped as validation crops (``crop``); an eval sample must have its LR: ImageError with a skip
+    reason otherwise."""
+    from awm.data.loader import center_crop
     from awm.data.loader import decode_pair as decode_hr_lr
     hr, lr = decode_hr_lr(sample, scale, need_lr=True)
     if lr is None:
         raise ImageError(f"no_lr_x{scale}")
-    return hr, lr
+    return center_crop(hr, lr, scale, crop)
 
 
 def _crops(lr: np.ndarray, hr: np.ndarray, srs: dict[str, np.ndarray], scale: int, crop: int) -> dict:
@@ -193,8 +206,8 @@ def comparison_grid(crops: list[tuple[str, dict]], path: Path) -> Path:
             ax.imshow(cs[name], interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
-            if r == 0:
-                ax.set_title(name if len(name) <= 16 else "…" + name[-15:], fontsize=8)
+            if r == 0:  # a long name (a release's) wrapped onto lines that fit the column, never cut
+                ax.set_title("\n".join(textwrap.wrap(name, 18, break_on_hyphens=True)) or name, fontsize=8)
             if c == 0:
                 ax.set_ylabel(sid, fontsize=7)
     fig.tight_layout()
@@ -204,9 +217,28 @@ def comparison_grid(crops: list[tuple[str, dict]], path: Path) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
+def image_name(sample: dict) -> str:
+    """What a person calls a sample's picture: its shard json's ``name`` (the source file's path, or
+    the crawled post), with a tile's position; the sample key for shards written before names."""
+    try:
+        meta = json.loads(sample.get("json") or b"{}")
+    except ValueError:
+        meta = {}
+    name = (meta.get("name") if isinstance(meta, dict) else None) or sample["__key__"]
+    tile = meta.get("tile") if isinstance(meta, dict) else None
+    return f"{name} @{tile[0]},{tile[1]}" if isinstance(tile, list) and len(tile) >= 2 else str(name)
+
+
 def score_rank(cfg: EvalConfig, d: dist.DistEnv) -> dict:
     """This rank's rows, grid crops, skip reasons and timing."""
+    from awm.upscale.tiling import device_scope
+
     device = dist.resolve_device(cfg.device)
+    with device_scope(device):  # cuda:N: every stream, event and buffer on GPU N, no context on GPU 0
+        return _score_rank(cfg, d, device)
+
+
+def _score_rank(cfg: EvalConfig, d: dist.DistEnv, device: str) -> dict:
     upscalers = [Upscaler(m, cfg.scale, cfg, device) for m in cfg.models]
     mets = metrics.create_all(cfg.metrics, device, cfg.download, cfg.niqe_model, border=cfg.scale)
     n = count_samples(cfg.data, cfg.limit)
@@ -217,7 +249,7 @@ def score_rank(cfg: EvalConfig, d: dist.DistEnv) -> dict:
     for gi, sample in progress(samples, total=len(mine), desc="eval", unit="img"):
         seen.append(gi)
         try:
-            hr, lr = decode_pair(sample, cfg.scale)
+            hr, lr = decode_pair(sample, cfg.scale, cfg.crop)
         except ImageError as e:
             skipped[e.reason] += 1
             continue
@@ -227,14 +259,14 @@ def score_rank(cfg: EvalConfig, d: dist.DistEnv) -> dict:
             sr = srs[up.name] = up(lr)
             t_up += time.perf_counter() - t
             t = time.perf_counter()
-            row = {"index": gi, "model": up.name, "id": sample["__key__"]}
+            row = {"index": gi, "model": up.name, "image": image_name(sample), "id": sample["__key__"]}
             for m in mets:
                 row[m.name] = m(sr, hr if m.full_reference else None,
                                 image=f"sample {sample['__key__']} ({up.name})")
             t_metric += time.perf_counter() - t
             rows.append(row)
         if gi < cfg.grid:
-            crops.append((gi, sample["__key__"], _crops(lr, hr, srs, cfg.scale, cfg.crop)))
+            crops.append((gi, sample["__key__"], _crops(lr, hr, srs, cfg.scale, cfg.grid_crop)))
     return {"rows": rows, "crops": crops, "skipped": dict(skipped), "seen": seen,
             "lower_better": {m.name: m.lower_better for m in mets},
             "timing": {"rank": d.rank, "seconds": time.perf_counter() - t0, "upscale_s": t_up,
@@ -262,14 +294,14 @@ def write_outputs(cfg: EvalConfig, parts: list[dict], world: int) -> Path:
     n = count_samples(cfg.data, cfg.limit)
     rows, skipped = merge(parts, n, cfg.models)
     lower = parts[0]["lower_better"]
-    results.write_csv(out / "per_image.csv", rows, ["model", "id", "index", *cfg.metrics])
+    results.write_csv(out / "per_image.csv", rows, ["model", "image", "id", "index", *cfg.metrics])
     summary = results.summarize(rows, cfg.metrics, "model")
     paths = {m: str(Path(m).resolve()) for m in cfg.models if m not in BASELINES}
     extra = {"title": f"Evaluation x{cfg.scale} on {cfg.data}", "data": cfg.data, "scale": cfg.scale,
              "samples": n, "scored": len({r["index"] for r in rows}), "skipped": dict(skipped),
-             "model_paths": paths}
+             "crop": cfg.crop, "model_paths": paths}
     results.write_summary(out, summary, cfg.metrics, lower, extra, "model")
-    link_runs(paths.values(), out / "summary.json")
+    link_runs(paths, out / "summary.json")
     results.bar_charts(summary, cfg.metrics, lower, out / "figures")
     crops = sorted((c for p in parts for c in p["crops"]), key=lambda c: c[0])
     if crops:
@@ -294,16 +326,62 @@ def run_folder(model_path: str | Path) -> Path | None:
     return None
 
 
-def link_runs(model_paths: Iterable[str], summary: Path) -> None:
-    """Note ``summary`` in each evaluated run's ``evals.json``, where ``awm report`` looks: the
-    results are found wherever ``--out`` put them. A run folder that cannot be written is only logged."""
-    for run in {r for r in map(run_folder, model_paths) if r is not None}:
-        path = run / EVALS_FILE
+def link_runs(model_paths: dict[str, str], summary: Path) -> None:
+    """Note ``summary`` in each evaluated run's ``evals.json``, where ``awm report`` and ``awm export``
+    look (:func:`run_evals`): the results are found wherever ``--out`` put them. Each note holds the
+    summary's path relative to the run folder (a run copied or moved together with its results, or
+    read from another cwd, still finds them), its absolute path (a run moved without them) and the
+    run's model name in it. A run folder that cannot be written is only logged."""
+    target = summary.resolve()
+    for name, path in model_paths.items():
+        run = run_folder(path)
+        if run is None:
+            continue
+        record = run / EVALS_FILE
         try:
-            known = json.loads(path.read_text()).get("summaries", []) if path.is_file() else []
-            atomic_write_text(path, json.dumps({"summaries": sorted({*known, str(summary.resolve())})}, indent=1))
+            notes = [n for n in _notes(record) if n.get("absolute") != str(target)]
+            notes.append({"summary": os.path.relpath(target, run.resolve()), "absolute": str(target), "model": name})
+            atomic_write_text(record, json.dumps({"summaries": notes}, indent=1))
         except (OSError, ValueError) as e:
-            log.warning("could not note this evaluation in %s (awm report will not find it there): %s", path, e)
+            log.warning("could not note this evaluation in %s (awm report/export will not find it there): %s",
+                        record, e)
+
+
+def _notes(record: Path) -> list[dict]:
+    """The notes of an ``evals.json`` (older ones held bare absolute paths)."""
+    if not record.is_file():
+        return []
+    return [n if isinstance(n, dict) else {"absolute": str(n)} for n in json.loads(record.read_text()).get(
+        "summaries", [])]
+
+
+def run_evals(run: Path) -> tuple[dict, str, Path] | None:
+    """The run's newest ``awm eval`` summary, the run's model name in it and its path, or None.
+
+    Looked for in the run's ``evals.json`` (each note relative to the run folder first, then
+    absolute) and among the summary.json files inside the run folder; one function for ``awm
+    report`` and ``awm export``, so both quote the same evaluation."""
+    found: dict[Path, str | None] = {}
+    for note in _notes(run / EVALS_FILE):
+        for p in ([run / note["summary"]] if note.get("summary") else []) + [Path(note.get("absolute", ""))]:
+            if p.name and p.is_file():
+                found.setdefault(p.resolve(), note.get("model"))
+                break
+    for p in run.rglob("summary.json"):
+        found.setdefault(p.resolve(), None)
+    for path in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True):
+        doc = json.loads(path.read_text())
+        models = [m for m in doc.get("models", {}) if m not in BASELINES]
+        noted = found[path]
+        if noted in models:
+            return doc, noted, path
+        where = doc.get("model_paths") or {}
+        mine = [m for m in models if m in where and (r := run_folder(where[m])) and r.resolve() == run.resolve()]
+        if not mine and not where and run.resolve() in path.parents:
+            mine = models[:1]
+        if mine:
+            return doc, mine[0], path
+    return None
 
 
 def evaluate(cfg: EvalConfig) -> Path | None:

@@ -3,9 +3,12 @@
 pyiqa computes these with float64 ``torch.conv2d`` on full-size images (an 11x11 window for SSIM,
 7x7 for NIQE's normalisation), which on a CPU costs ~1-2 s per 0.5-MP image: more than the
 model being judged. The same definitions, step by step as pyiqa 0.1.16 computes them, run here
-with OpenCV's float64 filters (separable for SSIM's Gaussian, the 2-D kernel as pyiqa rounds it
-for NIQE) and numpy; the values agree with pyiqa's within 1e-4 (tests/unit/eval/test_fast_metrics.py)
-and ``tests/benchmarks/bench_eval.py`` measures both. What each step copies from pyiqa:
+with OpenCV's float64 filters (the 2-D kernels as pyiqa rounds them to float32) and numpy.
+Given the same 8-bit luma the values equal pyiqa's to float64 rounding
+(``ssim_luma``/``niqe_luma``; tests/unit/eval/test_fast_metrics.py checks 1e-9 relative); from RGB
+they can differ only where pyiqa's float32 luma lands within float32 rounding of a .5 tie, which a
+CPU's BLAS path (FMA, summation order) rounds either way. ``tests/benchmarks/bench_eval.py``
+measures both. What each step copies from pyiqa:
 
 - Luma: pyiqa converts the float32 image (uint8 / 255) with a float32 matrix product; SSIM and
   NIQE then scale by 255 and round (``preprocess_rgb``/``to_y_channel``), PSNR keeps [0, 1].
@@ -32,13 +35,14 @@ _YCBCR_Y = tuple(np.float32(w) for w in (65.481, 128.553, 24.966))
 
 
 def luma(img: np.ndarray, color_space: str, scale255: bool) -> np.ndarray:
-    """pyiqa's ``to_y_channel`` of an 8-bit RGB image, bit for bit, as float64.
+    """pyiqa's ``to_y_channel`` of an 8-bit RGB image, as float64, the same on every CPU.
 
-    pyiqa multiplies the float32 image (uint8 / 255) by a float32 matrix in torch; for a 3-term
-    dot product that is ``(r*w0 + g*w1) + b*w2`` in float32 without fused multiply-adds, which
-    numpy computes exactly so (equal for every one of the 2^24 colours, checked against torch in
-    tests/unit/eval/test_fast_metrics.py). Other orders differ in the last bit, and a luma off by
-    one level at a .5 tie moves NIQE's block statistics.
+    pyiqa multiplies the float32 image (uint8 / 255) by a float32 matrix in torch: BLAS computes
+    that 3-term dot product in an order (and with or without fused multiply-adds) that depends on
+    the CPU. Here it is ``(r*w0 + g*w1) + b*w2`` in float32, element-wise numpy operations that
+    every IEEE CPU rounds alike (what torch gives on an AVX2 path). Both lie within float32
+    rounding of the exact value, so they round to the same level except for colours within
+    that bound of a .5 tie (tests/unit/eval/test_fast_metrics.py).
     """
     if color_space == "yiq":
         w, bias = _YIQ_Y, None
@@ -61,13 +65,6 @@ def _crop(a: np.ndarray, border: int) -> np.ndarray:
     return a[border:-border, border:-border] if border else a
 
 
-def _gauss_1d(size: int, sigma: float) -> np.ndarray:
-    m = (size - 1) / 2.0
-    x = np.arange(-m, m + 1)
-    g = np.exp(-(x * x) / (2.0 * sigma * sigma))
-    return g / g.sum()
-
-
 @cache
 def _fspecial(size: int, sigma: float) -> np.ndarray:
     """pyiqa's ``fspecial`` Gaussian exactly: float64 formula, rounded to float32, used as float64."""
@@ -81,13 +78,16 @@ def _fspecial(size: int, sigma: float) -> np.ndarray:
 
 def ssim_y(img: np.ndarray, ref: np.ndarray, color_space: str = "yiq", crop_border: int = 0) -> float:
     """pyiqa ``SSIM(test_y_channel=True, downsample=False)`` (its ``ssim`` metric)."""
-    x = luma(_crop(img, crop_border), color_space, True)
-    y = luma(_crop(ref, crop_border), color_space, True)
-    g = _gauss_1d(11, 1.5)
+    return ssim_luma(luma(_crop(img, crop_border), color_space, True), luma(_crop(ref, crop_border), color_space, True))
+
+
+def ssim_luma(x: np.ndarray, y: np.ndarray) -> float:
+    """pyiqa's SSIM of two 8-bit luma planes (float64, 0..255): all float64 from here on."""
+    k = _fspecial(11, 1.5)  # pyiqa's window as float32 rounds it (a float64 separable one reads ~1e-7 off)
     r = 5  # 'valid' region of the 11x11 window
 
     def blur(a: np.ndarray) -> np.ndarray:
-        return cv2.sepFilter2D(a, cv2.CV_64F, g, g, borderType=cv2.BORDER_REFLECT)[r:-r, r:-r]
+        return cv2.filter2D(a, cv2.CV_64F, k, borderType=cv2.BORDER_REFLECT)[r:-r, r:-r]
 
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
     mu1, mu2 = blur(x), blur(y)
@@ -166,10 +166,14 @@ def _block_features(img: np.ndarray, bh: int, bw: int):
 
 def niqe(img: np.ndarray, model_path: str | Path, color_space: str = "yiq", crop_border: int = 0) -> float:
     """pyiqa ``NIQE(pretrained_model_path=model_path)`` of an 8-bit RGB image."""
+    return niqe_luma(_crop(luma(img, color_space, True), crop_border), model_path)
+
+
+def niqe_luma(y: np.ndarray, model_path: str | Path) -> float:
+    """pyiqa's NIQE of an 8-bit luma plane (float64, 0..255): all float64 from here on."""
     import torch
     from pyiqa.matlab_utils import imresize, nancov, nanmean
 
-    y = _crop(luma(img, color_space, True), crop_border)
     b = 96
     h, w = (y.shape[0] // b) * b, (y.shape[1] // b) * b
     y = y[:h, :w]

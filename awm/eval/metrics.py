@@ -2,7 +2,7 @@
 
 Names are pyiqa's (``psnry`` works on BT.601 Y, 16..235 as in MATLAB's rgb2ycbcr, the SR convention,
 with ``border`` = scale pixels cropped: it is training validation's own function,
-:class:`awm.eval.psnr_ssim.PsnrY`; pyiqa's default, YIQ's full-range Y, reads 20 log10(255/219) = 1.32 dB
+:class:`awm.eval.psnr_ssim.PsnrY`, as ``ssimy`` is validation's SSIM-Y; pyiqa's default, YIQ's full-range Y, reads 20 log10(255/219) = 1.32 dB
 lower; ``ssim`` is pyiqa's, on YIQ's Y rounded to 8 bits, as in its published calibration), ``ms_ssim``, ``lpips``,
 ``dists``; no-reference ``niqe``, ``maniqa``, ``clipiqa``, ``musiq``, ``piqe``, ...) plus
 ``niqe_anime``: pyiqa's NIQE with our pristine model fitted on anime images (awm.eval.niqe).
@@ -31,13 +31,14 @@ from typing import Any
 
 import numpy as np
 
+from awm.errors import ConfigError
 from awm.eval import weights
 from awm.eval.niqe import default_model_path
 from awm.imageio import to_rgb8, to_tensor
 from awm.log import get_logger
 
 # Work with no weight file at all (niqe_anime's model ships with the package).
-WEIGHT_FREE = ("psnr", "psnry", "ssim", "ssimc", "ms_ssim", "cw_ssim", "fsim", "vif", "gmsd", "nlpd",
+WEIGHT_FREE = ("psnr", "psnry", "ssimy", "ssim", "ssimc", "ms_ssim", "cw_ssim", "fsim", "vif", "gmsd", "nlpd",
                "mad", "vsi", "piqe", "entropy", "niqe_anime")
 DEFAULT_FULL_REFERENCE = ("psnry", "ssim", "niqe_anime")
 DEFAULT_NO_REFERENCE = ("niqe_anime", "piqe")
@@ -106,7 +107,7 @@ def _known_names() -> set[str]:
     if spec is None or not spec.submodule_search_locations:
         raise MissingWeightsError("pyiqa is not installed (pip install pyiqa)")
     src = (Path(next(iter(spec.submodule_search_locations))) / "default_model_configs.py").read_text()
-    return set(re.findall(r"^ {8}'([\w+\-.]+)': \{", src, flags=re.M)) | {"niqe_anime"}
+    return set(re.findall(r"^ {8}'([\w+\-.]+)': \{", src, flags=re.M)) | {"niqe_anime", "ssimy"}
 
 
 def check(names: list[str], allow_download: bool = False) -> None:
@@ -114,8 +115,8 @@ def check(names: list[str], allow_download: bool = False) -> None:
     known = _known_names()
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(f"unknown metric(s) {', '.join(unknown)}; weight-free ones: {', '.join(WEIGHT_FREE)};"
-                         " all: pyiqa.list_models()")
+        raise ConfigError("metrics", ",".join(unknown), f"weight-free ones: {', '.join(WEIGHT_FREE)}; "
+                          "all: pyiqa.list_models()")
     if allow_download:
         return
     problems = []
@@ -132,7 +133,7 @@ def check(names: list[str], allow_download: bool = False) -> None:
         raise MissingWeightsError(
             "metric weights missing (downloads are off): " + "; ".join(problems)
             + f". Put the files in a folder on this machine and run '{weights.STAGE_HINT}'"
-            " (see 'awm weights list'), or allow downloads where there is internet.")
+            " (see 'awm weights list'), or re-run with --download where there is internet.")
 
 
 def _fast(name: str, pyiqa_name: str, kwargs: dict[str, Any]) -> Metric | None:
@@ -165,6 +166,10 @@ def create(name: str, device: str = "cpu", allow_download: bool = False,
         from awm.eval.psnr_ssim import PsnrY
 
         return Metric(name, True, False, PsnrY(border, device))
+    if name == "ssimy":  # training validation's SSIM-Y (BT.601 Y, 16..235, border); ``ssim`` is pyiqa's on YIQ
+        from awm.eval.psnr_ssim import SsimY
+
+        return Metric(name, True, False, SsimY(border, device))
     kwargs: dict[str, Any] = {}
     pyiqa_name = name
     if name == "niqe_anime":

@@ -42,8 +42,9 @@ from pathlib import Path
 
 import numpy as np
 
-from awm.config import ConfigError, add_dataclass_arguments, check, from_args
+from awm.config import add_dataclass_arguments, check, from_args
 from awm.data.synth import generate
+from awm.errors import ConfigError
 from awm.imageio import atomic_write_text, list_images, read_image, to_rgb8, to_tensor, usual_mode
 from awm.log import get_logger, progress
 

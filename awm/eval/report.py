@@ -18,12 +18,14 @@ from typing import Any
 
 import yaml
 
-from awm import shardio
 from awm.config import check, from_args
 from awm.eval import results
-from awm.eval.evaluate import BASELINES, EVALS_FILE, run_folder
+from awm.eval.evaluate import BASELINES, EVALS_FILE, run_evals
 from awm.imageio import atomic_write_text
 from awm.log import get_logger
+from awm.shardio.cache import ShardFetchError
+from awm.shardio.locations import INDEX_NAME, has_braces, resolve
+from awm.shardio.ref import is_remote
 
 log = get_logger("awm.report")
 
@@ -51,14 +53,14 @@ def _train_index(location: str) -> dict[str, Any]:
     """The index of a run's training shards: a local folder's index.json, or a remote index.json
     (fetched, not the shards). A brace pattern or single .tar has none; an unreachable index is
     logged and its columns stay empty, so one moved dataset does not hide the other runs."""
-    if not (shardio.is_remote(location) or shardio.has_braces(location) or location.endswith(".tar")):
+    if not (is_remote(location) or has_braces(location) or location.endswith(".tar")):
         p = Path(location)
-        return _json(p if p.suffix == ".json" else p / shardio.INDEX_NAME)
-    if shardio.has_braces(location) or location.endswith(".tar"):
+        return _json(p if p.suffix == ".json" else p / INDEX_NAME)
+    if has_braces(location) or location.endswith(".tar"):
         return {}
     try:
-        return shardio.resolve(location).index
-    except (shardio.ShardFetchError, ValueError) as e:
+        return resolve(location).index
+    except (ShardFetchError, ValueError) as e:
         log.warning("training data index of a run not readable, preset/data_size left empty: %s", e)
         return {}
 
@@ -80,34 +82,16 @@ def _steps(run: Path) -> int | None:
     return max(steps) if steps else None
 
 
-def _eval_summary(run: Path) -> tuple[dict[str, Any], str] | None:
-    """The run's newest eval summary and the run's model name in it: one noted in ``evals.json`` or
-    inside the run folder whose model path is this run (older summaries without paths, inside the
-    run folder: their first model that is not a baseline)."""
-    noted = [Path(p) for p in _json(run / EVALS_FILE).get("summaries", [])]
-    paths = {p.resolve() for p in [*noted, *run.rglob("summary.json")] if p.is_file()}
-    for path in sorted(paths, key=lambda p: p.stat().st_mtime, reverse=True):
-        doc = _json(path)
-        models = [m for m in doc.get("models", {}) if m not in BASELINES]
-        where = doc.get("model_paths") or {}
-        mine = [m for m in models if m in where and (r := run_folder(where[m])) and r.resolve() == run.resolve()]
-        if not mine and not where and run.resolve() in path.parents:
-            mine = models[:1]
-        if mine:
-            return doc, mine[0]
-    return None
-
-
 def _means(stats: dict[str, Any]) -> dict[str, float]:
     return {m: s["mean"] for m, s in stats.items() if s.get("mean") is not None}
 
 
 def _eval(run: Path) -> tuple[dict[str, float], dict[str, bool], str]:
     """Metric means of the run's model in its newest eval summary (baselines skipped)."""
-    found = _eval_summary(run)
+    found = run_evals(run)
     if found is None:
         return {}, {}, ""
-    doc, model = found
+    doc, model, _ = found
     lower = {m: bool(v.get("lower_better")) for m, v in doc.get("metrics", {}).items()}
     return _means(doc["models"][model]), lower, str(doc.get("data", ""))
 
@@ -116,7 +100,7 @@ def baseline_rows(runs: list[Path]) -> list[dict[str, Any]]:
     """One row per baseline and eval set, from the summaries the runs' rows come from."""
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for run in runs:
-        found = _eval_summary(run)
+        found = run_evals(run)
         doc = found[0] if found else {}
         for name, stats in doc.get("models", {}).items():
             if name in BASELINES:
@@ -151,7 +135,7 @@ def report(cfg: ReportConfig) -> Path:
         row, lo = run_row(Path(r))
         rows.append(row)
         lower.update(lo)
-    ranked = list(rows)  # bold marks the best run; baselines are the reference beside them
+    nruns = len(rows)
     rows += baseline_rows([Path(r) for r in cfg.runs])
     metric_cols = sorted({k for r in rows for k in r} - set(BASE_COLUMNS))
     out = Path(cfg.out)
@@ -159,16 +143,22 @@ def report(cfg: ReportConfig) -> Path:
     results.write_csv(out / "report.csv", rows, BASE_COLUMNS + metric_cols)
     header = BASE_COLUMNS + [f"{m} {results.DOWN if lower.get(m) else results.UP}" for m in metric_cols]
     lines = ["# Experiments", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    # the best row per column, baselines included: a run that loses to bicubic must not look best
+    best = {m: results.best_groups({x["run"]: {m: {"mean": x.get(m)}} for x in rows}, m, lower.get(m, False))
+            for m in metric_cols}
     for r in rows:
         cells = [str(r.get(c, "")) for c in BASE_COLUMNS]
         for m in metric_cols:
             v = r.get(m)
-            best = results.best_groups({x["run"]: {m: {"mean": x.get(m)}} for x in ranked}, m, lower.get(m, False))
             text = "" if v is None else f"{v:.4f}"
-            cells.append(f"**{text}**" if text and r["run"] in best and len(ranked) > 1 else text)
+            cells.append(f"**{text}**" if text and r["run"] in best[m] and len(rows) > 1 else text)
         lines.append("| " + " | ".join(cells) + " |")
     if metric_cols:
-        lines += ["", f"{results.UP} higher is better, {results.DOWN} lower is better; best run per column in bold."]
+        lines += ["", f"{results.UP} higher is better, {results.DOWN} lower is better; the best row per column "
+                      "in bold, baselines included."]
+        lines += [f"No run beats {' and '.join(sorted(b.removesuffix(' (baseline)') for b in best[m]))} on {m}."
+                  for m in metric_cols if best[m] and all(r not in best[m] for r in (x["run"] for x in rows[:nruns]))
+                  and any(rows[i].get(m) is not None for i in range(nruns))]
     else:
         lines += ["", "No evaluation found for these runs: `awm eval --models RUN_DIR ...` notes its results in "
                   f"each run's {EVALS_FILE}, wherever its --out is."]

@@ -107,9 +107,23 @@ def markdown_table(summary: dict[str, dict], metrics: list[str], lower_better: d
     return "\n".join(lines) + "\n" + note
 
 
+def value_range(means: list[float], errs: list[float]) -> tuple[float, float] | None:
+    """The value axis of a bar chart: near the data, so 1-2 dB between 28 dB bars stays visible (from 0
+    they all look alike); None (matplotlib's own, from 0) when the values span 0 or reach near it."""
+    ends = [(m - e, m + e) for m, e in zip(means, errs, strict=True) if math.isfinite(m)]
+    if not ends:
+        return None
+    lo, hi = min(a for a, _ in ends), max(b for _, b in ends)
+    span = max(hi - lo, 1e-6 * max(abs(lo), abs(hi)), 1e-12)
+    if lo <= 0 or lo < 2 * span:
+        return None
+    return lo - span, hi + 0.25 * span
+
+
 def bar_charts(summary: dict[str, dict], metrics: list[str], lower_better: dict[str, bool],
                out_dir: Path) -> list[Path]:
-    """One PNG per metric: a bar per group with its 95% CI as the error bar."""
+    """One PNG per metric: a bar per group with its 95% CI as the error bar and its value on it; the
+    axis starts near the data (:func:`value_range`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -123,7 +137,11 @@ def bar_charts(summary: dict[str, dict], metrics: list[str], lower_better: dict[
         errs = [((s := summary[g][m])["ci95"][1] - s["ci95"][0]) / 2 if summary[g][m]["ci95"] else 0.0
                 for g in groups]
         fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(groups) + 1.5), 3.5), dpi=100)
-        ax.bar(range(len(groups)), means, yerr=errs, capsize=4, color="#4c72b0")
+        bars = ax.bar(range(len(groups)), means, yerr=errs, capsize=4, color="#4c72b0")
+        ax.bar_label(bars, labels=[_fmt(v) if math.isfinite(v) else "" for v in means], fontsize=8)
+        limits = value_range(means, errs)
+        if limits is not None:
+            ax.set_ylim(*limits)
         ax.set_xticks(range(len(groups)), [g if len(g) <= 18 else "…" + g[-17:] for g in groups],
                       rotation=20, ha="right")
         ax.set_title(f"{m} ({'lower' if lower_better[m] else 'higher'} is better)")

@@ -56,7 +56,16 @@ def list_inputs(inputs: list[str]) -> list[tuple[str, Path]]:
 
 
 def score_rank(cfg: ScoreConfig, items: list[tuple[str, Path]], d: dist.DistEnv) -> dict:
-    mets = metrics.create_all(cfg.metrics, dist.resolve_device(cfg.device), cfg.download, cfg.niqe_model)
+    """This rank's rows, skip reasons and timing, with every CUDA object on the chosen device."""
+    from awm.upscale.tiling import device_scope
+
+    device = dist.resolve_device(cfg.device)
+    with device_scope(device):  # cuda:N: streams and buffers on GPU N, no context on GPU 0
+        return _score_rank(cfg, items, d, device)
+
+
+def _score_rank(cfg: ScoreConfig, items: list[tuple[str, Path]], d: dist.DistEnv, device: str) -> dict:
+    mets = metrics.create_all(cfg.metrics, device, cfg.download, cfg.niqe_model)
     full_ref = [m.name for m in mets if m.full_reference]
     if full_ref:
         raise ValueError(f"{', '.join(full_ref)} need a reference image; awm score takes no-reference metrics "

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from awm.config import ConfigError
+from awm.errors import ConfigError
 from awm.imageio import atomic_write_text
 
 HERE = Path(__file__).parent

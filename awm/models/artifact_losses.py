@@ -10,6 +10,7 @@ device. Tensors are RGB in [0, 1], NCHW; every term is computed in float32.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -117,9 +118,26 @@ def focal_frequency_loss(sr: torch.Tensor, hr: torch.Tensor, alpha: float = 1.0)
     return (w * dist).mean()
 
 
+# The constants below are built once per device (functools.cache): a tensor made from Python
+# numbers at every step is a copy from pageable host memory that waits for the device's stream.
+@functools.cache
 def _gauss_1d(size: int, sigma: float, device: torch.device) -> torch.Tensor:
     g = torch.exp(-((torch.arange(size, dtype=torch.float32, device=device) - size // 2) ** 2) / (2 * sigma ** 2))
     return g / g.sum()
+
+
+@functools.cache
+def _ms_ssim_weights(scales: int, device: torch.device) -> torch.Tensor:
+    """The paper's weights of the first ``scales`` scales, renormalised to sum to 1."""
+    weights = torch.tensor(MS_SSIM_WEIGHTS[:scales], device=device)
+    return weights / weights.sum()
+
+
+@functools.cache
+def _ycbcr(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """JPEG's RGB -> YCbCr matrix (3, 3) and offset (1, 3, 1, 1), float32."""
+    m = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], device=device)
+    return m, torch.tensor([0.0, 0.5, 0.5], device=device).view(1, 3, 1, 1)
 
 
 def ms_ssim_scales(height: int, width: int, at_most: int = 5) -> int:
@@ -141,8 +159,7 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, scales: int = 5) -> torch.Tensor:
     """
     x, y = x.float(), y.float()
     m = ms_ssim_scales(x.shape[-2], x.shape[-1], scales)
-    weights = torch.tensor(MS_SSIM_WEIGHTS[:m], device=x.device)
-    weights = weights / weights.sum()
+    weights = _ms_ssim_weights(m, x.device)
     c = x.shape[1]
     g = _gauss_1d(SSIM_WINDOW, SSIM_SIGMA, x.device)
     kh, kw = g.view(1, 1, -1, 1).repeat(c, 1, 1, 1), g.view(1, 1, 1, -1).repeat(c, 1, 1, 1)
@@ -168,8 +185,8 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, scales: int = 5) -> torch.Tensor:
 
 def rgb_to_ycbcr(x: torch.Tensor) -> torch.Tensor:
     """Full-range BT.601 YCbCr (JPEG's) of RGB in [0, 1]; Cb and Cr centred on 0.5."""
-    m = x.new_tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
-    return torch.einsum("ij,njhw->nihw", m, x) + x.new_tensor([0.0, 0.5, 0.5]).view(1, 3, 1, 1)
+    m, offset = _ycbcr(x.device)
+    return torch.einsum("ij,njhw->nihw", m.to(x.dtype), x) + offset.to(x.dtype)
 
 
 def color_consistency_loss(sr: torch.Tensor, hr: torch.Tensor, pool: int = 4) -> torch.Tensor:

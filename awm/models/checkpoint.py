@@ -26,7 +26,7 @@ import pickle
 import re
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,10 +37,12 @@ from spandrel.architectures.GRL import GRL
 from torch import nn
 
 from awm import __version__
-from awm.config import ConfigError, digest
+from awm.config import digest
+from awm.errors import ConfigError
 from awm.imageio import atomic_write_text, usual_mode
 from awm.log import get_logger
 from awm.models.archs import ARCHS, build_model, describe, export_state_dict, model_info, resolve_hparams
+from awm.models.loaded import CheckpointError, LoadedModel
 
 log = get_logger(__name__)
 
@@ -55,27 +57,6 @@ PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel and torch.compil
 ColorOrder = Literal["rgb", "bgr"]
 # The channel order each source's weights were trained on (APISR: OpenCV images, never converted).
 TRAINED_COLOR_ORDER: dict[str, ColorOrder] = {"apisr": "bgr", "realesrgan": "rgb", "plain": "rgb", "awm": "rgb"}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, unsafe or unrecognised; the message names the file and the fix."""
-
-
-@dataclass
-class LoadedModel:
-    """A model ready for inference: eval mode, RGB float [0,1] NCHW in and out."""
-
-    module: nn.Module
-    arch: str
-    scale: int
-    hparams: dict[str, Any]
-    supports_bf16: bool
-    supports_fp16: bool
-    size_multiple: int
-    size_min: int
-    in_channels: int
-    source: str
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 class ChannelSwap(nn.Module):
@@ -153,7 +134,7 @@ def _load_ours(ckpt: Path, device: str) -> LoadedModel:
         raise CheckpointError(f"{ckpt / META_FILE}: format {meta.get('format')!r}, expected {FORMAT!r}")
     arch, scale, hp = meta["arch"], int(meta["scale"]), meta["hparams"]
     module = build_model(arch, scale, **hp)
-    module.load_state_dict(load_file(str(ckpt / MODEL_FILE)), strict=True)
+    module.load_state_dict(read_weights(ckpt / MODEL_FILE), strict=True)
     info = meta["info"]  # spandrel's descriptor facts, computed once at save time
     return LoadedModel(module.to(device).eval(), arch, scale, resolve_hparams(arch, **hp), info["supports_bf16"],
                        info["supports_fp16"], info["size_multiple"], info["size_min"], 3, "awm", meta)
@@ -165,7 +146,12 @@ def read_weights(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     if path.suffix.lower() == ".safetensors":
-        return load_file(str(path))
+        from safetensors import SafetensorError
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as e:  # a truncated or corrupt file: named, one line
+            raise CheckpointError(f"{path}: not a readable .safetensors file ({e})") from None
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

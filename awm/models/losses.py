@@ -101,7 +101,9 @@ RESNET_LAYERS = ["0"] + [f"{s}_{b}_conv{c}" for s, n in RESNET_BLOCKS.items() fo
 
 @dataclass
 class PixelConfig:
-    type: Literal["l1", "charbonnier"] = field(default="l1", metadata={"help": "pixel loss"})
+    type: Literal["l1", "charbonnier", "l2"] = field(default="l1", metadata={
+        "help": "pixel loss; l2 (mean squared error) for a from-scratch model on flat-dominated content, "
+                "where L1 pulls the residual to exactly zero (nearest-neighbour)"})
     weight: float = field(default=1.0, metadata={"help": "weight of the pixel loss (0 = off)"})
     eps: float = field(default=1e-3, metadata={"help": "charbonnier epsilon"})
 
@@ -189,7 +191,8 @@ class VGGFeatures(nn.Module):
         self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        x, out = (x - self.mean) / self.std, {}
+        # in the backbone's dtype (settle_backbones): under DeepSpeed no autocast casts for it
+        x, out = ((x.float() - self.mean) / self.std).to(self.features[0].weight.dtype), {}
         for i, layer in enumerate(self.features):
             x = layer(x)
             if i in self.index:
@@ -233,7 +236,7 @@ class ResNetFeatures(nn.Module):
         hooks = [self._module(n).register_forward_hook(lambda _m, _i, o, n=n: out.__setitem__(n, o))
                  for n in self.layers]
         try:
-            self.body((x - self.mean) / self.std)
+            self.body(((x.float() - self.mean) / self.std).to(self.body[0].weight.dtype))  # as VGGFeatures
         finally:
             for h in hooks:
                 h.remove()
@@ -290,7 +293,14 @@ def gan_discriminator_terms(kind: str, real: torch.Tensor | list[torch.Tensor],
 
 
 class PixelLoss(nn.Module):
-    """L1 or Charbonnier, unweighted: the L1 warm-up stage trains on this term alone."""
+    """L1, Charbonnier or L2, unweighted: the L1 warm-up stage trains on this term alone.
+
+    On anime content most HR pixels equal their nearest-neighbour LR pixel (flat fills), so the
+    residual a net like Compact must add is zero there. L1's gradient there is +-1 however small
+    the residual: a from-scratch net that cannot yet tell flats from edges is pulled to output zero
+    everywhere (measured, tiny-cpu on 282 real tiles: 99.8% of output pixels equal to
+    nearest-neighbour by step 150, -0.24 dB vs bicubic), and stays. L2's gradient vanishes with
+    the residual, so the edges' errors lead (+0.31 dB vs bicubic at step 150)."""
 
     def __init__(self, cfg: PixelConfig):
         super().__init__()
@@ -300,6 +310,8 @@ class PixelLoss(nn.Module):
         diff = sr.float() - hr.float()
         if self.type == "l1":
             return diff.abs().mean()
+        if self.type == "l2":
+            return (diff * diff).mean()
         return torch.sqrt(diff * diff + self.eps ** 2).mean()
 
 

@@ -2,11 +2,11 @@
 
 Like the ONNX files, an NCNN pair is written only after ncnn (CPU, fp32: the fp16/bf16 storage
 options off) reproduces the torch output at two input sizes, on noise and generated content,
-at PSNR >= :data:`FLOOR_DB`. Measured (pnnx/ncnn 20261020, the ``-tiny`` variants): Compact and
-RRDB pass (96-104 dB); SPAN runs but differs (29-48 dB), so the verification refuses it; HAT,
-SwinIR and DAT convert with operators ncnn has no layer for (``Tensor.fill``, ``masked_fill``,
+at PSNR >= :data:`FLOOR_DB`. The weights are stored in float32 (pnnx's default is float16, whose
+rounding alone kept a Compact near 70 dB and a SPAN below the floor). Compact, RRDB and SPAN pass;
+HAT, SwinIR and DAT convert with operators ncnn has no layer for (``Tensor.fill``, ``masked_fill``,
 ``torch.eq``: the shifted-window attention masks), refused before ncnn runs them; pnnx fails on
-GRL (it writes invalid Python).
+GRL (it writes invalid Python). The figures per architecture: ``tests/benchmarks/bench_export.py``.
 pnnx names the graph's input ``in0`` and output ``out0``; the shapes stay dynamic.
 """
 
@@ -34,7 +34,7 @@ def export_ncnn(module: nn.Module, out_dir: Path, name: str, example_side: int) 
     b = torch.rand(1, 3, example_side + example_side // 2, example_side)  # a second shape keeps H, W dynamic
     with tempfile.TemporaryDirectory(prefix="awm-pnnx-") as tmp:
         try:
-            pnnx.export(net, str(Path(tmp) / "model.pt"), (a,), (b,))
+            pnnx.export(net, str(Path(tmp) / "model.pt"), (a,), (b,), fp16=False)
         except Exception as e:  # noqa: BLE001 - pnnx raises plain errors from its binary; name the cause
             raise ExportError(f"pnnx could not convert the model: {str(e)[:300]}") from e
         made = {s: Path(tmp) / f"model.ncnn.{s}" for s in ("param", "bin")}
@@ -76,11 +76,12 @@ def run_ncnn(param: Path, weights: Path, x: torch.Tensor) -> np.ndarray:
     return np.stack(ys)
 
 
-def verify_ncnn(module: nn.Module, param: Path, weights: Path, multiple: int, minimum: int) -> dict[str, float]:
-    """PSNR (dB) of ncnn against the fp32 torch module on the ONNX check's inputs (batch 1)."""
+def verify_ncnn(module: nn.Module, param: Path, weights: Path, multiple: int, minimum: int,
+                extra: list[tuple[str, torch.Tensor]] = ()) -> dict[str, float]:
+    """PSNR (dB) of ncnn against the fp32 torch module on the ONNX check's inputs (batch 1) plus ``extra``."""
     ref = module.eval().float()
     result = {}
     with torch.inference_mode():
-        for label, x in verification_inputs(multiple, minimum, "fixed"):
+        for label, x in [*verification_inputs(multiple, minimum, "fixed"), *extra]:
             result[label] = round(psnr(ref(x).numpy(), run_ncnn(param, weights, x)), 2)
     return result

@@ -29,15 +29,17 @@ import torch
 from torch import nn
 
 from awm import __version__
+from awm.dist import NoGPUError
 from awm.log import get_logger
+from awm.models.loaded import CheckpointError, LoadedModel
 
 log = get_logger(__name__)
 
 OPSET = 18
 FP32_FLOOR_DB = 50.0
-# fp16 weights and activations against the fp32 torch output. Measured worst cases: span-tiny 60 dB,
-# hat-tiny 70, compact-tiny 76, a demo-recipe Compact on the real anime images of shared/data/real
-# 72; the floor leaves room for deeper nets, whose fp16 error grows with depth.
+# fp16 weights and activations against the fp32 torch output: the -tiny models and the demo's Compact
+# reach ~65-80 dB (tests/benchmarks/bench_export.py); the floor leaves room for deeper nets, whose fp16
+# error grows with depth.
 FP16_FLOOR_DB = 40.0
 Precision = Literal["fp32", "fp16", "bf16"]
 META_PREFIX = "awm_"
@@ -72,12 +74,20 @@ PLANS: dict[str, Plan] = {
     "GRL": Plan("fixed", "batch fixed at 1 (height and width stay dynamic): with a dynamic batch onnxruntime "
                          "reproduces torch only at the example's batch (141 dB at batch 2, 29-31 dB at batch 1), "
                          "the exporter specialising a batch-dependent reshape of the stripe/anchor attention; "
-                         "export takes ~2 min for grl-tiny on 2 cores"),
+                         "export takes ~2 min for grl-tiny on 2 cores",
+               no_fp16="spandrel's GRL rebuilds its relative-coordinate tables in float32 inside forward for "
+                       "each input size (set_table_index_mask), so a half-precision model feeds float32 into its "
+                       "half cpb_mlp (eager torch fails the same way)"),
 }
 
 
 class ExportError(RuntimeError):
     """An architecture or precision that cannot be exported and verified; the message says why."""
+
+
+def floor_db(precision: Precision) -> float:
+    """The PSNR (dB) an exported file of ``precision`` must reach against the fp32 torch output."""
+    return FP32_FLOOR_DB if precision == "fp32" else FP16_FLOOR_DB
 
 
 def plan_for(spandrel_id: str, precision: Precision = "fp32") -> Plan:
@@ -182,29 +192,94 @@ def read_metadata(session: Any) -> dict[str, str]:
     return {k[len(META_PREFIX):]: v for k, v in custom.items() if k.startswith(META_PREFIX)}
 
 
-def providers(device: str) -> list[str | tuple[str, dict[str, Any]]]:
-    """Execution providers for ``device``: TensorRT and CUDA first on a CUDA device when installed, CPU last.
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+INSTALL_GPU = ("pip uninstall -y onnxruntime && pip install onnxruntime-gpu (the GPU build replaces the CPU "
+               "one: with both installed one overwrites the other)")
 
-    ``cuda:N`` becomes the providers' ``device_id`` (onnxruntime's documented option), so each rank
-    of a multi-GPU ``awm upscale`` uses its own GPU (not run here: no GPU on the development machine).
+
+def device_index(device: str) -> int:
+    """The GPU of ``cuda:N`` (N), or of ``cuda`` (torch's current device: this rank's once
+    ``awm.dist.init`` set it, so every rank of a multi-GPU job does not land on GPU 0)."""
+    if ":" in device:
+        return int(device.split(":", 1)[1])
+    return torch.cuda.current_device() if torch.cuda.is_available() else 0
+
+
+def trt_cache_dir(model: Path) -> Path:
+    """Where TensorRT keeps the engines it builds for ``model``: beside it (``<model>.trt/``) when
+    that folder is writable, else ``$XDG_CACHE_HOME/awm/tensorrt`` (engines are keyed by model and
+    shape inside). Without a cache every process rebuilds each engine, minutes per tile shape."""
+    beside = model.with_name(model.name + ".trt")
+    if os.access(model.parent, os.W_OK):
+        return beside
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "awm" / "tensorrt"
+
+
+def providers(device: str, available: list[str] | None = None,
+              trt_cache: Path | None = None) -> list[str | tuple[str, dict[str, Any]]]:
+    """Execution providers for ``device``: CPU alone for the CPU; for ``cuda[:N]`` TensorRT (when
+    offered, with an engine cache in ``trt_cache``) then CUDA on GPU N (``device_id``), CPU last for
+    the few nodes the GPU providers do not implement.
+
+    A CUDA request on an onnxruntime without the CUDA provider (the CPU-only ``onnxruntime``
+    package offers Azure and CPU) raises :class:`awm.dist.NoGPUError` saying how to install
+    ``onnxruntime-gpu``, instead of running silently on the CPU. ``available``: the providers the
+    installed onnxruntime offers (default: asked from it).
     """
-    import onnxruntime as ort
+    if not device.startswith("cuda"):
+        return ["CPUExecutionProvider"]
+    if available is None:
+        import onnxruntime as ort
 
-    available = ort.get_available_providers()
-    wanted = ["TensorrtExecutionProvider", "CUDAExecutionProvider"] if device.startswith("cuda") else []
-    index = int(device.split(":", 1)[1]) if ":" in device else 0
-    return [(p, {"device_id": index}) for p in wanted if p in available] + ["CPUExecutionProvider"]
+        available = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in available:
+        raise NoGPUError(f"device {device} asks onnxruntime for a GPU but onnxruntime {runtime_version()} offers "
+                         f"only {', '.join(available)} (the CPU build): {INSTALL_GPU}; or choose --device cpu")
+    index = device_index(device)
+    out: list[str | tuple[str, dict[str, Any]]] = []
+    if "TensorrtExecutionProvider" in available and trt_cache is not None:
+        out.append(("TensorrtExecutionProvider", {
+            "device_id": index, "trt_engine_cache_enable": True, "trt_engine_cache_path": str(trt_cache),
+            "trt_timing_cache_enable": True, "trt_timing_cache_path": str(trt_cache)}))
+    return [*out, ("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+
+
+def check_providers(used: list[str], device: str) -> None:
+    """NoGPUError unless a session for a CUDA ``device`` really runs on a GPU provider: onnxruntime
+    drops a provider whose libraries (CUDA, cuDNN, TensorRT) fail to load and goes on with the CPU."""
+    if device.startswith("cuda") and not any(p in used for p in GPU_PROVIDERS):
+        raise NoGPUError(f"device {device}: onnxruntime {runtime_version()} created the session with "
+                         f"{', '.join(used)} only: its CUDA provider did not load (CUDA/cuDNN libraries of the "
+                         f"versions onnxruntime-gpu was built for missing, or no GPU visible); see onnxruntime's "
+                         f"log above, or choose --device cpu")
 
 
 def session(path: str | Path, device: str = "cpu", threads: int | None = None) -> Any:
-    """An onnxruntime session for ``path`` on ``device`` with ``threads`` intra-op threads (default torch's)."""
+    """An onnxruntime session for ``path`` on ``device`` with ``threads`` intra-op threads (default torch's).
+
+    On a CUDA device the session is checked to run on a GPU provider (:func:`check_providers`)
+    and its CPU fallback is disabled: a run that fails on the GPU raises instead of being retried
+    on the CPU at a fraction of the speed.
+    """
     import onnxruntime as ort
 
+    path = Path(path)
+    cuda = device.startswith("cuda")
+    cache = trt_cache_dir(path) if cuda else None
+    wanted = providers(device, trt_cache=cache)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or torch.get_num_threads()
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=opts, providers=providers(device))
+    if cache is not None and any(isinstance(p, tuple) and p[0] == "TensorrtExecutionProvider" for p in wanted):
+        cache.mkdir(parents=True, exist_ok=True)
+        log.warning("TensorRT builds an engine on the first run of each input shape (minutes); later runs load "
+                    "it from %s", cache)
+    sess = ort.InferenceSession(str(path), sess_options=opts, providers=wanted)
+    if cuda:
+        check_providers(sess.get_providers(), device)
+        sess.disable_fallback()
+    return sess
 
 
 class OnnxModule(nn.Module):
@@ -232,15 +307,15 @@ class OnnxModule(nn.Module):
         return torch.from_numpy(y.astype(np.float32, copy=False)).to(x.device)
 
 
-def load_onnx(path: str | Path, device: str = "cpu"):
+def load_onnx(path: str | Path, device: str = "cpu") -> LoadedModel:
     """A LoadedModel for an ONNX file: AWM's metadata when present, else scale probed on a 32 px input."""
-    from awm.models.checkpoint import CheckpointError, LoadedModel
-
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     try:
         sess = session(path, device)
+    except NoGPUError:
+        raise
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
         raise CheckpointError(f"{path}: onnxruntime cannot load it ({str(e)[:300]})") from None
     meta = read_metadata(sess)

@@ -19,6 +19,8 @@ from awm.eval import results
 from awm.eval.report import _json, _loss_summary, _train_index, _yaml
 
 RERUN = " (its full config: `train_config.yaml`; `awm train --config train_config.yaml` reruns it)"
+GAN_STAGE_ONLY = ("gan.", "perceptual.")  # loss terms of the GAN stage only (awm.models.losses.LossConfig)
+GRID_SIDE = 128  # LR pixels of the card's crop: enough picture to judge, small enough to see pixels
 
 
 @dataclass
@@ -41,6 +43,7 @@ class Training:
     loss: list[str] = field(default_factory=list)
     config_digest: str | None = None
     init: str | None = None  # model.init: the weights file the run was fine-tuned from
+    validation: dict[str, Any] = field(default_factory=dict)  # the run's last validation (train_stats.json)
 
 
 def run_dir_of(path: Path) -> Path | None:
@@ -64,24 +67,30 @@ def training_facts(path: Path, meta: dict[str, Any]) -> Training:
     otf = bool(data.get("degrade"))
     batch = data.get("batch_size")
     hours = stats.get("wall_s", 0) * (ranks or 1) / 3600 if stats.get("wall_s") else None
+    steps, gan_start = meta.get("step", stats.get("step")), cfg.get("gan_start")
+    loss = _loss_summary(cfg.get("loss") or {})
+    if isinstance(steps, int) and isinstance(gan_start, int) and gan_start >= steps:  # never reached the GAN stage
+        loss = [term for term in loss if not term.startswith(GAN_STAGE_ONLY)]
+    validation = dict(stats.get("validation") or {}, step=stats.get("step")) if stats.get("validation") else {}
     return Training(run=run, run_name=cfg.get("name"), gan_start=cfg.get("gan_start"), steps=meta.get("step", stats.get("step")),
                     batch=batch * (ranks or 1) * int((cfg.get("optim") or {}).get("accum", 1)) if batch else None,
                     hr_patch=data.get("patch"), otf=otf, preset=data.get("degrade") or index.get("preset"),
                     dataset=str(data.get("train")) if data.get("train") else None,
                     dataset_size=index.get("nsamples"), device_hours=round(hours, 4) if hours else None,
-                    ranks=ranks, precision={"no": "fp32"}.get(stats.get("precision"), stats.get("precision")), loss=_loss_summary(cfg.get("loss") or {}),
-                    config_digest=meta.get("config_digest"), init=(cfg.get("model") or {}).get("init"))
+                    ranks=ranks, precision={"no": "fp32"}.get(stats.get("precision"), stats.get("precision")), loss=loss,
+                    config_digest=meta.get("config_digest"), init=(cfg.get("model") or {}).get("init"),
+                    validation=validation)
 
 
 def eval_summary(explicit: Path | None, run: Path | None) -> tuple[dict[str, Any], Path | None]:
-    """The ``awm eval`` summary to quote: ``explicit``, else the newest one inside the run folder."""
+    """The ``awm eval`` summary to quote: ``explicit``, else the run's newest, found as ``awm report``
+    finds it (:func:`awm.eval.evaluate.run_evals`: wherever its ``--out`` was)."""
+    from awm.eval.evaluate import run_evals
+
     if explicit is not None:
         return _json(explicit), explicit
-    for p in sorted(run.rglob("summary.json") if run else [], key=lambda p: p.stat().st_mtime, reverse=True):
-        doc = _json(p)
-        if doc.get("models"):
-            return doc, p
-    return {}, None
+    found = run_evals(run) if run else None
+    return (found[0], found[2]) if found else ({}, None)
 
 
 def eval_table(doc: dict[str, Any]) -> str:
@@ -93,19 +102,84 @@ def eval_table(doc: dict[str, Any]) -> str:
     return results.markdown_table(models, list(metrics), lower)
 
 
-def crop_grid(lr: np.ndarray, sr: np.ndarray, scale: int, name: str, path: Path, side: int = 96) -> Path:
-    """LR (nearest) | bicubic | model on a central ``side``-px LR crop, through awm.eval's grid figure."""
+def vs_bicubic(doc: dict[str, Any]) -> list[str]:
+    """One line per evaluated model: each metric's difference to bicubic, said as better or worse."""
+    models, metrics = doc.get("models") or {}, doc.get("metrics") or {}
+    base = models.get("bicubic")
+    if not base:
+        return []
+    lines = []
+    for name, stats in models.items():
+        if name in ("bicubic", "lanczos"):
+            continue
+        parts = []
+        for m, info in metrics.items():
+            a, b = (stats.get(m) or {}).get("mean"), (base.get(m) or {}).get("mean")
+            if a is None or b is None:
+                continue
+            better = a < b if info.get("lower_better") else a > b
+            parts.append(f"{m} {a - b:+.4g} ({'better' if better else 'worse' if a != b else 'equal'})")
+        if parts:
+            lines.append(f"`{name}` vs bicubic: " + ", ".join(parts) + ".")
+    return lines
+
+
+def _validation(v: dict[str, Any]) -> str:
+    """The run's last validation against bicubic on the same crops, in one table cell."""
+    if not v.get("images") or v.get("psnr_y") is None or v.get("bicubic_psnr_y") is None:
+        return "unknown"
+    text = (f"PSNR-Y {v['psnr_y']:.3f} dB vs bicubic {v['bicubic_psnr_y']:.3f} dB "
+            f"({v['psnr_y'] - v['bicubic_psnr_y']:+.3f} dB)")
+    if v.get("ssim_y") is not None:
+        text += f", SSIM-Y {v['ssim_y']:.4f}" + (f" vs bicubic {v['bicubic_ssim_y']:.4f}"
+                                                 if v.get("bicubic_ssim_y") is not None else "")
+    return f"{text}; step {_fmt(v.get('step'))}, {v['images']} images"
+
+
+def detailed_window(img: np.ndarray, side: int) -> tuple[int, int]:
+    """(y, x) of the ``side``-px square with the most gradient energy: a centre crop of a wallpaper
+    is often flat sky or a black square; the card must show where upscaling matters (edges, lines)."""
+    gray = cv2.cvtColor(img[..., :3], cv2.COLOR_RGB2GRAY) if img.ndim == 3 else img
+    g = gray.astype(np.float32) / (65535.0 if gray.dtype == np.uint16 else 255.0)
+    energy = cv2.Sobel(g, cv2.CV_32F, 1, 0) ** 2 + cv2.Sobel(g, cv2.CV_32F, 0, 1) ** 2
+    total = cv2.integral(energy.astype(np.float64))
+    h, w = g.shape
+    step = max(1, side // 8)
+    best, where = -1.0, ((h - side) // 2, (w - side) // 2)
+    for y in range(0, h - side + 1, step):
+        for x in range(0, w - side + 1, step):
+            e = total[y + side, x + side] - total[y, x + side] - total[y + side, x] + total[y, x]
+            if e > best:
+                best, where = e, (y, x)
+    return where
+
+
+def crop_grid(lr: np.ndarray, sr: np.ndarray, scale: int, name: str, path: Path, side: int = GRID_SIDE) -> Path:
+    """LR (nearest) | bicubic | model on the ``side``-px LR crop with the most detail, through awm.eval's
+    grid figure."""
     from awm.eval.evaluate import comparison_grid
 
     h, w = lr.shape[:2]
     s = min(side, h, w)
-    y, x = (h - s) // 2, (w - s) // 2
+    y, x = detailed_window(lr, s)
     crop = lr[y:y + s, x:x + s]
     big = (s * scale, s * scale)
     cols = {"LR (nearest)": cv2.resize(crop, big, interpolation=cv2.INTER_NEAREST),
             "bicubic": cv2.resize(crop, big, interpolation=cv2.INTER_CUBIC),
             name: sr[y * scale:(y + s) * scale, x * scale:(x + s) * scale]}
-    return comparison_grid([("center crop", cols)], path)
+    return comparison_grid([(f"crop at {x},{y}", cols)], path)
+
+
+def dataset_text(t: Training) -> str | None:
+    """OpenModelDB's ``dataset``: what the data was, for readers elsewhere; a URL is kept, a local path
+    (meaningless off this machine) is not."""
+    from awm.shardio.ref import is_remote
+
+    if not t.dataset:
+        return None
+    where = f" from {t.dataset}" if is_remote(t.dataset) else ""
+    size = f"{t.dataset_size} " if t.dataset_size else ""
+    return f"{size}anime wallpaper HR/LR pairs{where} (AWM shards, degradation preset {_fmt(t.preset)})"
 
 
 def _stages(t: Training) -> str:
@@ -131,12 +205,13 @@ def model_card(name: str, entry: dict[str, Any], t: Training, files: list[dict[s
               f"| degradation preset | {_fmt(t.preset)}{' (on the fly)' if t.otf else ''} |",
               f"| training data | {_fmt(t.dataset)} ({_fmt(t.dataset_size)} pairs) |",
               f"| loss | {', '.join(t.loss) or 'unknown'} |",
+              f"| validation (last, vs bicubic on the same crops) | {_validation(t.validation)} |",
               f"| device-hours (wall x ranks) | {_fmt(t.device_hours)} ({_fmt(t.ranks)} ranks, "
               f"{_fmt(t.precision)}) |", f"| config digest | {_fmt(t.config_digest)} |", ""]
     if t.run_name is None:
         lines += ["This checkpoint carries no run folder, so its training is not known here.", ""]
     lines += ["## Evaluation", ""]
-    lines += ([f"From `{eval_source}`:", "", table.strip(), ""] if table else
+    lines += ([f"From `{eval_source}`:", "", table.strip(), "", *vs_bicubic(_json(eval_source)), ""] if table else
               ["No `awm eval` results were found for this model (run `awm eval` and export again).", ""])
     if grid:
         lines += ["## Example", "", f"![LR, bicubic and {name}]({grid})", ""]

@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from awm import __version__
-from awm.config import add_dataclass_arguments, check, from_args
+from awm.config import ConfigError, add_dataclass_arguments, check, from_args
 from awm.imageio import atomic_write_text, encode_image, sha256_file, to_rgb8
 from awm.log import get_logger
 from awm.release import card, openmodeldb
@@ -41,8 +41,10 @@ log = get_logger("awm.export")
 
 @dataclass
 class ExportConfig:
-    model: str = field(default="", metadata={"help": "run folder, AWM checkpoint folder or weights file"})
-    out: str = field(default="release", metadata={"help": "release folder (replaced if it exists)"})
+    model: str = field(default="", metadata={"help": "run folder, AWM checkpoint folder or weights file",
+                                             "argument": "RUN_OR_CKPT"})
+    out: str = field(default="release", metadata={
+        "help": "release folder: a new or empty one, or an earlier release (holding release.json), which is replaced"})
     name: str | None = field(default=None, metadata={
         "help": "release name, an OpenModelDB id like 2x-MyModel-Compact (unset: from scale, run and arch)"})
     author: str = field(default="anonymous", metadata={"help": "OpenModelDB user id of the author"})
@@ -91,6 +93,7 @@ def _grid_lr(cfg: ExportConfig, t: card.Training, scale: int) -> np.ndarray:
     from awm import shardwrite
     from awm.data import synth
     from awm.imageio import decode_image, read_image
+    from awm.shardio.read import iter_tar
 
     if cfg.grid_image:
         return read_image(cfg.grid_image)
@@ -100,7 +103,7 @@ def _grid_lr(cfg: ExportConfig, t: card.Training, scale: int) -> np.ndarray:
     ev = (cfg_run.get("data") or {}).get("eval")
     if ev and Path(str(ev)).is_dir():
         for tar in shardwrite.list_shards(Path(str(ev)), "eval-"):
-            for s in shardwrite.iter_tar(tar):
+            for s in iter_tar(tar):
                 key = next((k for k in s if k.startswith(f"lr_x{scale}.")), None)
                 if key:
                     return decode_image(s[key])
@@ -112,14 +115,45 @@ def _precisions(cfg: ExportConfig) -> list[str]:
     return [p for p, on in (("fp32", cfg.onnx), ("fp16", cfg.fp16), ("bf16", cfg.bf16)) if on]
 
 
-def _content_crop(lr: np.ndarray, multiple: int, minimum: int) -> tuple[str, Any]:
-    """A central crop of the grid's LR image (the run's own eval content) as a verification input."""
+def content_crop(lr: np.ndarray, multiple: int, minimum: int, label: str = "grid LR") -> tuple[str, Any]:
+    """A central crop of an LR image (the run's own eval content) as a verification input."""
     from awm.imageio import to_tensor
 
     side = max(-(-max(64, minimum) // multiple) * multiple, multiple)
     h, w = min(side, lr.shape[0] // multiple * multiple), min(side, lr.shape[1] // multiple * multiple)
     y, x = (lr.shape[0] - h) // 2, (lr.shape[1] - w) // 2
-    return f"grid LR 1x{h}x{w}", to_tensor(np.ascontiguousarray(lr[y:y + h, x:x + w]))
+    return f"{label} 1x{h}x{w}", to_tensor(np.ascontiguousarray(lr[y:y + h, x:x + w]))
+
+
+def spandrel_id(loaded) -> str:
+    """The spandrel architecture of a loaded model (its export plan's key)."""
+    from awm.models.archs import ARCHS
+
+    return ARCHS[loaded.arch].spandrel_id if loaded.arch in ARCHS else loaded.meta.get("spandrel_arch", loaded.arch)
+
+
+def example_side(loaded) -> int:
+    """Side of the square example input the exporters trace: two size multiples, at least 32 px."""
+    return max(loaded.size_min, 2 * loaded.size_multiple, 32)
+
+
+def onnx_file(loaded, sid: str, path: Path, prec: str, extra: list[tuple[str, Any]],
+              simplify: bool = True) -> tuple[dict[str, Any], dict[str, float]]:
+    """Export one precision to ``path`` and verify it on the standard inputs plus ``extra``: the export
+    info and the PSNR (dB) per input. The floor is the caller's (a release refuses below it; the
+    export benchmark reports the figure); ExportError when the file cannot be made or run."""
+    from awm.models import onnx as ox
+
+    meta = {"arch": loaded.arch, "scale": loaded.scale, "size_multiple": loaded.size_multiple,
+            "size_min": loaded.size_min, "color_order": "RGB", "spandrel_arch": sid,
+            "config_digest": loaded.meta.get("config_digest") or ""}
+    info = ox.export_onnx(loaded.module, sid, path, example_side(loaded), prec, meta, simplify)
+    try:
+        psnrs = ox.verify(loaded.module, path, loaded.size_multiple, loaded.size_min, info["batch"], extra)
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types; say which precision failed
+        raise ox.ExportError(f"{prec}: onnxruntime {ox.runtime_version()} (CPU) cannot run the exported "
+                             f"file: {str(e).splitlines()[0][:300]}") from None
+    return info, psnrs
 
 
 def _onnx_files(cfg: ExportConfig, loaded, sid: str, name: str, tmp: Path,
@@ -129,20 +163,11 @@ def _onnx_files(cfg: ExportConfig, loaded, sid: str, name: str, tmp: Path,
 
     report: dict[str, Any] = {}
     files = []
-    meta = {"arch": loaded.arch, "scale": loaded.scale, "size_multiple": loaded.size_multiple,
-            "size_min": loaded.size_min, "color_order": "RGB", "spandrel_arch": sid,
-            "config_digest": loaded.meta.get("config_digest") or ""}
-    side = max(loaded.size_min, 2 * loaded.size_multiple, 32)
     for prec in _precisions(cfg):
         path = tmp / (f"{name}.onnx" if prec == "fp32" else f"{name}_{prec}.onnx")
-        info = ox.export_onnx(loaded.module, sid, path, side, prec, meta, cfg.simplify)
-        try:
-            psnrs = ox.verify(loaded.module, path, loaded.size_multiple, loaded.size_min, info["batch"],
-                              [_content_crop(lr, loaded.size_multiple, loaded.size_min)])
-        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types; say which precision failed
-            raise ox.ExportError(f"{prec}: onnxruntime {ox.runtime_version()} (CPU) cannot run the exported "
-                                 f"file: {str(e).splitlines()[0][:300]}") from None
-        floor = ox.FP32_FLOOR_DB if prec == "fp32" else ox.FP16_FLOOR_DB
+        info, psnrs = onnx_file(loaded, sid, path, prec, [content_crop(lr, loaded.size_multiple, loaded.size_min)],
+                                cfg.simplify)
+        floor = ox.floor_db(prec)
         worst = min(psnrs.values())
         if worst < floor:
             raise ox.ExportError(f"{prec}: onnxruntime differs from torch: {psnrs} dB, floor {floor} dB")
@@ -153,30 +178,65 @@ def _onnx_files(cfg: ExportConfig, loaded, sid: str, name: str, tmp: Path,
     return files, report
 
 
-def _ncnn_files(loaded, name: str, tmp: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def ncnn_pair(loaded, name: str, out_dir: Path,
+              extra: list[tuple[str, Any]]) -> tuple[Path, Path, dict[str, float]]:
+    """NCNN param/bin through pnnx and ncnn's PSNR (dB) per input (the standard ones plus ``extra``);
+    the floor is the caller's. ExportError when pnnx cannot convert or leaves layers ncnn lacks."""
+    from awm.models import ncnn as nc
+
+    param, weights = nc.export_ncnn(loaded.module, out_dir, name, example_side(loaded))
+    return param, weights, nc.verify_ncnn(loaded.module, param, weights, loaded.size_multiple, loaded.size_min, extra)
+
+
+def _ncnn_files(loaded, name: str, tmp: Path, lr: np.ndarray) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """NCNN param/bin through pnnx, verified by ncnn; ExportError below the floor, with the PSNRs."""
     from awm.models import ncnn as nc
     from awm.models.onnx import ExportError
 
-    param, weights = nc.export_ncnn(loaded.module, tmp, name, max(loaded.size_min, 2 * loaded.size_multiple, 32))
-    psnrs = nc.verify_ncnn(loaded.module, param, weights, loaded.size_multiple, loaded.size_min)
+    param, weights, psnrs = ncnn_pair(loaded, name, tmp, [content_crop(lr, loaded.size_multiple, loaded.size_min)])
     if min(psnrs.values()) < nc.FLOOR_DB:
         raise ExportError(f"ncnn: output differs from torch: {psnrs} dB, floor {nc.FLOOR_DB} dB")
     note = f"NCNN (pnnx), fp32, verified {min(psnrs.values()):.1f} dB vs torch"
     return [{"path": param, "note": note}, {"path": weights, "note": note}], {"psnr_db": psnrs, "floor_db": nc.FLOOR_DB}
 
 
+RELEASE_FILE = "release.json"
+
+
+def release_target(out: str | Path) -> Path:
+    """``out`` as an absolute path, if exporting may write there: a missing or empty folder, or an
+    earlier release (its ``release.json``), which is replaced. Anything else (a training run, a
+    folder of other files, the current folder) is refused with ConfigError before any work: the
+    release replaces the whole folder, and a user's files must never be what it replaces."""
+    path = Path(out).expanduser().resolve()
+    why = None
+    if path.parent == path:
+        why = "is a filesystem root"
+    elif path.exists() and not path.is_dir():
+        why = "is a file"
+    elif path.is_dir() and any(path.iterdir()) and not (path / RELEASE_FILE).is_file():
+        names = sorted(p.name for p in path.iterdir())
+        why = (f"holds {len(names)} entries ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}) "
+               f"and no {RELEASE_FILE} of an earlier awm export")
+    elif path.is_dir() and (path == Path.cwd().resolve() or path in Path.cwd().resolve().parents):
+        why = "is the current folder or holds it"
+    if why:
+        raise ConfigError("out", str(out), f"a new or empty folder, or an earlier release; {path} {why}: "
+                                           "nothing written, choose another --out")
+    return path
+
+
 def export(cfg: ExportConfig) -> Path:
     """Write the release folder for ``cfg.model``; returns its path."""
     from awm.models import onnx as ox
-    from awm.models.archs import ARCHS
     from awm.models.checkpoint import _replace_dir, convert, load_model
     from awm.upscale.infer import upscale_array
 
+    out = release_target(cfg.out)
     src = Path(cfg.model)
     loaded = load_model(src)
     check(loaded.source != "onnx", "model", cfg.model, "PyTorch weights, a checkpoint or a run (not an .onnx file)")
-    sid = ARCHS[loaded.arch].spandrel_id if loaded.arch in ARCHS else loaded.meta.get("spandrel_arch", loaded.arch)
+    sid = spandrel_id(loaded)
     arch_id = openmodeldb.ARCH_IDS.get(sid)
     check(arch_id is not None, "model", cfg.model, f"an architecture OpenModelDB names ({sid} has no id there)")
     t = card.training_facts(src, loaded.meta)
@@ -188,7 +248,6 @@ def export(cfg: ExportConfig) -> Path:
                 ox.plan_for(sid, prec)
         except ox.ExportError as e:
             raise ox.ExportError(f"{e} (--no-onnx releases the rest)") from None
-    out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp's 0700 would survive the rename
@@ -205,7 +264,7 @@ def export(cfg: ExportConfig) -> Path:
             files += more
         ncnn_report: dict[str, Any] = {}
         if cfg.ncnn:
-            more, ncnn_report = _ncnn_files(loaded, name, tmp)
+            more, ncnn_report = _ncnn_files(loaded, name, tmp, lr)
             files += more
         sr = upscale_array(loaded, lr, tile=256, tile_pad=16)
         grid = card.crop_grid(lr, sr, loaded.scale, name, tmp / f"{name}_grid.png")
@@ -224,7 +283,7 @@ def export(cfg: ExportConfig) -> Path:
         atomic_write_text(tmp / "README.md", card.model_card(
             name, entry, t, described, card.eval_table(doc), eval_src, grid.name,
             cfg.pretrained_license))
-        atomic_write_text(tmp / "release.json", json.dumps(
+        atomic_write_text(tmp / RELEASE_FILE, json.dumps(
             {"name": name, "source": str(src), "arch": loaded.arch, "spandrel_arch": sid, "scale": loaded.scale,
              "awm_version": __version__, "files": described, "onnx": onnx_report, "ncnn": ncnn_report,
              "eval_summary": str(eval_src) if eval_src else None}, indent=1, default=str))
@@ -257,7 +316,7 @@ def _entry(cfg: ExportConfig, loaded, arch_id: str, name: str, t: card.Training,
     }
     training = {"trainingIterations": t.steps, "trainingBatchSize": t.batch, "trainingHRSize": t.hr_patch,
                 "trainingOTF": t.otf, "datasetSize": t.dataset_size, "pretrainedModelG": cfg.pretrained,
-                "dataset": (f"{t.dataset} (AWM pair shards, degradation preset {t.preset})" if t.dataset else None)}
+                "dataset": card.dataset_text(t)}
     entry.update({k: v for k, v in training.items() if v is not None})
     return entry
 

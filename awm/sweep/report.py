@@ -1,6 +1,7 @@
 """``awm report SWEEP_DIR``: a sweep's points in one table, metric-vs-key plots and a Pareto chart.
 
-Per point: its config delta, state, the eval metrics (means of its model in ``runs/<id>/eval``),
+Per point: its config delta, state, the eval metrics (means of its model in ``runs/<id>/eval``;
+the baselines scored beside them, bicubic and lanczos, get a row and a line in each plot),
 the steps trained, and its compute: wall time of its recorded attempts (train + eval) as
 GPU-hours (GPU points: seconds x processes) or CPU-hours (CPU points: seconds x processes x
 threads, the cores it held), and the training TFLOP (``train_stats.json``'s FLOPs per pair of
@@ -24,8 +25,7 @@ import yaml
 from awm.eval import results
 from awm.eval.evaluate import BASELINES
 from awm.imageio import atomic_write_bytes, atomic_write_text
-from awm.sweep.spec import Point, SweepSpec, points
-from awm.sweep.sweep import POINT_NAME, SPEC_NAME
+from awm.sweep.spec import POINT_NAME, SPEC_NAME, Point, SweepSpec, points
 
 COMPUTE = ["steps", "wall_s", "gpu_h", "cpu_h", "tflop"]
 
@@ -46,6 +46,19 @@ def eval_means(run: Path) -> tuple[dict[str, float], dict[str, bool]]:
         return {}, {}
     means = {m: s["mean"] for m, s in models[0].items() if s.get("mean") is not None}
     return means, {m: bool(v.get("lower_better")) for m, v in doc.get("metrics", {}).items()}
+
+
+def baseline_means(folder: Path, pts: list[Point]) -> dict[str, dict[str, float]]:
+    """The baselines evaluated beside the points (bicubic, lanczos), from the first point's eval
+    summary that has them (every point is scored on the same eval set): the reference a sweep whose
+    points all lose to bicubic must be read against."""
+    for p in pts:
+        doc = _json(folder / "runs" / p.id / "eval" / "summary.json")
+        found = {name: {m: s["mean"] for m, s in stats.items() if s.get("mean") is not None}
+                 for name, stats in doc.get("models", {}).items() if name in BASELINES}
+        if found:
+            return found
+    return {}
 
 
 def train_tflop(run: Path) -> float | None:
@@ -119,9 +132,16 @@ def _positions(ax: Any, values: list[Any]) -> dict[str, float]:
     return {c: float(i) for i, c in enumerate(cats)}
 
 
+def _baseline_lines(ax: Any, baselines: dict[str, dict[str, float]], metric: str) -> None:
+    for (name, means), style in zip(sorted(baselines.items()), ("--", ":"), strict=False):
+        if metric in means:
+            ax.axhline(means[metric], color="gray", linestyle=style, label=name)
+
+
 def plot_metric_vs_key(rows: list[dict[str, Any]], keys: list[str], metric_cols: list[str], key: str,
-                       path: Path) -> Path:
-    """One panel per metric: the metric against ``key``, a line per combination of the other keys."""
+                       path: Path, baselines: dict[str, dict[str, float]] | None = None) -> Path:
+    """One panel per metric: the metric against ``key``, a line per combination of the other keys,
+    the baselines as horizontal lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -139,14 +159,16 @@ def plot_metric_vs_key(rows: list[dict[str, Any]], keys: list[str], metric_cols:
         for label, xy in groups.items():
             xy.sort()
             ax.plot([a for a, _ in xy], [b for _, b in xy], marker="o", label=label)
+        _baseline_lines(ax, baselines or {}, m)
         ax.set_xlabel(key)
         ax.set_ylabel(m)
-        if len(groups) > 1:
+        if len(ax.get_legend_handles_labels()[1]) > 1:
             ax.legend(fontsize=7)
     return _save(fig, path)
 
 
-def plot_pareto(rows: list[dict[str, Any]], metric: str, lower_better: bool, front: set[str], path: Path) -> Path:
+def plot_pareto(rows: list[dict[str, Any]], metric: str, lower_better: bool, front: set[str], path: Path,
+                baselines: dict[str, dict[str, float]] | None = None) -> Path:
     """Quality against training TFLOP; the Pareto front in red, joined in compute order."""
     import matplotlib
 
@@ -160,6 +182,7 @@ def plot_pareto(rows: list[dict[str, Any]], metric: str, lower_better: bool, fro
     ax.plot([r["tflop"] for r in best], [r[metric] for r in best], color="tab:red", marker="o", label="Pareto front")
     for r in have:
         ax.annotate(r["point"], (r["tflop"], r[metric]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    _baseline_lines(ax, baselines or {}, metric)
     costs = [r["tflop"] for r in have if r["tflop"] > 0]
     if costs and max(costs) / min(costs) >= 100:
         ax.set_xscale("log")
@@ -188,15 +211,18 @@ def report_sweep(folder: Path, out: Path | None = None) -> Path:
     for r in rows:
         r["pareto"] = "*" if r["point"] in front else ""
     columns = ["point", "state", *keys, *metric_cols, *COMPUTE, "pareto"]
-    results.write_csv(out / "sweep.csv", rows, columns)
+    baselines = baseline_means(folder, pts)
+    table = rows + [{"point": f"{name} (baseline)", **means} for name, means in sorted(baselines.items())]
+    results.write_csv(out / "sweep.csv", table, columns)
     figures = []
     if metric_cols:
         for k in keys:
             safe = k.replace("/", "_")
-            figures.append(plot_metric_vs_key(rows, keys, metric_cols, k, out / "figures" / f"metrics_vs_{safe}.png"))
+            figures.append(plot_metric_vs_key(rows, keys, metric_cols, k, out / "figures" / f"metrics_vs_{safe}.png",
+                                              baselines))
     if metric in metric_cols:
         figures.append(plot_pareto(rows, metric, lower.get(metric, False), front,
-                                   out / "figures" / f"pareto_{metric}.png"))
+                                   out / "figures" / f"pareto_{metric}.png", baselines))
     head = [*keys, *(f"{m} {results.DOWN if lower.get(m) else results.UP}" for m in metric_cols)]
     header = ["point", "state", *head, *COMPUTE, "pareto"]
     eval_name = spec.eval.name or Path(spec.eval.data).name or "the runs' data.eval"
@@ -204,11 +230,17 @@ def report_sweep(folder: Path, out: Path | None = None) -> Path:
              f"{len(rows)} points ({spec.search.sampler} over {', '.join(keys)}), {spec.train.config} + "
              f"{len(spec.train.overrides)} overrides, evaluated on {eval_name} ({spec.eval.checkpoint} checkpoint).",
              "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in rows:
+    for r in table:
         lines.append("| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |")
     lines += ["", f"{results.UP} higher is better, {results.DOWN} lower is better. wall_s: wall seconds of the "
               "recorded attempts (train + eval); gpu_h/cpu_h: GPU-hours / CPU core-hours; tflop: training FLOPs. "
-              f"pareto: no other point has better {metric} for less training compute.", ""]
+              f"pareto: no other point has better {metric} for less training compute. Baseline rows: the same "
+              "eval set upscaled without a model.", ""]
+    done = [r[metric] for r in rows if isinstance(r.get(metric), float)]
+    best = (min if lower.get(metric) else max)(done) if done else None
+    for name, means in sorted(baselines.items()):
+        if best is not None and metric in means and (min if lower.get(metric) else max)(best, means[metric]) != best:
+            lines += [f"No point beats {name} on {metric} ({name} {means[metric]:.4g}, best point {best:.4g}).", ""]
     lines += [f"![{f.stem}](figures/{f.name})" for f in figures]
     atomic_write_text(out / "sweep.md", "\n".join(lines) + "\n")
     return out

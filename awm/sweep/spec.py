@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from awm import config as cfgmod
-from awm.config import ConfigError, check
+from awm.config import check
+from awm.errors import ConfigError
 from awm.eval.metrics import DEFAULT_FULL_REFERENCE
 from awm.log import get_logger
 
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
 
 log = get_logger("awm.sweep")
 
+# A sweep folder's files (awm.sweep.sweep writes them, awm.sweep.report reads them).
+SPEC_NAME, POINTS_NAME, POINT_NAME = "spec.yaml", "points.json", "point.json"
 RANGE_KEYS = ("low", "high", "log", "step")
 # The keys a sweep sets itself on every point: sweeping them would fight the sweep's own layout.
 RESERVED = ("name", "runs", "checkpoint.resume")
@@ -165,6 +168,7 @@ def point_config(spec: SweepSpec, point: Point, folder: Path) -> TrainConfig:
         base = load_config(spec.train.config, list(spec.train.overrides)
                            + [f"runs={folder / 'runs'}", f"name={point.id}"])
         data = cfgmod.to_dict(base)
+        data["log"]["group"] = data["log"]["group"] or spec.name  # one W&B group / MLflow experiment per sweep
         for key, value in point.delta.items():
             cfgmod.set_dotted(data, key, value)
         return cfgmod.from_dict(TrainConfig, data)

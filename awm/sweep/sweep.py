@@ -24,6 +24,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -37,10 +38,21 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from awm import config as cfgmod
-from awm.config import ConfigError
+from awm.cluster.jobstate import active_jobs, queued_jobs
+from awm.errors import ConfigError
 from awm.imageio import atomic_write_text
 from awm.log import get_logger
-from awm.sweep.spec import Point, SweepSpec, delta_text, load_spec, point_config, points
+from awm.sweep.spec import (
+    POINT_NAME,
+    POINTS_NAME,
+    SPEC_NAME,
+    Point,
+    SweepSpec,
+    delta_text,
+    load_spec,
+    point_config,
+    points,
+)
 
 if TYPE_CHECKING:
     from awm.eval.evaluate import EvalConfig
@@ -48,7 +60,6 @@ if TYPE_CHECKING:
 
 log = get_logger("awm.sweep")
 
-SPEC_NAME, POINTS_NAME, POINT_NAME = "spec.yaml", "points.json", "point.json"
 # The spec's parts that decide what a finished point holds: a rerun must not change them.
 FIXED_PARTS = ("train", "eval", "processes")
 KILLED = "its process or job ended without recording a result (killed?)"
@@ -149,8 +160,11 @@ def eval_config(spec: SweepSpec, cfg: TrainConfig) -> EvalConfig:
                       out=str(cfg.run_dir / "eval"), limit=e.limit, tile=e.tile, device=e.device)
 
 
-def run_point(sweep: Sweep, point: Point) -> str:
+def run_point(sweep: Sweep, point: Point, device: str | None = None) -> str:
     """Train the point (resuming its run) and evaluate it; every rank of the point calls this.
+
+    ``device`` (a job given GPUs passes "cuda") replaces training's and eval's "auto", so a node
+    whose torch cannot see its GPUs fails the point at start instead of running it on the CPU.
 
     Returns the point's new state. Rank 0 records the attempt in ``point.json``. With one process an
     error becomes a failed point and the sweep goes on; with several it is raised after recording,
@@ -176,11 +190,15 @@ def run_point(sweep: Sweep, point: Point) -> str:
     t0 = time.perf_counter()
     try:
         cfg = point_config(sweep.spec, point, sweep.folder)
+        if device and cfg.device == "auto":
+            cfg.device = device
         stats = train.train(cfg)
         attempt["train_s"] = round(time.perf_counter() - t0, 3)
         if stats["status"] == "done":
             t1 = time.perf_counter()
             ecfg = eval_config(sweep.spec, cfg)
+            if device and ecfg.device == "auto":
+                ecfg.device = device
             evaluate(ecfg)
             cfgmod.save_beside(ecfg, ecfg.out, "eval")
             attempt["eval_s"] = round(time.perf_counter() - t1, 3)
@@ -197,9 +215,30 @@ def run_point(sweep: Sweep, point: Point) -> str:
             _record(sweep, point, record, attempt, d.is_main)
             raise
     _record(sweep, point, record, attempt, d.is_main)
+    if d.is_main and attempt["state"] == "done":
+        track_point(sweep, point, cfg.log.trackers)
     if not had_group:
         dist.destroy()
     return attempt["state"]
+
+
+def track_point(sweep: Sweep, point: Point, trackers: list[str]) -> None:
+    """The done point's delta, eval metrics and cost into its W&B/MLflow run, so that the trackers'
+    comparison views hold what ``awm report`` tables; a tracker that fails here costs a warning,
+    not the point (its results are on disk)."""
+    from awm.sweep.report import COMPUTE, eval_means, point_row
+    from awm.train import tracking
+
+    row, _ = point_row(sweep.folder, point)
+    means, _ = eval_means(sweep.run_dir(point))
+    metrics = {f"eval/{k}": v for k, v in means.items()}
+    metrics.update({f"cost/{k}": row[k] for k in COMPUTE if isinstance(row[k], (int, float))})
+    params = tracking.flatten({"sweep": {"name": sweep.spec.name, "point": point.id, "delta": point.delta}})
+    try:
+        tracking.log_final(sweep.run_dir(point), trackers, params, metrics, int(row["steps"] or 0))
+    except Exception as e:  # noqa: BLE001 - the point is done and recorded; only its tracker copy is missing
+        log.warning("point %s: its results did not reach the trackers (%s: %s); awm report has them",
+                    point.id, type(e).__name__, e)
 
 
 def _record(sweep: Sweep, point: Point, record: dict[str, Any], attempt: dict[str, Any], main: bool) -> None:
@@ -212,10 +251,8 @@ def _record(sweep: Sweep, point: Point, record: dict[str, Any], attempt: dict[st
 def owner_alive(attempt: dict[str, Any]) -> bool:
     """Whether the process or SLURM job of a 'running' attempt still exists (else it was killed)."""
     if attempt.get("job") and shutil.which("sacct"):
-        from awm.cluster.submit import _active_jobs
-
         try:
-            return bool(_active_jobs([attempt["job"]]))
+            return bool(active_jobs([attempt["job"]]))
         except (OSError, subprocess.SubprocessError):
             return False
     if attempt.get("host") != socket.gethostname() or attempt.get("pid") == os.getpid():
@@ -227,13 +264,24 @@ def owner_alive(attempt: dict[str, Any]) -> bool:
     return True
 
 
-def mark_dead(sweep: Sweep, point: Point, why: str) -> None:
-    """A point left 'running' by an attempt that is gone: record it as failed, with the reason."""
+def _held(run: Path, attempt: dict[str, Any]) -> float:
+    """Seconds from an attempt's start to the last file its run wrote: at least what a killed attempt
+    ran (its own end was never recorded)."""
+    started = time.mktime(time.strptime(attempt["started"], "%Y-%m-%dT%H:%M:%S"))
+    last = max((p.stat().st_mtime for p in run.rglob("*") if p.is_file()), default=started)
+    return max(0.0, last - started)
+
+
+def mark_dead(sweep: Sweep, point: Point, why: str, seconds: float | None = None) -> None:
+    """A point left 'running' by an attempt that is gone: record it as failed, with the reason and the
+    time it ran (``seconds`` when its launcher measured it, else up to its run's last write)."""
     record = sweep.status(point)
     if record["state"] != "running":
         return
     attempt = record["attempts"][-1]
     attempt.update(state="failed", error=why, ended=_now())
+    if not attempt.get("train_s"):
+        attempt["train_s"] = round(seconds if seconds is not None else _held(sweep.run_dir(point), attempt), 3)
     record["state"] = "failed"
     sweep.write_status(point, record)
 
@@ -243,19 +291,50 @@ def torchrun_point(sweep: Sweep, point: Point) -> int:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc_per_node={sweep.spec.processes}", "-m", "awm", "sweep", str(sweep.folder), "--point", point.id]
     log.info("point %s: %s", point.id, " ".join(cmd))
-    proc = subprocess.Popen(cmd)
-    # A stop request (SIGTERM/SIGUSR1) goes to torchrun as SIGTERM, which it passes on to the ranks: they
-    # save their state and exit (torchrun itself would die of a SIGUSR1).
+    t0 = time.perf_counter()
+    code, why = run_launcher(cmd)
+    if code != 0:
+        mark_dead(sweep, point, why, time.perf_counter() - t0)
+    return code
+
+
+_FAILED_RANK = re.compile(r"exitcode\s*:\s*(-\d+)")  # torch elastic's failure table: "exitcode  : -9 (pid: 1)"
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def run_launcher(cmd: list[str]) -> tuple[int, str]:
+    """Run a launcher (torchrun) to its end, its stderr passed through; (exit code, why it failed).
+
+    torchrun exits 1 whatever killed a rank: the signal is read from the failure table it prints,
+    so a SIGKILL (the OOM killer, ``kill -9``) is named as such. A stop request (SIGTERM/SIGUSR1)
+    goes to torchrun as SIGTERM, which it passes on to the ranks: they save their state and exit
+    (torchrun itself would die of a SIGUSR1).
+    """
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, errors="replace")
     forward = {sig: signal.signal(sig, lambda *_: proc.send_signal(signal.SIGTERM))
                for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    killed: set[str] = set()
     try:
+        for line in proc.stderr:
+            sys.stderr.write(line)
+            found = _FAILED_RANK.search(line)
+            if found:
+                killed.add(_signal_name(-int(found.group(1))))
         code = proc.wait()
     finally:
         for sig, handler in forward.items():
             signal.signal(sig, handler)
-    if code != 0:
-        mark_dead(sweep, point, f"torchrun exited with code {code}; its log is above")
-    return code
+    if code < 0:
+        return code, f"torchrun was killed by {_signal_name(-code)}"
+    if killed:
+        return code, f"a rank was killed by {', '.join(sorted(killed))} (torchrun exited with code {code}); its log is above"
+    return code, f"torchrun exited with code {code}; its log is above"
 
 
 def finish(sweep: Sweep, ended: bool = True) -> int:
@@ -286,7 +365,6 @@ def finish(sweep: Sweep, ended: bool = True) -> int:
 def run_sweep(sweep: Sweep) -> int:
     """Every point not done yet, one after another, then the summary."""
     from awm import dist
-    from awm.cluster.sweep import queued_jobs
 
     if dist.env().world_size > 1:
         raise ConfigError("launcher", "torchrun", "one process: awm sweep starts each point's processes itself "

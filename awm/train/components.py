@@ -15,6 +15,7 @@ import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -25,9 +26,9 @@ from awm import dist
 from awm.config import check
 from awm.models import losses
 from awm.models.archs import build_model, get_spec, model_info
-from awm.train import finetune
+from awm.train import finetune, tracking
+from awm.train.ema import EMA
 from awm.train.perf import channels_last_for, compile_module, count_flops, meta_copy
-from awm.train.utils import EMA, latest_state
 
 if TYPE_CHECKING:
     from awm.models.archs import ModelInfo
@@ -110,19 +111,31 @@ def _trainable(module: nn.Module) -> list[nn.Parameter]:
     return [p for p in module.parameters() if p.requires_grad]
 
 
-def build_components(cfg: TrainConfig, precision: str) -> Components:
-    """Accelerator, models (DDP-wrapped, then compiled), fused optimisers, EMA and losses."""
+def skip_buffer_broadcasts(prepared: nn.Module) -> None:
+    """DDP re-sends no buffers before each forward: every rank computes the same ones (spectral-norm
+    vectors from identical weights), and DAT's constant buffers (90 MiB) would go out every step.
+
+    Set on the wrapper, which every torch reads at each forward: Accelerate's
+    ``DistributedDataParallelKwargs(broadcast_buffers=False)`` makes torch >= 2.13 warn on every rank
+    (a FutureWarning naming ``forward_sync_buffers``, which Accelerate cannot pass).
+    """
+    if isinstance(prepared, nn.parallel.DistributedDataParallel):
+        prepared.broadcast_buffers = False
+
+
+def build_components(cfg: TrainConfig, precision: str, resume: Path | None) -> Components:
+    """Accelerator, models (DDP-wrapped, then compiled), fused optimisers, EMA and losses; ``resume``
+    (the saved state the run resumes from, or None) decides whether ``model.init`` weights are loaded."""
     from accelerate import Accelerator
     from accelerate.utils import (
         DataLoaderConfiguration,
-        DistributedDataParallelKwargs,
         DistributedType,
         InitProcessGroupKwargs,
         set_seed,
     )
 
     scale, m = cfg.data.scale, cfg.model
-    resuming = cfg.checkpoint.resume and latest_state(cfg.run_dir) is not None
+    resuming = resume is not None
     init = finetune.prepare(cfg, resuming)  # fills model.arch/hparams from model.init when null
     if get_spec(m.arch).spandrel_id in WINDOW_MASKED and "img_size" not in m.hparams and init is None:
         # spandrel's SwinIR/DAT/GRL precompute their shifted-window masks for img_size and rebuild
@@ -137,19 +150,17 @@ def build_components(cfg: TrainConfig, precision: str) -> Components:
     # with this backend: gloo on CPU, where Accelerate would otherwise choose none and leave every
     # process training alone (world size 1). Otherwise awm.dist.init has created the group.
     ds_env = os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
-    # DDP without broadcast_buffers: every rank computes the same buffers (spectral-norm vectors
-    # from identical weights), and DAT's constant buffers (90 MiB) would be re-sent every forward.
-    handlers = ([InitProcessGroupKwargs(backend=dist.backend(), timeout=dist.timeout())] if ds_env
-                else [DistributedDataParallelKwargs(broadcast_buffers=False)])
+    handlers = [InitProcessGroupKwargs(backend=dist.backend(), timeout=dist.timeout())] if ds_env else []
     acc = Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.optim.accum,
                       dataloader_config=DataLoaderConfiguration(dispatch_batches=False, split_batches=False),
-                      step_scheduler_with_optimizer=False, kwargs_handlers=handlers)
+                      step_scheduler_with_optimizer=False, kwargs_handlers=handlers,
+                      log_with=tracking.build(cfg, resuming) or None)
     deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
     gan = cfg.gan_start < cfg.steps
     if deepspeed:
-        if gan:
-            raise cfgmod.ConfigError("gan_start", cfg.gan_start, f">= steps ({cfg.steps}) under DeepSpeed: "
-                                     "Accelerate gives one DeepSpeed engine one model, so no discriminator")
+        if gan and precision == "fp16":
+            raise cfgmod.ConfigError("precision", "fp16", "bf16 or fp32 for a GAN stage under DeepSpeed (the "
+                                     "discriminator runs outside its engine, with no loss scaler of its own)")
         ds = acc.state.deepspeed_plugin.deepspeed_config
         ds["train_micro_batch_size_per_gpu"] = cfg.data.batch_size
         ds["gradient_clipping"] = cfg.optim.grad_clip
@@ -191,22 +202,36 @@ def build_components(cfg: TrainConfig, precision: str) -> Components:
         d = d.to(acc.device, memory_format=fmt)
         c.discriminator_plain, c.discriminator_params = d, _trainable(d)
         c.discriminator_optimizer = make_optimizer(c.discriminator_params, cfg.optim.lr_d, betas, wd,
-                                                   acc.device, deepspeed)
+                                                   acc.device, deepspeed=False)
         c.generator_loss = losses.build_generator_loss(cfg.loss).to(acc.device)
         half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         c.generator_loss.settle_backbones(half, fmt)
         c.discriminator_loss = losses.build_discriminator_loss(cfg.loss).to(acc.device)
         c.adversary = compile_module(d, m.compile)
-        ddp_d, c.discriminator_optimizer = acc.prepare(d, c.discriminator_optimizer)
+        if deepspeed:
+            # Accelerate gives its DeepSpeed engine one model: the discriminator stays outside it, a
+            # float32 module under torch's DDP with its own fused optimizer (the trainer registers
+            # both for checkpointing and steps them in apply_update).
+            ddp_d = d
+            if acc.num_processes > 1:
+                ids = [acc.device] if acc.device.type == "cuda" else None
+                ddp_d = nn.parallel.DistributedDataParallel(d, device_ids=ids)
+        else:
+            ddp_d, c.discriminator_optimizer = acc.prepare(d, c.discriminator_optimizer)
+        skip_buffer_broadcasts(ddp_d)
         c.discriminator = compile_module(ddp_d, m.compile)
         _canonical_state_keys(ddp_d)
     # Compile what DDP wraps, not the other way round (Accelerate's own order with its dynamo
     # plugin): dynamo's DDPOptimizer then splits the graph at DDP's bucket boundaries, so the
     # gradient all-reduce overlaps the backward; a DDP-wrapped compiled module all-reduces after it.
-    if deepspeed:  # its engine saves and loads the module's states itself; DeepSpeed compiles inside
-        c.generator, c.generator_optimizer = acc.prepare(compile_module(generator, m.compile), g_opt)
+    if deepspeed:  # its engine saves and loads the module's states itself (strictly), without Accelerate's hooks
+        compiled = compile_module(generator, m.compile)
+        _bare_state_dict_keys(compiled)
+        _canonical_state_keys(compiled)
+        c.generator, c.generator_optimizer = acc.prepare(compiled, g_opt)
     else:
         prepared, c.generator_optimizer = acc.prepare(generator, g_opt)
+        skip_buffer_broadcasts(prepared)
         c.generator = compile_module(prepared, m.compile)
         _canonical_state_keys(prepared)
         acc.register_save_state_pre_hook(_bare_saved_keys)
@@ -243,10 +268,24 @@ def _bare_saved_keys(models: list[nn.Module], weights: list[dict[str, torch.Tens
             state[bare_key(key)] = state.pop(key)
 
 
+def _bare_state_dict_keys(module: nn.Module) -> None:
+    """``module.state_dict()`` under the bare module's keys: what DeepSpeed's engine saves of a
+    compiled generator (``_orig_mod.`` otherwise, which a run resumed without compile refused)."""
+
+    def strip(_module, state, at, _metadata):
+        for key in [k for k in state if k.startswith(at)]:
+            state[at + bare_key(key[len(at):])] = state.pop(key)
+
+    module.register_state_dict_post_hook(strip)
+
+
 def _canonical_state_keys(module: nn.Module) -> None:
-    """Let ``module`` (maybe DDP-wrapped) load a state saved with or without wrapper prefixes
-    (states written before :func:`_bare_saved_keys`, or by a compiled model, have them)."""
-    prefix = "module." if isinstance(module, torch.nn.parallel.DistributedDataParallel) else ""
+    """Let ``module`` (maybe DDP-wrapped or compiled) load a state saved with or without wrapper
+    prefixes (states written before :func:`_bare_saved_keys`, or by a compiled model, have them)."""
+    if isinstance(module, torch.nn.parallel.DistributedDataParallel):
+        prefix = "module."
+    else:
+        prefix = "_orig_mod." if isinstance(module, torch._dynamo.eval_frame.OptimizedModule) else ""
 
     def rekey(_module, state, at, *_):
         for key in [k for k in state if k.startswith(at)]:
@@ -257,11 +296,14 @@ def _canonical_state_keys(module: nn.Module) -> None:
 
 def losses_and_backward(c: Components, lr: torch.Tensor, hr: torch.Tensor, gan: bool,
                         backward: Callable[..., None] | None = None,
-                        autocast: Callable[[], Any] = contextlib.nullcontext) -> dict[str, torch.Tensor]:
+                        autocast: Callable[[], Any] = contextlib.nullcontext,
+                        d_backward: Callable[[torch.Tensor], None] | None = None) -> dict[str, torch.Tensor]:
     """Generator loss and backward, then (GAN stage) the discriminator's; returns the loss terms.
 
     The generator's backward reaches only the generator's parameters (``inputs=``): the
-    discriminator inside its loss gets no gradient from it, with no per-parameter toggling.
+    discriminator inside its loss gets no gradient from it, with no per-parameter toggling
+    (except under DeepSpeed: :func:`_adversary_logits`). ``d_backward`` (default ``backward``)
+    runs the discriminator's: under DeepSpeed Accelerate's backward would step the generator's engine.
     """
     backward = backward or (lambda loss, **kw: loss.backward(**kw))
     if c.input_dtype is not None:
@@ -269,7 +311,7 @@ def losses_and_backward(c: Components, lr: torch.Tensor, hr: torch.Tensor, gan: 
     with autocast():
         sr = c.generator(lr)
         if gan:
-            terms = c.generator_loss(sr, hr, c.adversary(sr))
+            terms = c.generator_loss(sr, hr, _adversary_logits(c, sr))
         else:
             terms = {"pixel": c.pixel_loss(sr, hr)}
         if c.artifact_loss is not None:
@@ -278,19 +320,55 @@ def losses_and_backward(c: Components, lr: torch.Tensor, hr: torch.Tensor, gan: 
     if not gan:
         backward(loss)  # only the generator is in the graph (and DeepSpeed's backward takes no inputs=)
         return terms
-    backward(loss, inputs=c.generator_params)
+    backward(loss, **({} if c.deepspeed else {"inputs": c.generator_params}))
     with autocast():
-        d_terms = c.discriminator_loss(c.discriminator(torch.cat([hr, sr.detach()])))
-    backward(sum(d_terms.values()))
+        d_terms = c.discriminator_loss(c.discriminator(torch.cat([hr, _for_discriminator(c, sr.detach())])))
+    (d_backward or backward)(sum(d_terms.values()))
     return {**terms, **d_terms}
+
+
+def _for_discriminator(c: Components, sr: torch.Tensor) -> torch.Tensor:
+    """``sr`` in the discriminator's float32: under DeepSpeed the generator computes in bf16 with
+    no autocast to reconcile the two."""
+    return sr if c.input_dtype is None else sr.float()
+
+
+def _adversary_logits(c: Components, sr: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+    """The discriminator's logits on ``sr`` for the generator's loss. DeepSpeed's backward takes no
+    ``inputs=``: there the discriminator's parameters leave this graph, so the generator's loss
+    leaves no gradient on them."""
+    if not c.deepspeed:
+        return c.adversary(sr)
+    params = c.discriminator_params
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        return c.adversary(_for_discriminator(c, sr))
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def discriminator_sync(c: Components, gan: bool, sync: bool) -> contextlib.AbstractContextManager:
+    """No gradient all-reduce for the discriminator on a micro-step before the last of ``optim.accum``.
+
+    Accelerate's ``accumulate`` does this for the models it prepared, and under ZeRO-2 for none:
+    the discriminator of a DeepSpeed run is torch's DDP, outside Accelerate."""
+    ddp = getattr(c.discriminator, "_orig_mod", c.discriminator)
+    if c.deepspeed and gan and not sync and isinstance(ddp, nn.parallel.DistributedDataParallel):
+        return ddp.no_sync()
+    return contextlib.nullcontext()
 
 
 def _ema_output(c: Components, lr: torch.Tensor) -> torch.Tensor | None:
     """The EMA generator's output on this batch (LDL's reference), without a graph."""
     if c.ema_model is None:
         return None
+    # The EMA copy stays float32; under DeepSpeed bf16 the batch was cast to the engine's dtype and
+    # no autocast reconciles them ("Input type (c10::BFloat16) and bias type (float)").
+    dtype = next(c.ema_model.parameters()).dtype
     with torch.no_grad():
-        return c.ema_model(lr)
+        return c.ema_model(lr.to(dtype))
 
 
 def flops_per_pair(c: Components, patch: int, scale: int, gan: bool) -> int:
@@ -306,7 +384,7 @@ def flops_per_pair(c: Components, patch: int, scale: int, gan: bool) -> int:
         g = copy(c.generator_plain)
         d = copy(c.discriminator_plain) if gan else None
         twin = dataclasses.replace(c, generator=g, generator_params=_trainable(g), pixel_loss=copy(c.pixel_loss),
-                                   discriminator=d, adversary=d, discriminator_params=[],
+                                   discriminator=d, adversary=d, discriminator_params=_trainable(d) if gan else [],
                                    generator_loss=copy(c.generator_loss) if gan else None,
                                    discriminator_loss=copy(c.discriminator_loss) if gan else None,
                                    artifact_loss=copy(c.artifact_loss), ema_model=copy(c.ema_model))
@@ -354,21 +432,36 @@ def apply_update(c: Components, gan: bool, grad_clip: float, step_loss: torch.Te
     """
     acc = c.accelerator
     params = [c.generator_params] + ([c.discriminator_params] if gan else [])
+    # fp16's GradScaler: each optimizer is unscaled once here, clipped, stepped by its own fused
+    # kernel, and the scale updated once after all of them. Accelerate's optimizer step would run
+    # scaler.step + scaler.update() per optimizer: update() forgets that the next optimizer was
+    # unscaled, so the discriminator's gradients were divided by the scale twice.
+    scaler = None if c.deepspeed else acc.scaler
     if c.deepspeed:  # the engine has clipped and stepped inside backward; its norm, never read here
         norm = acc.deepspeed_engine_wrapped.engine.get_global_grad_norm()  # (Accelerate's getter calls .item())
         norms = [torch.zeros((), device=acc.device) if norm is None else torch.as_tensor(norm, device=acc.device)]
+        norms += [_clip(group, grad_clip, acc.device) for group in params[1:]]  # the discriminator's, outside it
     else:
-        if acc.scaler is not None:
-            # fp16: unscale every optimizer once; GradScaler refuses a second unscale_ of an
-            # optimizer before update(), which Accelerate's clip_grad_norm_ would do per group
+        if scaler is not None:
+            # (GradScaler also refuses a second unscale_ before update(), which Accelerate's
+            # clip_grad_norm_ would do per group)
             for opt in c.optimizers(gan):
-                acc.scaler.unscale_(opt.optimizer if hasattr(opt, "optimizer") else opt)
+                scaler.unscale_(_bare_optimizer(opt))
         norms = [_clip(group, grad_clip, acc.device) for group in params]
     found_inf = non_finite_flag([step_loss, *norms], world_size)
     for opt in c.optimizers(gan):
-        if not c.deepspeed:
-            # read by the fused kernel on the device, as GradScaler's found_inf is
-            (opt.optimizer if hasattr(opt, "optimizer") else opt).found_inf = found_inf
-        opt.step()
+        if c.deepspeed and opt is c.generator_optimizer:
+            opt.step()
+        else:
+            bare = _bare_optimizer(opt)
+            bare.found_inf = found_inf  # read by the fused kernel on the device, as GradScaler's is
+            bare.step()  # gradients are in sync here (called on the accumulation's last micro-step)
         opt.zero_grad(set_to_none=not c.cudagraphs)
+    if scaler is not None:
+        scaler.update()  # backs the scale off when an unscale_ above found inf/NaN gradients
     return found_inf, norms
+
+
+def _bare_optimizer(opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The torch optimizer inside Accelerate's wrapper."""
+    return opt.optimizer if hasattr(opt, "optimizer") else opt

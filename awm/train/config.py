@@ -16,11 +16,15 @@ from awm.config import check
 from awm.data.loader import DataConfig
 from awm.models.discriminators import DiscriminatorConfig
 from awm.models.losses import LossConfig
+from awm.train.ema import EMAConfig
 from awm.train.perf import CompileMode, PerfConfig
-from awm.train.utils import CheckpointConfig, EMAConfig, ScheduleConfig
+from awm.train.schedule import ScheduleConfig
+from awm.train.state import CheckpointConfig
 
 RECIPES = Path(__file__).parent / "recipes"
-__all__ = ["RECIPES", "CheckpointConfig", "EMAConfig", "LogConfig", "ModelConfig", "OptimConfig", "ScheduleConfig",
+# Accelerate's names of the experiment trackers log.trackers offers; each needs the package of that name.
+TRACKERS = ("tensorboard", "wandb", "mlflow")
+__all__ = ["RECIPES", "TRACKERS", "CheckpointConfig", "EMAConfig", "LogConfig", "ModelConfig", "OptimConfig", "ScheduleConfig",
            "TrainConfig", "ValidationConfig", "load_config"]
 
 
@@ -88,11 +92,20 @@ class ValidationConfig:
 @dataclass
 class LogConfig:
     every: int = field(default=50, metadata={
-        "help": "TensorBoard scalars and a console line every N steps; the only steps where the host reads "
+        "help": "tracker scalars and a console line every N steps; the only steps where the host reads "
                 "the device, so max_nan_skips acts here (stop requests act within two steps)"})
+
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"], metadata={
+        "help": "experiment trackers (Accelerate's): tensorboard (<run>/tb), wandb, mlflow; where they write comes "
+                "from WANDB_MODE/WANDB_DIR/WANDB_PROJECT and MLFLOW_TRACKING_URI/MLFLOW_EXPERIMENT_NAME"})
+    group: str | None = field(default=None, metadata={
+        "help": "the W&B group and MLflow experiment of this run (awm sweep sets the sweep's name)"})
 
     def __post_init__(self) -> None:
         check(self.every >= 1, "log.every", self.every, ">= 1")
+        for t in self.trackers:
+            check(t in TRACKERS, "log.trackers", t, ", ".join(TRACKERS))
+        check(len(set(self.trackers)) == len(self.trackers), "log.trackers", self.trackers, "each tracker once")
 
 
 @dataclass

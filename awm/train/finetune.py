@@ -23,23 +23,23 @@ import torch
 import yaml
 from torch import nn
 
-from awm.config import ConfigError
+from awm.errors import ConfigError
 from awm.log import get_logger
 from awm.models.checkpoint import (
     TRAINED_COLOR_ORDER,
-    CheckpointError,
     basicsr_names,
     fold_bgr,
     load_model,
     normalize_state_dict,
     read_weights,
 )
+from awm.models.loaded import CheckpointError
 
 if TYPE_CHECKING:
     from awm.train.config import TrainConfig
 
 log = get_logger("awm.train")
-SHOWN = 8  # keys listed per kind in an error message
+SHOWN = 5  # tensors listed in an error message, one per line, before "... and N more"
 
 
 class InitMismatchError(CheckpointError):
@@ -117,10 +117,12 @@ def _diff(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]
 
 def _table(missing: list[str], unexpected: list[str], mismatched: list[tuple[str, tuple, tuple]],
            limit: int | None = None) -> str:
+    """The tensors that differ, one indented line each; past ``limit``, a last line "... and N more"."""
     rows = ([f"shape mismatch {k}: file {list(a)} vs model {list(b)}" for k, a, b in mismatched]
             + [f"missing from the file {k}" for k in missing] + [f"unexpected in the file {k}" for k in unexpected])
     more = len(rows) - limit if limit is not None and len(rows) > limit else 0
-    return "; ".join(rows[:limit] if limit is not None else rows) + (f"; ... {more} more" if more else "")
+    shown = rows[:limit] if limit is not None else rows
+    return "\n".join(f"  {r}" for r in shown + ([f"... and {more} more"] if more else []))
 
 
 def load_state(module: nn.Module, state: dict[str, torch.Tensor], strict: bool, key: str, file: str,
@@ -137,15 +139,14 @@ def load_state(module: nn.Module, state: dict[str, torch.Tensor], strict: bool, 
     state = {theirs_names.get(k, k): v for k, v in state.items()}
     missing, unexpected, mismatched = _diff(ours, state)
     if (missing or unexpected or mismatched) and strict:
-        raise InitMismatchError(f"{key}={file}: the weights do not fit {expected}: "
-                                f"{_table(missing, unexpected, mismatched, SHOWN)}; set model.init_strict=false "
-                                "to load the tensors that fit")
+        raise InitMismatchError(f"{key}={file}: the weights do not fit {expected} (set model.init_strict=false "
+                                f"to load the tensors that fit):\n{_table(missing, unexpected, mismatched, SHOWN)}")
     skip = {k for k, _, _ in mismatched} | set(unexpected)
     fitting = {back[k]: v for k, v in state.items() if k not in skip}
     module.load_state_dict(fitting, strict=False)
     if missing or unexpected or mismatched:
-        log.warning("%s %s: loaded %d tensors; not loaded:\n  %s", key, file, len(fitting),
-                    _table(missing, unexpected, mismatched).replace("; ", "\n  "))
+        log.warning("%s %s: loaded %d tensors; not loaded:\n%s", key, file, len(fitting),
+                    _table(missing, unexpected, mismatched))
     return {"loaded": len(fitting), "missing": missing, "unexpected": unexpected,
             "mismatched": [k for k, _, _ in mismatched]}
 
@@ -158,7 +159,12 @@ def load_generator(generator: nn.Module, init: InitWeights, cfg: TrainConfig) ->
         raise ConfigError("model.arch", m.arch, f"an architecture of the init file's class "
                           f"({type(init.module).__name__}; the model is {type(generator).__name__}), or null "
                           "to take it from the file")
-    expected = f"model.arch={m.arch} {m.hparams} at data.scale={cfg.data.scale} (the file is x{init.scale})"
+    if init.scale != cfg.data.scale and m.init_strict:  # an upsampler cannot be reused across scales
+        raise InitMismatchError(f"model.init={init.file}: the scales differ: the file is a x{init.scale} model and "
+                                f"this run trains x{cfg.data.scale} (data.scale={cfg.data.scale}); start from a "
+                                f"x{cfg.data.scale} file, or train x{init.scale} with data.scale={init.scale} (and "
+                                f"shards holding lr_x{init.scale})")
+    expected = f"model.arch={m.arch} {m.hparams} at data.scale={cfg.data.scale}"
     report = load_state(generator, init.module.state_dict(), m.init_strict, "model.init", init.file, expected,
                         (basicsr_names(generator), basicsr_names(init.module)))
     log.info("model.init %s (%s, colour order %s): %d tensors loaded", init.file, init.source, init.color_order,

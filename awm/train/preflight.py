@@ -9,15 +9,16 @@ model, optimiser or loader exists.
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-from awm.config import ConfigError
 from awm.data.loader import check_data
+from awm.errors import ConfigError
 from awm.models.archs import resolve_hparams
 from awm.train.config import TrainConfig
-from awm.train.utils import latest_state
+from awm.train.tracking import preflight as preflight_trackers
 
 # What a saved state's tensors depend on: a resumed run must agree on these.
 STATE_KEYS = ("model.arch", "model.hparams", "model.discriminator", "data.scale")
@@ -37,12 +38,12 @@ def state_identity(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def check_run_dir(cfg: TrainConfig) -> None:
+def check_run_dir(cfg: TrainConfig, resume: Path | None) -> None:
     """A run folder with a saved state is resumed: refuse a config whose model or scale differs from it."""
     from awm import config as cfgmod
 
     saved_path = cfg.run_dir / "config.yaml"
-    if not cfg.checkpoint.resume or latest_state(cfg.run_dir) is None or not saved_path.is_file():
+    if resume is None or not saved_path.is_file():
         return
     saved = state_identity(yaml.safe_load(saved_path.read_text()) or {})
     new = state_identity(cfgmod.to_dict(cfg))
@@ -55,7 +56,9 @@ def check_run_dir(cfg: TrainConfig) -> None:
                                             "delete that folder to start it over")
 
 
-def check_inputs(cfg: TrainConfig) -> None:
-    """Every check that can fail before the expensive part of a run starts."""
-    check_run_dir(cfg)
+def check_inputs(cfg: TrainConfig, resume: Path | None) -> None:
+    """Every check that can fail before the expensive part of a run starts (``resume``: the saved
+    state the run will resume from, None for a fresh start)."""
+    check_run_dir(cfg, resume)
     check_data(cfg.data)
+    preflight_trackers(cfg.log.trackers)

@@ -12,8 +12,9 @@ save it within two steps and return ``status: preempted``; a second Ctrl-C abort
 
 Where things live: :mod:`awm.train.config` (the typed configuration), :mod:`awm.train.components`
 (components, the step's losses/backward/update), :mod:`awm.train.trainer` (the loop, logging,
-validation), :mod:`awm.train.utils` (EMA, schedules, state), :mod:`awm.train.perf` (FLOPs/MFU,
-memory format, compile, prefetching).
+validation), :mod:`awm.train.ema`, :mod:`awm.train.schedule`, :mod:`awm.train.state` (resume state,
+checkpoint settings), :mod:`awm.train.images` (batches to images, grids), :mod:`awm.train.perf`
+(FLOPs/MFU, memory format, compile, prefetching).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from awm.log import get_logger
 from awm.train.components import build_components
 from awm.train.config import RECIPES, TrainConfig, load_config
 from awm.train.preflight import check_inputs
+from awm.train.state import latest_state
 from awm.train.trainer import Trainer
 
 log = get_logger("awm.train")
@@ -73,14 +75,18 @@ def _deepspeed() -> bool:
 
 def _asks_for_cuda(cfg: TrainConfig) -> str | None:
     """What in this run asks for a GPU (a phrase for the error), or None: ``device=cuda``, fp16
-    (no GradScaler or autocast on a CPU), or, with ``precision: auto``, a launcher whose mixed
-    precision is bf16/fp16 (AWM's GPU launch configs; the CPU ones say 'no')."""
+    (no GradScaler or autocast on a CPU), a DeepSpeed launch (DeepSpeed takes its CPU accelerator
+    when torch sees no GPU, so a broken CUDA install would train on the CPU), or, with
+    ``precision: auto``, a launcher whose mixed precision is bf16/fp16 (AWM's GPU launch configs;
+    the CPU ones say 'no'). ``device=cpu`` is the explicit way to any of them on a CPU."""
     if cfg.device == "cuda":
         return "device=cuda"
     if cfg.device == "cpu":
         return None
     if cfg.precision == "fp16":
         return "precision=fp16"
+    if _deepspeed():
+        return "the DeepSpeed launch (add device=cpu to train with DeepSpeed's CPU accelerator)"
     launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
     if cfg.precision == "auto" and launcher in ("bf16", "fp16") and not _deepspeed():
         return f"the launch config (mixed_precision: {launcher}; add device=cpu to train on the CPU)"
@@ -120,6 +126,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if asked:
         dist.require_cuda(asked)
     if _deepspeed():
+        if cfg.device == "cpu" and torch.cuda.is_available():
+            raise cfgmod.ConfigError("device", "cpu", "auto or cuda under DeepSpeed on a machine with GPUs (its engine "
+                                     "takes the GPU; CUDA_VISIBLE_DEVICES= hides them to train on the CPU)")
         # DeepSpeed joins its own process group (Accelerate calls deepspeed.init_distributed,
         # with gloo on CPU: see build_components), and ACCELERATE_USE_CPU (set by dist.init
         # without a GPU) would make Accelerate ignore it.
@@ -132,9 +141,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
             previous[sig] = signal.signal(sig, _on_stop_signal)
     try:
-        check_inputs(cfg)
+        # Resolved once and handed down: the checks, the components (which weights to start from)
+        # and the loop (what to load) act on the same saved state.
+        resume = latest_state(cfg.run_dir) if cfg.checkpoint.resume else None
+        check_inputs(cfg, resume)
         precision = _precision(cfg)
-        trainer = Trainer(cfg, build_components(cfg, precision), _stop, precision)
+        trainer = Trainer(cfg, build_components(cfg, precision, resume), _stop, precision, resume)
         try:
             return trainer.run()
         finally:
@@ -170,4 +182,7 @@ def run(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(cfgmod.to_dict(cfg), sort_keys=False), end="")
         return 0
     stats = train(cfg)
+    if stats["status"] == "preempted" and dist.rank() == 0:  # the last line before a launcher's own traceback
+        log.warning("stopped: state saved at step %d of %d in %s; re-run the same command to resume",
+                    stats["step"], stats["steps"], cfg.run_dir / "state")
     return {"done": 0, "preempted": EXIT_PREEMPTED}.get(stats["status"], 1)

@@ -21,17 +21,26 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from awm import config as cfgmod
 from awm.data.degrade_device import degrade_batch
 from awm.data.loader import SkipCounter, augment, epoch_steps, train_loader
-from awm.eval.psnr_ssim import psnr_ssim_y
+from awm.eval.psnr_ssim import bicubic, psnr_ssim_y
 from awm.imageio import atomic_write_text
 from awm.log import get_logger
-from awm.train.components import Components, apply_update, flops_per_pair, losses_and_backward
+from awm.train import tracking
+from awm.train.components import (
+    Components,
+    apply_update,
+    discriminator_sync,
+    flops_per_pair,
+    losses_and_backward,
+)
+from awm.train.images import image_grid, to_float
 from awm.train.perf import DevicePrefetcher, peak_tflops
-from awm.train.utils import TrainState, bicubic, image_grid, latest_state, save_full_state, to_float
+from awm.train.state import TrainState, save_full_state
 
 if TYPE_CHECKING:
     from awm.train.config import TrainConfig
@@ -43,7 +52,7 @@ START_VAL = "validation_at_start.json"
 class Trainer:
     """One run: resumes its state, trains to ``cfg.steps`` or a stop, and reports stats."""
 
-    def __init__(self, cfg: TrainConfig, c: Components, stop: threading.Event, precision: str):
+    def __init__(self, cfg: TrainConfig, c: Components, stop: threading.Event, precision: str, resume: Path | None):
         self.cfg, self.c, self.stop, self.precision = cfg, c, stop, precision
         acc = c.accelerator
         self.device, self.world, self.main = acc.device, acc.num_processes, acc.is_main_process
@@ -51,7 +60,8 @@ class Trainer:
         acc.register_for_checkpointing(self.state)
         if c.ema is not None:
             acc.register_for_checkpointing(c.ema)
-        resume = latest_state(cfg.run_dir) if cfg.checkpoint.resume else None
+        if c.deepspeed and c.discriminator is not None:  # outside the engine: saved as custom states, after the rest
+            acc.register_for_checkpointing(c.discriminator_plain, c.discriminator_optimizer)
         if resume is not None:
             load_state(c, resume)
             log.info("resumed from %s at step %d", resume, self.state.step)
@@ -69,8 +79,10 @@ class Trainer:
         self.flops = {gan: flops_per_pair(c, cfg.data.patch, cfg.data.scale, gan) for gan in stages}
         self.peak = peak_tflops(self.device, precision, cfg.perf.peak_tflops)
         self.fault = _fault_step(acc.process_index)
-        self.writer = None
+        self.tracking = False
         self.last_val: dict[str, Any] = {}
+        self.last_val_step = 0
+        self.val_weights: list[torch.Tensor] | None = None
         self.start_val: dict[str, Any] | None = None
         self.window_start, self.wait, self.window_steps = time.perf_counter(), 0.0, 0
         self.stop_seen = False
@@ -83,14 +95,44 @@ class Trainer:
     def gan(self, step: int) -> bool:
         return self.c.discriminator is not None and step >= self.cfg.gan_start
 
+    def stages(self) -> str:
+        """The stages this run goes through, in words: raising ``steps`` past ``gan_start`` turns the
+        GAN stage on (other losses, a discriminator, several times slower steps), never silently."""
+        cfg = self.cfg
+        if self.c.discriminator is None:
+            return f"L1 stage only, to step {cfg.steps} (gan_start {cfg.gan_start} >= steps)"
+        gan = f"GAN stage ({self.gan_terms()}) to step {cfg.steps}"
+        return gan if cfg.gan_start == 0 else f"L1 stage to step {cfg.gan_start}, then the {gan}"
+
+    def gan_terms(self) -> str:
+        loss = self.cfg.loss
+        terms = [f"{loss.pixel.type} x{loss.pixel.weight:g}"] + [
+            f"{name} x{w:g}" for name, w in (("vgg", loss.perceptual.vgg_weight),
+                                              ("anime", loss.perceptual.anime_weight), ("gan", loss.gan.weight)) if w]
+        return " + ".join(terms) + ", with a discriminator"
+
+    def announce(self) -> None:
+        """What this run trains on, where, and into which folder (rank 0, once at the start)."""
+        from awm.data.loader import shard_list
+
+        cfg, d = self.cfg, self.cfg.data
+        train = shard_list(d.train, "train", d.degrade)
+        evals = f"eval {d.eval} ({sum(n for _, n in shard_list(d.eval, 'eval', d.degrade, 'data.eval'))} pairs)" \
+            if d.eval else "no eval data"
+        init = f", from {cfg.model.init}" if cfg.model.init else ""
+        log.info("run %s: %s x%d%s; train %s (%d pairs in %d shards), %s; %d process(es) on %s, %s; %s",
+                 cfg.run_dir, cfg.model.arch, d.scale, init, d.train, sum(n for _, n in train), len(train),
+                 evals, self.world, "cpu" if self.device.type == "cpu" else self.device,
+                 {"no": "fp32"}.get(self.precision, self.precision), self.stages())
+
     def run(self) -> dict[str, Any]:
         """Train to the end or a stop; saves the state and returns the run's stats."""
-        from torch.utils.tensorboard import SummaryWriter
-
         cfg, t_start, status = self.cfg, time.perf_counter(), "done"
         if self.main:
+            self.announce()
             cfgmod.save(cfg, cfg.run_dir / "config.yaml")
-            self.writer = SummaryWriter(str(cfg.run_dir / "tb"))
+        tracking.start(self.c.accelerator, cfg, cfgmod.to_dict(cfg))  # rank 0's trackers; the others no-op
+        self.tracking = True
         if cfg.validation.at_start and self.state.step == 0:  # the starting weights' baseline (model.init)
             self.validate_if_due(now=True)
             self.start_val = self.last_val
@@ -99,6 +141,9 @@ class Trainer:
         elif (cfg.run_dir / START_VAL).is_file():
             self.start_val = json.loads((cfg.run_dir / START_VAL).read_text())
         while self.state.step < cfg.steps:
+            if self.main and 0 < self.state.step == cfg.gan_start and self.gan(self.state.step):
+                log.info("step %d: the GAN stage starts (gan_start=%d): %s, to step %d; steps are slower",
+                         self.state.step, cfg.gan_start, self.gan_terms(), cfg.steps)
             self.train_step()
             self.stop_seen = self.stop_seen or self.agreement.poll()
             if self.state.step % cfg.log.every == 0 or self.state.step == cfg.steps:
@@ -131,6 +176,9 @@ class Trainer:
             for group in opt.param_groups:
                 group["lr"] = base * factor
         step_terms: dict[str, torch.Tensor] = {}
+        # Under DeepSpeed Accelerate's backward drives the generator's engine; the discriminator's
+        # is plain autograd, averaged over the accumulation as Accelerate's backward would.
+        d_backward = (lambda loss: (loss / cfg.optim.accum).backward()) if c.deepspeed else None
         for _ in range(cfg.optim.accum):
             lr, hr = self.next_batch(step)
             if c.cudagraphs:
@@ -138,8 +186,8 @@ class Trainer:
                 # graph outputs may be overwritten; nothing from it is read after this point (loss
                 # terms are eager copies, .grad lives outside the graph pool: build_components).
                 torch.compiler.cudagraph_mark_step_begin()
-            with acc.accumulate(*c.trained(gan)):
-                terms = losses_and_backward(c, lr, hr, gan, acc.backward, acc.autocast)
+            with acc.accumulate(*c.trained(gan)), discriminator_sync(c, gan, acc.sync_gradients):
+                terms = losses_and_backward(c, lr, hr, gan, acc.backward, acc.autocast, d_backward)
                 for name, value in terms.items():
                     step_terms[name] = step_terms.get(name, 0.0) + value.detach().float() / cfg.optim.accum
                 if acc.sync_gradients:
@@ -207,43 +255,56 @@ class Trainer:
 
     def write_scalars(self, step: int, gan: bool, losses: dict[str, float], norms: list[float], rate: float,
                       tflops: float, wait_fraction: float) -> None:
-        w, c = self.writer, self.c
-        w.add_scalar("train/stage", 2 if gan else 1, step)
-        for k, v in losses.items():
-            w.add_scalar(f"loss/{k}", v, step)
-        w.add_scalar("loss/total", sum(losses.values()), step)
+        """The log step's scalars, host numbers already read, to every tracker (rank 0)."""
+        c = self.c
+        out: dict[str, float] = {"train/stage": 2 if gan else 1}
+        out.update({f"loss/{k}": v for k, v in losses.items()})
+        out["loss/total"] = sum(losses.values())
         for name, opt, norm in zip(("g", "d"), c.optimizers(gan), norms, strict=False):
-            w.add_scalar(f"lr/{name}", opt.param_groups[0]["lr"], step)
-            w.add_scalar(f"grad_norm/{name}", norm, step)
-        w.add_scalar("perf/samples_per_s", rate, step)
-        w.add_scalar("perf/tflops", tflops, step)
+            out[f"lr/{name}"], out[f"grad_norm/{name}"] = opt.param_groups[0]["lr"], norm
+        out["perf/samples_per_s"], out["perf/tflops"] = rate, tflops
         if self.peak:
-            w.add_scalar("perf/mfu", tflops / self.peak, step)
-        w.add_scalar("perf/data_wait_fraction", wait_fraction, step)
+            out["perf/mfu"] = tflops / self.peak
+        out["perf/data_wait_fraction"] = wait_fraction
         if self.device.type == "cuda":
-            w.add_scalar("perf/gpu_mem_gib", torch.cuda.max_memory_allocated(self.device) / 2**30, step)
-        w.add_scalar("data/skipped", sum((self.base_skips + self.skips.total()).values()), step)
-        w.add_scalar("train/nan_skips", self.state.nan_skips, step)
+            out["perf/gpu_mem_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        out["data/skipped"] = sum((self.base_skips + self.skips.total()).values())
+        out["train/nan_skips"] = self.state.nan_skips
+        c.accelerator.log(out, step=step)
 
     # -- validate, checkpoint, state --------------------------------------------------------
     def validate_if_due(self, now: bool = False) -> None:
         cfg, step = self.cfg, self.state.step
         if not (now or (cfg.validation.every and step % cfg.validation.every == 0) or step == cfg.steps):
             return
+        previous, previous_weights = self.last_val, self.val_weights
         self.last_val, grid = validate(cfg, self.c, self.eval_model, self.val_skips)
+        self.val_weights = [p.detach().double().sum() for p in self.eval_model.parameters()]
         if self.main:
-            for k in ("psnr_y", "bicubic_psnr_y", "ssim_y", "l1"):
-                self.writer.add_scalar(f"val/{k}", self.last_val[k], step)
+            self.warn_if_stuck(previous, previous_weights)
+            self.c.accelerator.log({f"val/{k}": self.last_val[k]
+                                    for k in ("psnr_y", "bicubic_psnr_y", "ssim_y", "bicubic_ssim_y", "l1")}, step=step)
             if grid is not None:
-                self.writer.add_image("val/lr_bicubic_sr_hr", grid, step)
+                tracking.log_image(self.c.accelerator, "val/lr_bicubic_sr_hr", grid, step)
             val = self.last_val
-            log.info("validation at step %d: PSNR-Y %.3f dB, bicubic %.3f dB (%+.3f dB), SSIM-Y %.4f, L1 %.5f, "
-                     "%d images", step, val["psnr_y"], val["bicubic_psnr_y"], val["psnr_y"] - val["bicubic_psnr_y"],
-                     val["ssim_y"], val["l1"], val["images"])
+            log.info("validation at step %d: PSNR-Y %.3f dB, bicubic %.3f dB (%+.3f dB), SSIM-Y %.4f (bicubic %.4f), "
+                     "L1 %.5f, %d images", step, val["psnr_y"], val["bicubic_psnr_y"],
+                     val["psnr_y"] - val["bicubic_psnr_y"], val["ssim_y"], val["bicubic_ssim_y"], val["l1"],
+                     val["images"])
+            self.last_val_step = step
         value = self.last_val[cfg.checkpoint.metric]
         if self.last_val["images"] and cfg.checkpoint.better(value, self.state.best):
             self.state.best, self.state.best_step = value, step
             self.save_weights("best")
+
+    def warn_if_stuck(self, previous: dict[str, Any], previous_weights: list[torch.Tensor] | None) -> None:
+        val = self.last_val
+        if validation_stuck(previous, previous_weights, val, self.val_weights):
+            log.warning("validation at step %d gives exactly the numbers of step %d (PSNR-Y %.6f dB, SSIM-Y %.6f) "
+                        "though the weights changed: the model's output no longer follows its weights (collapsed; "
+                        "%+.3f dB vs bicubic). Check the learning rate, the data and the initialisation",
+                        self.state.step, self.last_val_step, val["psnr_y"], val["ssim_y"],
+                        val["psnr_y"] - val["bicubic_psnr_y"])
 
     def checkpoint_if_due(self) -> None:
         every = self.cfg.checkpoint.every
@@ -277,22 +338,34 @@ class Trainer:
                  "flops_per_pair": {("gan" if k else "l1"): v for k, v in self.flops.items()},
                  "wall_s": round(wall, 2), "config_digest": cfgmod.digest(cfg)}
         if self.main:
+            val = self.last_val
+            if val.get("images") and val["psnr_y"] < val["bicubic_psnr_y"]:
+                log.warning("the run ends %.3f dB below bicubic on its validation images (PSNR-Y %.3f vs %.3f dB): "
+                            "this model is worse than a bicubic resize; train longer, check the data and the "
+                            "learning rate, or fine-tune a released model (model.init)",
+                            val["bicubic_psnr_y"] - val["psnr_y"], val["psnr_y"], val["bicubic_psnr_y"])
             atomic_write_text(cfg.run_dir / "train_stats.json", json.dumps(stats, indent=1, default=str))
+            if status == "done":
+                best = cfg.run_dir / "checkpoints" / "best"
+                said = (f"best {cfg.checkpoint.metric} {state.best:.4f} at step {state.best_step}: {best}"
+                        if state.best_step is not None and best.is_dir() else "no validation chose a best checkpoint")
+                log.info("run %s done: step %d in %.0f s; %s; last: %s", cfg.run_dir, state.step, wall, said,
+                         cfg.run_dir / "checkpoints" / "last")
         self.c.accelerator.wait_for_everyone()
         return stats
 
 
     def close(self) -> None:
-        """Stop the loader workers (they ignore SIGTERM, so the trainer must end them) and the writer."""
+        """Stop the loader workers (they ignore SIGTERM, so the trainer must end them) and the trackers."""
         self.agreement.close()
         if self.batches is not None:
             shutdown = getattr(self.batches.batches, "_shutdown_workers", None)
             if shutdown is not None:
                 shutdown()
             self.batches = None
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+        if self.tracking:
+            tracking.finish(self.c.accelerator)
+            self.tracking = False
 
 
 class StopAgreement:
@@ -340,8 +413,20 @@ def load_state(c: Components, path: Path) -> None:
     the same on every rank).
     """
     acc = c.accelerator
+    if c.deepspeed:  # the discriminator and its optimizer are the last two custom states (Trainer)
+        custom = acc._custom_objects
+        if c.discriminator is None or len(list(path.glob("custom_checkpoint_*.pkl"))) >= len(custom):
+            acc.load_state(str(path))
+            return
+        acc._custom_objects = custom[:-2]
+        try:
+            acc.load_state(str(path))
+        finally:
+            acc._custom_objects = custom
+        log.info("state %s was saved before the GAN stage existed in this run: the discriminator starts fresh", path)
+        return
     saved = len(list(path.glob("model*.safetensors")) + list(path.glob("pytorch_model*.bin")))
-    if c.discriminator is None or c.deepspeed or saved >= len(acc._models):
+    if c.discriminator is None or saved >= len(acc._models):
         acc.load_state(str(path))
         return
     # Accelerate's load_state loads every prepared model/optimizer it holds (its private lists):
@@ -357,6 +442,17 @@ def load_state(c: Components, path: Path) -> None:
     log.info("state %s was saved before the GAN stage existed in this run: the discriminator starts fresh", path)
 
 
+def validation_stuck(previous: dict[str, Any], previous_weights: list[torch.Tensor] | None,
+                     current: dict[str, Any], weights: list[torch.Tensor]) -> bool:
+    """Whether a validation gave exactly the previous one's PSNR-Y and SSIM-Y though the weights
+    moved: the output no longer depends on them (a collapsed model, e.g. stuck at nearest-neighbour,
+    issue 30), which the loss curve alone does not show."""
+    if not previous.get("images") or previous_weights is None:
+        return False
+    same = (previous["psnr_y"], previous["ssim_y"]) == (current["psnr_y"], current["ssim_y"])
+    return same and not all(torch.equal(a, b) for a, b in zip(previous_weights, weights, strict=True))
+
+
 def _fault_step(rank: int) -> int | None:
     spec = os.environ.get("AWM_FAULT_NONFINITE_STEP")
     if not spec:
@@ -368,15 +464,16 @@ def _fault_step(rank: int) -> int | None:
 def validate(cfg: TrainConfig, c: Components, model: torch.nn.Module, skipped: Counter) -> tuple[dict[str, float], Any]:
     """PSNR/SSIM on Y (and L1) over this rank's share of the eval images, summed over ranks.
 
-    ``bicubic_psnr_y`` is the PSNR-Y of the same LR crops upscaled bicubically (torch's, as in the
-    TensorBoard grid): the bar a model must clear, so a run that loses to it says so.
+    ``bicubic_psnr_y``/``bicubic_ssim_y`` score the same LR crops upscaled by ``awm eval``'s bicubic
+    baseline (:func:`awm.eval.psnr_ssim.bicubic`): the bar a model must clear, so a run that loses
+    to it says so, with the number ``awm eval --crop validation.crop`` gives on the same shards.
     Runs the uncompiled module: eval image sizes vary, and would recompile a compiled one.
     """
     from awm.data.loader import eval_pairs
     from awm.imageio import to_tensor
 
     acc, info, v, s = c.accelerator, c.info, cfg.validation, cfg.data.scale
-    sums = torch.zeros(5, dtype=torch.float64, device=acc.device)
+    sums = torch.zeros(6, dtype=torch.float64, device=acc.device)
     crops = []
     was_training = model.training
     dtype = next(model.parameters()).dtype  # bf16 under DeepSpeed without EMA (no autocast there)
@@ -390,14 +487,16 @@ def validate(cfg: TrainConfig, c: Components, model: torch.nn.Module, skipped: C
             if min(h, w) < max(info.size_min, 1):
                 skipped["too_small"] += 1
                 continue
-            x = to_tensor(lr[:h, :w]).to(acc.device, dtype)
+            lr = np.ascontiguousarray(lr[:h, :w])
+            x = to_tensor(lr).to(acc.device, dtype)
             y = to_tensor(hr[:h * s, :w * s]).to(acc.device)
             with acc.autocast():
                 sr = model(x).float()
             p, ss = psnr_ssim_y(sr, y, border=s)
-            p_bicubic = psnr_ssim_y(bicubic(x, s), y, border=s)[0]
+            p_bicubic, ss_bicubic = psnr_ssim_y(to_tensor(bicubic(lr, s)).to(acc.device), y, border=s)
             sums += torch.stack([p.double().sum(), ss.double().sum(), (sr.clamp(0, 1) - y).abs().mean().double(),
-                                 torch.tensor(1.0, dtype=torch.float64, device=acc.device), p_bicubic.double().sum()])
+                                 torch.tensor(1.0, dtype=torch.float64, device=acc.device), p_bicubic.double().sum(),
+                                 ss_bicubic.double().sum()])
             if len(crops) < v.grid_images:
                 k = min(32, h, w)
                 y0, x0 = (h - k) // 2, (w - k) // 2
@@ -407,6 +506,6 @@ def validate(cfg: TrainConfig, c: Components, model: torch.nn.Module, skipped: C
     sums = acc.reduce(sums, "sum")
     n = max(1.0, float(sums[3]))
     metrics = {"psnr_y": float(sums[0]) / n, "bicubic_psnr_y": float(sums[4]) / n, "ssim_y": float(sums[1]) / n,
-               "l1": float(sums[2]) / n, "images": int(sums[3])}
+               "bicubic_ssim_y": float(sums[5]) / n, "l1": float(sums[2]) / n, "images": int(sums[3])}
     grid = image_grid(*(torch.cat(t) for t in zip(*crops, strict=True)), s) if crops else None
     return metrics, grid

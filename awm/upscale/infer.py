@@ -31,12 +31,12 @@ import torch
 from awm import dist
 from awm.config import add_dataclass_arguments, check, from_args, save_beside
 from awm.imageio import ImageError, atomic_write_bytes, atomic_write_text, encode_image, to_rgb8
-from awm.log import get_logger, progress
+from awm.log import get_logger, progress, show_progress
 from awm.upscale import tiling
 from awm.upscale.inputs import Job, collect_jobs
 
 if TYPE_CHECKING:
-    from awm.models.checkpoint import LoadedModel
+    from awm.models.loaded import LoadedModel
 
 log = get_logger("awm.upscale")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -45,7 +45,8 @@ LUMA = (0.299, 0.587, 0.114)
 
 @dataclass
 class UpscaleConfig:
-    inputs: list[str] = field(default_factory=list, metadata={"help": "image files, folders or pair-shard folders"})
+    inputs: list[str] = field(default_factory=list, metadata={"help": "image files, folders or pair-shard folders",
+                                                              "argument": "INPUT"})
     model: str = field(default="", metadata={
         "help": "checkpoint dir, run dir, a foreign .pth/.safetensors, or an .onnx file (onnxruntime)"})
     out: str = field(default="upscaled", metadata={"help": "output folder"})
@@ -84,13 +85,12 @@ def check_precision(model: LoadedModel, precision: str) -> torch.dtype:
     return DTYPES[precision]
 
 
-def _channels(x: torch.Tensor, c: int) -> torch.Tensor:
-    """Gray <-> RGB for tensors: replicate gray, luma of RGB."""
+def _channels(x: torch.Tensor, c: int, luma: torch.Tensor) -> torch.Tensor:
+    """Gray <-> RGB for tensors: replicate gray, luma of RGB (``luma``: 1x3x1x1 on ``x``'s device)."""
     if x.shape[1] == c:
         return x
     if c == 1:
-        w = torch.tensor(LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        return (x * w).sum(1, keepdim=True)
+        return (x * luma).sum(1, keepdim=True)
     return x.expand(-1, c, -1, -1)
 
 
@@ -112,16 +112,18 @@ def _run(model: LoadedModel, source: tiling.Source, h: int, w: int, c: int, sink
     nhwc = device.type == "cuda" and channels_last_for(_spandrel_id(model), None)
     if nhwc:
         module = module.to(memory_format=torch.channels_last)
+    # built once per image, not per gray tile (a pageable host-to-device copy each call)
+    luma = torch.tensor(LUMA, dtype=torch.float32).view(1, 3, 1, 1).to(device)
 
     def net(x: torch.Tensor) -> torch.Tensor:
-        x = _channels(x, model.in_channels)
+        x = _channels(x, model.in_channels, luma)
         if nhwc:
             x = x.contiguous(memory_format=torch.channels_last)
         # autocast, not module.to(dtype): archs keep float32 tensors outside their parameters
         # (SwinIR's mean, attention masks), and norms/softmax stay float32 where they need it
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             y = module(x)
-        return _channels(y.float(), c)
+        return _channels(y.float(), c, luma)
 
     with torch.inference_mode():
         tiling.run_tiles(net, source, tp, c, sink, device, batch, on_tiles)
@@ -142,7 +144,8 @@ def upscale_tensor(model: LoadedModel, x: torch.Tensor, tile: int = 512, tile_pa
     def sink(y: int, rows: torch.Tensor) -> None:
         canvas[0, :, y:y + rows.shape[1]] = rows.clamp(0, 1)
 
-    _run(model, source, h, w, c, sink, tile, tile_pad, precision, x.device, batch, on_tiles)
+    with tiling.device_scope(x.device):
+        _run(model, source, h, w, c, sink, tile, tile_pad, precision, x.device, batch, on_tiles)
     return canvas
 
 
@@ -184,8 +187,9 @@ def upscale_array(model: LoadedModel, img: np.ndarray, tile: int = 512, tile_pad
         q = rows.clamp(0, 1).mul_(peak).round_()
         rows_out(y, q.to(torch.uint8) if img.dtype == np.uint8 else q.to(torch.int32))
 
-    _run(model, source, h, w, c, sink, tile, tile_pad, precision, device, batch, on_tiles)
-    rows_out.flush()
+    with tiling.device_scope(device):
+        _run(model, source, h, w, c, sink, tile, tile_pad, precision, device, batch, on_tiles)
+        rows_out.flush()
     if img.ndim == 3 and img.shape[2] == 4:
         canvas[:, :, 3] = cv2.resize(img[:, :, 3], (w * s, h * s), interpolation=cv2.INTER_CUBIC)
     return canvas
@@ -206,9 +210,9 @@ class HostRows:
             self.write(y, rows.numpy())
             return
         host = torch.empty(rows.shape, dtype=rows.dtype, pin_memory=True)
-        host.copy_(rows, non_blocking=True)
+        host.copy_(rows, non_blocking=True)  # runs on the current stream of rows' device
         done = torch.cuda.Event()
-        done.record()
+        done.record(torch.cuda.current_stream(rows.device))  # a bare record() would use the current device's
         self.flush()
         self.pending = (y, host, done)
 
@@ -257,7 +261,7 @@ def upscale_job(job: Job, model: LoadedModel, cfg: UpscaleConfig, device: torch.
 def _tile_bar(name: str, total: int):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=Path(name).name[-24:], unit="tile", leave=False, disable=not dist.is_main(),
+    return tqdm(total=total, desc=Path(name).name[-24:], unit="tile", leave=False, disable=not show_progress(),
                 dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
 
 
@@ -275,13 +279,17 @@ def run(args: argparse.Namespace) -> int:
     device = torch.device(dist.resolve_device(cfg.device))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one tile shape per image: tuned once, reused per tile
-    model = load_model(cfg.model, str(device), cfg.color_order)
+    with tiling.device_scope(device):  # each image's work is scoped in upscale_array
+        model = load_model(cfg.model, str(device), cfg.color_order)
     check_precision(model, cfg.precision)
     suffix = f"x{cfg.outscale:g}" if cfg.outscale is not None else f"x{model.scale}"
     out_dir = Path(cfg.out)
     check(not out_dir.is_file(), "out", cfg.out, "a folder (it is an existing file)")
-    save_beside(cfg, out_dir, "upscale")
     jobs = collect_jobs(cfg.inputs, out_dir, suffix, cfg.format, model.scale)
+    check(any(j.error is None for j in jobs), "inputs", " ".join(cfg.inputs),  # before anything is written
+          "existing images, image folders or shards (" + ("; ".join(sorted({f"{j.name}: {j.error}" for j in jobs}))
+                                                         or "no image found") + ")", argument="INPUT")
+    save_beside(cfg, out_dir, "upscale")
     mine = d.part.share(jobs)
     log.info("%s x%d (%s) on %s: %d inputs, %d on this rank, tile %d pad %d, %s", model.arch, model.scale,
              model.source, device, len(jobs), len(mine), cfg.tile, cfg.tile_pad, cfg.precision)

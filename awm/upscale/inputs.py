@@ -22,9 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from awm import shardio
 from awm.imageio import decode_image, list_images, read_image
 from awm.log import get_logger
+from awm.shardio.cache import local_path
+from awm.shardio.locations import INDEX_NAME, has_braces, resolve
+from awm.shardio.members import index_samples
+from awm.shardio.ref import is_remote
 
 log = get_logger("awm.upscale")
 STATS_NAME = "upscale_stats.json"
@@ -54,7 +57,7 @@ def _shard_jobs(tar_path: Path, shown: str, out_dir: Path, suffix: str, fmt: str
     """One job per sample of a local tar: its ``lr_x{scale}`` image, output named by the sample key."""
     want = f"lr_x{scale}"
     try:
-        samples = shardio.index_samples(tar_path)
+        samples = index_samples(tar_path)
     except (OSError, tarfile.TarError) as e:
         return [Job(shown, tar_path, out_dir, error=f"unreadable shard: {e}")]
     jobs = []
@@ -73,9 +76,9 @@ def _shard_jobs(tar_path: Path, shown: str, out_dir: Path, suffix: str, fmt: str
 def _location_jobs(location: str, out_dir: Path, suffix: str, fmt: str, scale: int) -> list[Job]:
     """Jobs of every shard at a shard location; remote shards are fetched to the cache first."""
     jobs: list[Job] = []
-    refs = shardio.resolve(location).shards
+    refs = resolve(location).shards
     for ref in refs:
-        jobs.extend(_shard_jobs(shardio.local_path(ref), ref.name, out_dir, suffix, fmt, scale))
+        jobs.extend(_shard_jobs(local_path(ref), ref.name, out_dir, suffix, fmt, scale))
     return jobs or [Job(location, Path(location), out_dir, error=f"no samples in its {len(refs)} shard(s)")]
 
 
@@ -110,11 +113,11 @@ def collect_jobs(inputs: list[str], out_dir: Path, suffix: str, fmt: str, scale:
     jobs: list[Job] = []
     for raw in inputs:
         p = Path(raw)
-        if shardio.is_remote(raw) or shardio.has_braces(raw):
+        if is_remote(raw) or has_braces(raw):
             jobs.extend(_location_jobs(raw, out_dir, suffix, fmt, scale))
         elif not p.exists():
             jobs.append(Job(raw, p, out_dir, error="not found"))
-        elif p.is_dir() and (p / shardio.INDEX_NAME).is_file():
+        elif p.is_dir() and (p / INDEX_NAME).is_file():
             jobs.extend(_location_jobs(str(p), out_dir, suffix, fmt, scale))
         elif p.is_dir():
             jobs.extend(_folder_jobs(p, out_dir, suffix, fmt))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -115,6 +116,15 @@ def plan(height: int, width: int, scale: int, tile: int, overlap: int, multiple:
     """The tile grid for an image of ``height`` x ``width`` input pixels (see :func:`plan_axis`)."""
     return TilePlan(plan_axis(height, tile, overlap, multiple, minimum),
                     plan_axis(width, tile, overlap, multiple, minimum), int(scale))
+
+
+def device_scope(device: torch.device | str) -> AbstractContextManager:
+    """``torch.cuda.device(device)`` for a CUDA device (a no-op context elsewhere): inside it the
+    current device is the chosen one, so streams, events, pinned host buffers and cuDNN handles
+    belong to that GPU and ``cuda:1`` opens no context on GPU 0. ``cuda`` without an index keeps
+    the current device (``awm.dist.init`` sets it to this rank's GPU)."""
+    device = torch.device(device)
+    return torch.cuda.device(device) if device.type == "cuda" else nullcontext()
 
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:

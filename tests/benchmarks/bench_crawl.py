@@ -1,17 +1,27 @@
-"""Crawler throughput against the local test server, no rate limit (run by hand).
+"""`awm crawl` against the real img2dataset, same local Moebooru-compatible server, same files.
 
-Compares `awm crawl` with --workers 1 and 4 to the floor a user could write in ten lines: 4
-threads downloading the same files through one `requests.Session` each (keep-alive), nothing
-else, in the same run; and to an img2dataset-style downloader doing the same work as the crawler's
-core (4 threads: download, md5, full decode, samples written in order into a tar by the main
-thread, as img2dataset's downloader/writer do, without its resize) at equal workers and latency.
-CPU seconds (user + system, this process) per kept image give images/s per core. The crawler also lists pages, verifies md5/size, checks every image
-(header probe, full decode, perceptual hash), spools and writes shards; that verification cost
-is measured apart, in-process on the same bytes (`verification`), so the ratio to the loop shows
-what the crawler costs over a bare download. The second scenario adds a per-file server latency,
-closer to a real site. Prints one JSON object last (medians of --repeat).
+Wallpaper-sized originals (1920x1080 and 2560x1440, half PNG, half JPEG q95; generated anime-style
+pictures upscaled with per-image grain, cached under ~/.cache/awm-bench) are served by
+tests/integration/booru_server.py. Both tools run as their own command-line processes with 4
+parallel downloads, no rate limit, 100 samples per shard, and must keep every original
+byte-exact (checked: the md5 of every image in their output tars against the served files):
 
-    .venv/bin/python tests/benchmarks/bench_crawl.py [--images 48] [--size 768x432] [--repeat 3]
+- awm: ``awm crawl --workers 4 --rate 0`` (lists the API pages, verifies md5/size, probes the
+  header, decodes, hashes, dedups, writes raw shards);
+- img2dataset 1.47.0 (``--processes_count 1 --thread_count 4 --output_format webdataset``) on
+  the list of the same file URLs, in its own venv made from the package index on first use under
+  ~/.cache/awm-bench (the benchmark says why and stops when that is impossible). Two ways to keep
+  originals: ``nodecode`` (``--disable_all_reencoding``: bytes copied unchecked, one job) and
+  ``decode`` (``--resize_mode no --skip_reencode``, decoding each image; one job per source
+  format since ``--encode_format`` is one format, run back to back, times summed).
+
+Rounds interleave the tools (order rotated); each figure is the median over rounds; the awm/peer
+ratios are medians of per-round pairs. CPU = user + system of the process tree (wait4), RSS = the
+largest process's peak, writes = block writes reported by the kernel for the tree. Scenarios: a
+30 ms per-file server latency (closer to a real site) and plain loopback.
+Prints one JSON object last.
+
+    .venv/bin/python tests/benchmarks/bench_crawl.py [--images 96] [--rounds 3] [--latencies 30,0]
 """
 
 from __future__ import annotations
@@ -22,153 +32,167 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
+import tarfile
 import tempfile
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import requests
+import cv2
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from booru_server import BooruServer  # noqa: E402
+from peers import CACHE, PeerUnavailable, peer_venv  # noqa: E402
 
-from awm.acquire import clean  # noqa: E402
-from awm.acquire.crawl import CrawlConfig, crawl  # noqa: E402
 from awm.data.synth import generate  # noqa: E402
-from awm.imageio import encode_image  # noqa: E402
+
+I2D_VERSION = "1.47.0"
+SIZES = ((1920, 1080), (2560, 1440))
 
 
-def session_loop(urls: list[str], threads: int = 4) -> tuple[float, int]:
-    """The baseline: ``threads`` threads, one keep-alive Session each, download every URL."""
-    local = threading.local()
-
-    def get(u: str) -> int:
-        if not hasattr(local, "s"):
-            local.s = requests.Session()
-        r = local.s.get(u, timeout=30)
-        r.raise_for_status()
-        return len(r.content)
-
-    t = time.perf_counter()
-    with ThreadPoolExecutor(threads) as pool:
-        n = sum(pool.map(get, urls))
-    return time.perf_counter() - t, n
+def img2dataset() -> Path:
+    """The img2dataset executable of its own venv, made on first use (SystemExit with the reason)."""
+    try:
+        return peer_venv(f"img2dataset-{I2D_VERSION}", [[f"img2dataset=={I2D_VERSION}"]]) / "img2dataset"
+    except PeerUnavailable as e:
+        raise SystemExit(f"bench_crawl: {e} (no package index?)") from None
 
 
-def img2dataset_style(urls: list[str], out: Path, threads: int = 4) -> tuple[float, int]:
-    """Download + md5 + decode in a thread pool, write each sample into one tar in order."""
-    import io
-    import tarfile
-
-    import cv2
-    import numpy as np
-
-    local = threading.local()
-
-    def work(u: str) -> tuple[str, bytes, str]:
-        if not hasattr(local, "s"):
-            local.s = requests.Session()
-        r = local.s.get(u, timeout=30)
-        r.raise_for_status()
-        data = r.content
-        if cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) is None:
-            raise ValueError(u)
-        return u.rsplit("/", 1)[1].split(".")[0], data, hashlib.md5(data).hexdigest()
-
-    t = time.perf_counter()
-    n = 0
-    with ThreadPoolExecutor(threads) as pool, tarfile.open(out, "w") as tar:
-        for key, data, md5 in pool.map(work, urls):
-            for name, blob in ((f"{key}.img", data), (f"{key}.json", json.dumps({"md5": md5}).encode())):
-                info = tarfile.TarInfo(name)
-                info.size = len(blob)
-                tar.addfile(info, io.BytesIO(blob))
-            n += len(data)
-    return time.perf_counter() - t, n
+def originals(n: int) -> list[tuple[bytes, str, int, int]]:
+    """``n`` distinct wallpaper originals (bytes, ext, width, height), cached."""
+    d = CACHE / "crawl-originals-v1"
+    d.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(n):
+        w, h = SIZES[i % 2]
+        ext = "png" if i % 4 < 2 else "jpg"
+        f = d / f"{i:05d}.{ext}"
+        if not f.exists():
+            rng = np.random.default_rng(i)
+            img = cv2.resize(generate(5000 + i, w // 4, h // 4), (w, h), interpolation=cv2.INTER_CUBIC)
+            img = np.clip(img + rng.normal(0, 3, img.shape), 0, 255).astype(np.uint8)
+            bgr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+            ok, buf = cv2.imencode(f".{ext}", bgr, [cv2.IMWRITE_JPEG_QUALITY, 95] if ext == "jpg" else [])
+            tmp = f.with_suffix(".tmp")
+            tmp.write_bytes(buf.tobytes())
+            tmp.replace(f)
+        out.append((f.read_bytes(), ext, w, h))
+    return out
 
 
-def cpu_seconds() -> float:
-    t = os.times()
-    return t.user + t.system
+# Starts the command from a fresh small process and prints its rusage: a child's peak RSS starts at
+# its parent's RSS at fork time (kept across exec), and this benchmark's process holds the originals.
+_LAUNCHER = """
+import json, os, subprocess, sys, time
+t = time.perf_counter()
+p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+err = p.stderr.read()
+_, status, ru = os.wait4(p.pid, 0)
+print(json.dumps({"rc": os.waitstatus_to_exitcode(status), "wall_s": time.perf_counter() - t,
+                  "cpu_s": ru.ru_utime + ru.ru_stime, "rss_mb": ru.ru_maxrss / 1024,
+                  "written_mb": ru.ru_oublock * 512 / 1e6, "err": err.decode(errors="replace")[-2000:]}))
+"""
 
 
-def verification(files: list[bytes]) -> float:
-    """Seconds per file of what the crawler checks after a download: md5, size, image check + phash."""
-    formats = clean.allowed_formats(webp=True)
-    t = time.perf_counter()
-    for data in files:
-        hashlib.md5(data).hexdigest()
-        clean.check_image(data, formats, 25_600_000, 0)
-    return (time.perf_counter() - t) / len(files)
+def run(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
+    """Wall, CPU (process tree), peak RSS (largest process) and block writes of one command."""
+    p = subprocess.run([sys.executable, "-c", _LAUNCHER, *cmd], capture_output=True, text=True, env=env)
+    r = json.loads(p.stdout)
+    if r.pop("rc") or p.returncode:
+        raise SystemExit(f"{' '.join(cmd[:3])} ... failed: {r['err']}{p.stderr[-2000:]}")
+    del r["err"]
+    return r
 
 
-def crawler(srv: BooruServer, workers: int, root: Path) -> tuple[float, int, int, float]:
-    out = root / f"w{workers}"
-    shutil.rmtree(out, ignore_errors=True)
-    cfg = CrawlConfig(source="konachan", base_url=srv.url, out=out, rate=0, workers=workers,
-                      shard_size=16, progress=False)
-    t, c = time.perf_counter(), cpu_seconds()
-    s = crawl(cfg)
-    return time.perf_counter() - t, s["bytes"], s["kept"], cpu_seconds() - c
+def image_md5s(folder: Path) -> list[str]:
+    out = []
+    for tar in sorted(folder.rglob("*.tar")):
+        with tarfile.open(tar) as t:
+            for m in t.getmembers():
+                if m.isfile() and m.name.rsplit(".", 1)[-1].lower() in ("png", "jpg", "jpeg", "webp"):
+                    out.append(hashlib.md5(t.extractfile(m).read()).hexdigest())
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--images", type=int, default=48)
-    ap.add_argument("--size", default="768x432")
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--latency", type=float, default=0.03, help="per-file server delay, 2nd scenario")
+    ap.add_argument("--images", type=int, default=96)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--latencies", default="30,0", help="per-file server delays in ms, one scenario each")
+    ap.add_argument("--peers", default="nodecode,decode", help="img2dataset variants: nodecode, decode")
     a = ap.parse_args()
-    import webdataset  # noqa: F401 - the shard writer's import pulls in torch (seconds): not crawl work
-
-    w, h = map(int, a.size.split("x"))
-    files = [encode_image(generate(1000 + i, w, h), "png" if i % 2 else "jpg", None if i % 2 else 95) for i in range(a.images)]
-    result: dict = {"images": a.images, "size": a.size, "mb": round(sum(map(len, files)) / 1e6, 2),
-                    "cpus": os.cpu_count(), "repeat": a.repeat}
+    exe = img2dataset()
+    files = originals(a.images)
+    want = sorted(hashlib.md5(d).hexdigest() for d, *_ in files)
+    peers = a.peers.split(",")
     root = Path(tempfile.mkdtemp(prefix="bench_crawl_"))
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
+    common = ["--processes_count", "1", "--thread_count", str(a.workers), "--output_format", "webdataset",
+              "--number_sample_per_shard", "100", "--compute_hash", "md5", "--enable_wandb", "False",
+              "--timeout", "60", "--retries", "0", "--extract_exif", "False"]
+    result: dict = {"images": a.images, "sizes": "1920x1080 / 2560x1440", "workers": a.workers, "rounds": a.rounds,
+                    "mb_total": round(sum(len(d) for d, *_ in files) / 1e6, 1), "img2dataset_version": I2D_VERSION,
+                    "peers": peers, "scenarios": []}
     try:
-        for name, latency in (("loopback", 0.0), (f"latency_{int(a.latency * 1000)}ms", a.latency)):
+        for latency in (float(ms) / 1000 for ms in a.latencies.split(",")):
             with BooruServer(file_delay=latency) as srv:
-                for i, data in enumerate(files):
-                    srv.add_post(10_000 - i, data, "png" if i % 2 else "jpg", width=w, height=h)
-                urls = [p["file_url"] for p in srv.posts.values()]
-                runs: dict[str, list[tuple[float, int]]] = {"session_loop_4_threads": [], "workers1": [],
-                                                            "workers4": [], "img2dataset_style_4_threads": []}
-                cpu: dict[str, list[float]] = {"workers4": [], "img2dataset_style_4_threads": []}
-                for _ in range(a.repeat):
-                    runs["session_loop_4_threads"].append(session_loop(urls))
-                    c = cpu_seconds()
-                    runs["img2dataset_style_4_threads"].append(img2dataset_style(urls, root / "i2d.tar"))
-                    cpu["img2dataset_style_4_threads"].append(cpu_seconds() - c)
-                    for k in (1, 4):
-                        sec, nbytes, kept, used = crawler(srv, k, root)
-                        assert kept == a.images, f"kept {kept} of {a.images}"
-                        runs[f"workers{k}"].append((sec, nbytes))
-                        if k == 4:
-                            cpu["workers4"].append(used)
-            row = {}
-            for k, v in runs.items():
-                sec = statistics.median(s for s, _ in v)
-                row[k] = {"seconds": round(sec, 3), "downloads_per_s": round(a.images / sec, 1),
-                          "mb_per_s": round(v[0][1] / 1e6 / sec, 2)}
-            loop = row["session_loop_4_threads"]["downloads_per_s"]
-            row["ratio_workers1_vs_loop"] = round(row["workers1"]["downloads_per_s"] / loop, 3)
-            row["ratio_workers4_vs_loop"] = round(row["workers4"]["downloads_per_s"] / loop, 3)
-            row["ratio_workers4_vs_workers1"] = round(row["workers4"]["downloads_per_s"]
-                                                      / row["workers1"]["downloads_per_s"], 3)
-            row["ratio_workers4_vs_img2dataset_style"] = round(
-                row["workers4"]["downloads_per_s"] / row["img2dataset_style_4_threads"]["downloads_per_s"], 3)
-            for k, used in cpu.items():
-                row[k]["images_per_cpu_s"] = round(a.images / statistics.median(used), 1)
-            result[name] = row
-        per_file = statistics.median(verification(files) for _ in range(a.repeat))
-        result["verification"] = {"ms_per_file": round(per_file * 1000, 2),
-                                  "files_per_s_one_core": round(1 / per_file, 1),
-                                  "what": "md5 + size + header probe, full decode, perceptual hash; in-process",
-                                  "share_of_workers1_loopback": round(
-                                      per_file * a.images / result["loopback"]["workers1"]["seconds"], 3)}
+                lists: dict[str, Path] = {}
+                for i, (data, ext, w, h) in enumerate(files):
+                    srv.add_post(100_000 - i, data, ext, width=w, height=h)
+                for ext in ("png", "jpg", "all"):
+                    lists[ext] = root / f"urls-{ext}.txt"
+                    lists[ext].write_text("".join(p["file_url"] + "\n" for p in srv.posts.values()
+                                                  if ext == "all" or p["file_url"].endswith(ext)))
+
+                def awm(srv: BooruServer = srv) -> dict[str, float]:
+                    out = root / "awm"
+                    shutil.rmtree(out, ignore_errors=True)
+                    r = run([sys.executable, "-m", "awm", "crawl", "--source", "konachan", "--base-url", srv.url,
+                             "--out", str(out), "--rate", "0", "--workers", str(a.workers), "--no-progress"], env)
+                    assert sorted(image_md5s(out)) == want, "awm: originals not kept byte-exact"
+                    return r
+
+                def i2d(variant: str, lists: dict[str, Path] = lists) -> dict[str, float]:
+                    out = root / f"i2d-{variant}"
+                    shutil.rmtree(out, ignore_errors=True)
+                    if variant == "nodecode":
+                        jobs = [(lists["all"], ["--disable_all_reencoding", "True"])]
+                    else:
+                        jobs = [(lists[ext], ["--resize_mode", "no", "--skip_reencode", "True", "--encode_format", ext,
+                                 "--encode_quality", "9" if ext == "png" else "95"])
+                                for ext in ("png", "jpg")]
+                    tot: dict[str, float] = {}
+                    for k, (urls, extra) in enumerate(jobs):
+                        r = run([str(exe), str(urls), "--output_folder", str(out / str(k)), *common, *extra], env)
+                        for key, v in r.items():
+                            tot[key] = max(tot.get(key, 0), v) if key == "rss_mb" else tot.get(key, 0) + v
+                    assert sorted(image_md5s(out)) == want, f"img2dataset {variant}: originals not kept byte-exact"
+                    return tot
+
+                sides = {"awm": awm, **{f"img2dataset_{v}": (lambda v=v: i2d(v)) for v in peers}}
+                names = list(sides)
+                runs: dict[str, list[dict[str, float]]] = {k: [] for k in names}
+                for r in range(a.rounds):
+                    for k in names[r % len(names):] + names[:r % len(names)]:
+                        runs[k].append(sides[k]())
+                        print(f"latency {latency * 1000:.0f} ms round {r} {k}: {runs[k][-1]}", flush=True)
+            sc: dict = {"latency_ms": round(latency * 1000)}
+            for k, rs in runs.items():
+                sc[k] = {"images_per_s": statistics.median(a.images / x["wall_s"] for x in rs),
+                         "cpu_ms_per_image": statistics.median(1000 * x["cpu_s"] / a.images for x in rs),
+                         "rss_mb": statistics.median(x["rss_mb"] for x in rs),
+                         "written_mb": statistics.median(x["written_mb"] for x in rs)}
+            for v in peers:
+                pairs = [p["wall_s"] / q["wall_s"] for p, q in zip(runs[f"img2dataset_{v}"], runs["awm"], strict=True)]
+                sc[f"ratio_vs_{v}"] = {
+                    "images_per_s": statistics.median(pairs), "images_per_s_min": min(pairs),
+                    "images_per_s_max": max(pairs),
+                    "cpu_per_image": statistics.median(q["cpu_s"] / p["cpu_s"] for p, q in zip(runs[f"img2dataset_{v}"], runs["awm"], strict=True)),
+                    "rss": sc["awm"]["rss_mb"] / sc[f"img2dataset_{v}"]["rss_mb"]}
+            result["scenarios"].append(sc)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(json.dumps(result, indent=1))

@@ -168,7 +168,7 @@ def _max_diff(a: dict, b: dict) -> float:
     if a.keys() != b.keys():
         return math.inf
     return max((abs(float(ra[k]) - float(b[key][k])) for key, ra in a.items() for k in ra
-                if k not in ("model", "id") and ra[k] not in ("", None)), default=0.0)
+                if k not in ("model", "image", "id") and ra[k] not in ("", None)), default=0.0)
 
 
 if __name__ == "__main__":

@@ -49,8 +49,9 @@ from awm.data.loader import DataConfig, PairStream, TarReader, augment, shard_li
 from awm.data.shard import ShardConfig, shard  # noqa: E402
 from awm.data.synth import generate  # noqa: E402
 from awm.imageio import encode_image  # noqa: E402
-from awm.shardio import CACHE_ENV  # noqa: E402
-from awm.shardwrite import iter_tar, list_shards  # noqa: E402
+from awm.shardio.cache import CACHE_ENV  # noqa: E402
+from awm.shardio.read import iter_tar  # noqa: E402
+from awm.shardwrite import list_shards  # noqa: E402
 
 
 def make_whole(root: Path, n: int, w: int, h: int, scale: int) -> None:

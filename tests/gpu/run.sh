@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Check every CUDA path of AWM and measure it on one GPU, in about 5 minutes on an H100/H200.
+# Check every CUDA path of AWM and measure it on one GPU, in two device calls (--call 1, --call 2).
 #
-#   tests/gpu/run.sh [--out FILE] [--sections a,b] [--skip a,b] [--jobs N] [--cpu-dry-run] ...
+#   tests/gpu/run.sh [--call N] [--out FILE] [--sections a,b] [--skip a,b] [--jobs N] [--budget S] [--cpu-dry-run]
 #
 # Needs only a Python with torch (+ CUDA), torchvision, accelerate, OpenCV, numpy, PyYAML,
 # safetensors, einops, tqdm and tensorboard (what the lent H200 machines have preinstalled).
@@ -12,8 +12,9 @@
 # (the repo root goes on PYTHONPATH). DeepSpeed is used when installed, else its section is
 # skipped. Details, sections and the defect each one covers: tests/gpu/README.md.
 #
-# Prints one JSON object last and writes it to --out (default runs/gpu_checks.json). Exit 0:
-# every section that ran passed; 1: some failed; 3: no CUDA GPU (nothing run).
+# Appends JSON lines to --out (default runs/gpu_checks.jsonl) and prints them: the run and the
+# two-call recipe, one line per section the moment it ends (a killed run keeps them), a summary.
+# Exit 0: every section that ran passed; 1: some failed; 3: no CUDA GPU (nothing run).
 set -u
 cd "$(dirname "$0")/../.." || exit 2
 PY=${PYTHON:-python3}

@@ -11,7 +11,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -21,10 +20,13 @@ import pytest
 from awm import cli
 from awm.acquire import clean
 from awm.imageio import decode_image, encode_image
-from awm.shardwrite import iter_tar, list_shards, read_index
+from awm.shardio.read import iter_tar
+from awm.shardwrite import list_shards, read_index
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from booru_server import BooruServer  # noqa: E402
+from support import wait_for  # noqa: E402
 
 RATE = 25.0
 
@@ -135,11 +137,9 @@ def test_array_crawl_lists_once_within_one_rate_and_dedups_across_parts(tmp_path
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
         proc = subprocess.Popen([sys.executable, "-m", "awm", *argv], env=env, start_new_session=True,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            if len(list((out / "listing").glob("page-*"))) >= 60 and list(out.glob("raw-*.tar")):
-                break
-            time.sleep(0.05)
+        wait_for(lambda: proc.poll() is not None or (len(list((out / "listing").glob("page-*"))) >= 60
+                                                      and list(out.glob("raw-*.tar"))),
+                 "60 listing pages and a first shard", poll_s=0.05)
         assert proc.poll() is None, "the crawl ended before it could be killed mid-way"
         os.killpg(proc.pid, signal.SIGKILL)  # the submitter and every part, at once
         proc.wait()

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from luma_ties import REL64, pyiqa_on_luma, tie_tolerance  # noqa: E402
 from pairs import make_pair_shards  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,10 +58,10 @@ def test_two_ranks_equal_one_rank(eval_data: Path, tmp_path: Path) -> None:
     rows2 = (tmp_path / "two" / "per_image.csv").read_text()
     assert rows1 == rows2
     lines = rows1.splitlines()
-    assert lines[0] == "model,id,index,psnry,ssim,niqe_anime"
-    pairs = [tuple(line.split(",")[:3]) for line in lines[1:]]
+    assert lines[0] == "model,image,id,index,psnry,ssim,niqe_anime"
+    pairs = [tuple(line.split(",")[:4]) for line in lines[1:]]
     assert len(pairs) == len(set(pairs)) == 18  # 6 decodable samples x 3 models, none twice
-    assert {p[2] for p in pairs} == {"0", "1", "2", "3", "4", "6"}
+    assert {p[3] for p in pairs} == {"0", "1", "2", "3", "4", "6"}
 
     s1 = json.loads((tmp_path / "one" / "summary.json").read_text())
     s2 = json.loads((tmp_path / "two" / "summary.json").read_text())
@@ -109,18 +110,26 @@ def test_staged_standard_niqe_matches_pyiqa(tmp_path: Path, monkeypatch) -> None
     assert "\npresent  niqe_modelparameters.mat  " in verify.stdout
 
     import pyiqa
+    import torch
 
-    from awm.eval import metrics
+    from awm.eval import fast_metrics, metrics
     from awm.imageio import read_image, to_rgb8, to_tensor
 
     monkeypatch.setenv("TORCH_HOME", str(hub))
     ours = metrics.create("niqe", "cpu")
     ref = pyiqa.create_metric("niqe", device="cpu",
                               pretrained_model_path=str(SHARED / "weights" / "niqe_modelparameters.mat"))
+    model = SHARED / "weights" / "niqe_modelparameters.mat"
     for name in ("realesrgan_comic.png", "waifu2x_miku_bg.png"):
-        img = read_image(SHARED / "real" / name)
-        expected = float(ref(to_tensor(to_rgb8(img))))
-        assert ours(img) == pytest.approx(expected, rel=1e-9, abs=1e-9)
+        img = to_rgb8(read_image(SHARED / "real" / name))
+        y = fast_metrics.luma(img, "yiq", True)
+        on_luma, grads = pyiqa_on_luma(ref.net, [y])  # the same luma: float64 from there on, on any CPU
+        assert fast_metrics.niqe_luma(y, model) == pytest.approx(on_luma, rel=REL64, abs=REL64), name
+        # from RGB, pyiqa's float32 luma may put tie colours on the other level (tests/luma_ties.py)
+        with torch.inference_mode():
+            expected = float(ref(to_tensor(img)))
+        tol = tie_tolerance(lambda ys: fast_metrics.niqe_luma(ys[0], model), [img], [y], grads)
+        assert ours(img) == pytest.approx(expected, rel=0, abs=tol + REL64 * abs(expected)), name
 
 
 def test_missing_weights_fail_fast_offline(tmp_path: Path) -> None:

@@ -10,7 +10,8 @@ from awm.acquire.ingest import stable_id
 from awm.cli import main
 from awm.data.synth import generate
 from awm.imageio import encode_image
-from awm.shardwrite import iter_tar, list_shards, read_index
+from awm.shardio.read import iter_tar
+from awm.shardwrite import list_shards, read_index
 
 sys.path.insert(0, str(Path(__file__).parent))
 from booru_server import bomb_png, png  # noqa: E402
@@ -110,3 +111,35 @@ def test_an_empty_folder_exits_1_writing_nothing(tmp_path):
     assert rc == 1 and said == [f"ingest failed: ValueError: {tmp_path / 'src'}: no files to ingest (empty folder) "
                                 "(re-run with --debug for a traceback)"]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_without_images_leaves_no_output_folder(tmp_path):
+    """Only a .txt: exit 1 naming the skip, and no empty --out left behind to be mistaken for a result."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "notes.txt").write_text("no picture here")
+    rc, said = _said("awm.ingest", lambda: main(["ingest", str(tmp_path / "src"), "--out", str(tmp_path / "out"),
+                                                 "--no-progress"]))
+    assert rc == 1 and any("skipped: {'unsupported_type': 1}" in m for m in said), said
+    assert not (tmp_path / "out").exists()
+
+
+def test_bmp_and_tiff_go_through_split_ingest_and_shard_alike(tmp_path):
+    """One format list (awm.imageio.IMAGE_FORMATS): what shard and upscale read, split and ingest keep."""
+    import cv2
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i, ext in enumerate((".bmp", ".tif", ".png")):
+        ok, buf = cv2.imencode(ext, generate(40 + i, 96, 64))
+        (src / f"p{i}{ext}").write_bytes(buf.tobytes())
+    assert main(["split", str(src), "--out", str(tmp_path / "split"), "--eval-fraction", "0.3", "--near-dup", "-1",
+                 "--no-progress"]) == 0
+    assert sorted(json.loads((tmp_path / "split" / "split.json").read_text())["files"]) == ["p0.bmp", "p1.tif", "p2.png"]
+    assert main(["ingest", str(src), "--out", str(tmp_path / "raw"), "--no-progress"]) == 0
+    assert sorted(next(k for k in s if not k.startswith("__") and k != "json") for s in samples(tmp_path / "raw").values()) == [
+        "bmp", "png", "tiff"]
+    assert main(["shard", "--in", str(tmp_path / "raw"), "--out", str(tmp_path / "pairs"), "scales=[2]",
+                 "--no-progress"]) == 0
+    assert read_index(tmp_path / "pairs")["nsamples"] == 3
+    pairs = [json.loads(s["json"]) for p in list_shards(tmp_path / "pairs", "train-") for s in iter_tar(p)]
+    assert sorted(m["name"] for m in pairs) == ["p0.bmp", "p1.tif", "p2.png"]  # the files' names, not 64-bit ids

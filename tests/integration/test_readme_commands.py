@@ -19,6 +19,9 @@ from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from support import free_port  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
@@ -38,7 +41,7 @@ COMMANDS = [
     ("awm shard --in shards/raw --out shards/train-hr --split train --tile 512 --hr-only",
      "awm shard --in shards/raw --out shards/train-hr --split train --tile 64 --hr-only"),
     ('accelerate launch --config_file "$(awm launch-config cpu-2proc)" -m awm train --config tiny-cpu',
-     f'accelerate launch --config_file "$(awm launch-config cpu-2proc)" --main_process_port 29761 '
+     f'accelerate launch --config_file "$(awm launch-config cpu-2proc)" --main_process_port {{port}} '
      f'-m awm train --config tiny-cpu {TINY}'),
     ("awm train --config tiny-cpu data.train=shards/raw data.degrade=realesrgan",
      f"awm train --config tiny-cpu data.train=shards/raw data.degrade=realesrgan name=hr {TINY}"),
@@ -47,6 +50,8 @@ COMMANDS = [
      "--metrics psnry,ssim,niqe_anime --out results/x2"),
     ("awm report runs/* --out results/experiments",
      "awm report runs/* --out results/experiments"),
+    ("awm export runs/my-run --out release/ --author me --license CC-BY-4.0 --fp16 --pth",
+     "awm export runs/tiny-cpu --out release/ --author me --license CC-BY-4.0 --fp16 --pth"),
     ("awm upscale --model runs/rrdb-6b-x4 wallpapers/ --out upscaled/ --tile 512 --tile-pad 32",
      "awm upscale --model runs/tiny-cpu wallpapers/ --out upscaled/ --tile 64 --tile-pad 8"),
     ("awm convert runs/x/checkpoints/best --out x.pth",
@@ -79,6 +84,7 @@ def test_readme_stage_commands_run_outside_the_repository(tmp_path):
     write_dataset(work / "wallpapers", 8, seed=1, long_side=(160, 224))
     write_dataset(work / "wallpapers-eval", 2, seed=2, long_side=(160, 224))
     for _, cmd in COMMANDS:
+        cmd = cmd.replace("{port}", str(free_port()))  # chosen when it runs, by the OS
         r = _shell(cmd, work)
         assert r.returncode == 0, f"{cmd}\n{r.stderr[-3000:]}"
 
@@ -89,6 +95,9 @@ def test_readme_stage_commands_run_outside_the_repository(tmp_path):
     assert set(rows) == {"tiny-cpu", "hr", "bicubic (baseline)", "lanczos (baseline)"}
     assert rows["tiny-cpu"]["psnry"] and rows["bicubic (baseline)"]["psnry"]  # eval found outside the run
     assert len(list((work / "upscaled").glob("*_x2.png"))) == 8
+    card = (work / "release" / "README.md").read_text()  # the eval above was found from the run folder
+    assert "| validation (last, vs bicubic on the same crops) | PSNR-Y " in card, card
+    assert "| bicubic |" in card and "` vs bicubic: " in card, card
 
     unreadable = []
     for p in work.rglob("*"):

@@ -24,8 +24,12 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pairs import make_pair_shards  # noqa: E402
 
-from awm import shardio, shardwrite  # noqa: E402
+from awm import shardwrite  # noqa: E402
 from awm.data.synth import generate  # noqa: E402
+from awm.shardio.cache import BACKOFF_ENV, CACHE_ENV, RETRIES_ENV, ShardFetchError, cache_path, local_path  # noqa: E402
+from awm.shardio.locations import resolve  # noqa: E402
+from awm.shardio.read import iter_tar  # noqa: E402
+from awm.shardio.ref import ShardRef  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -103,8 +107,8 @@ class _Handler(BaseHTTPRequestHandler):
 def env(cache: Path, **extra: str) -> dict[str, str]:
     clean = {k: v for k, v in os.environ.items()
              if k not in ("ACCELERATE_USE_CPU", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    return {**clean, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", shardio.CACHE_ENV: str(cache),
-            shardio.BACKOFF_ENV: "0.05", shardio.RETRIES_ENV: "3", **extra}
+    return {**clean, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", CACHE_ENV: str(cache),
+            BACKOFF_ENV: "0.05", RETRIES_ENV: "3", **extra}
 
 
 def assert_cache_clean(cache: Path, originals: dict[str, bytes]) -> None:
@@ -217,39 +221,39 @@ def test_shard_from_url_and_pipe_equals_local(served, tmp_path):
 @pytest.mark.parametrize("faults", [("reset",), ("503", "503"), ("truncate",), ("reset", "503", "truncate")])
 def test_transient_faults_are_retried(served, tmp_path, monkeypatch, faults):
     d, server = served
-    monkeypatch.setenv(shardio.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.setenv(shardio.BACKOFF_ENV, "0.01")
-    ref = next(s for s in shardio.resolve(server.url("train/index.json")).shards if s.name == "train-000001.tar")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(BACKOFF_ENV, "0.01")
+    ref = next(s for s in resolve(server.url("train/index.json")).shards if s.name == "train-000001.tar")
     server.fail("train/train-000001.tar", *faults)
     before = server.hits["train/train-000001.tar"]
-    got = shardio.local_path(ref)
+    got = local_path(ref)
     assert got.read_bytes() == (d / "train" / "train-000001.tar").read_bytes()
     assert server.hits["train/train-000001.tar"] - before == len(faults) + 1
-    assert [s["__key__"] for s in shardio.iter_tar(ref)] == [f"img{n:05d}" for n in range(2, 8)]
+    assert [s["__key__"] for s in iter_tar(ref)] == [f"img{n:05d}" for n in range(2, 8)]
     assert_cache_clean(tmp_path / "cache", _originals(d))
 
 
 @pytest.mark.parametrize("fault", ["503", "truncate", "reset", "grow"])
 def test_persistent_fault_names_the_url_and_caches_nothing(served, tmp_path, monkeypatch, fault):
     d, server = served
-    monkeypatch.setenv(shardio.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.setenv(shardio.BACKOFF_ENV, "0.01")
-    ref = next(s for s in shardio.resolve(server.url("train/index.json")).shards if s.name == "train-000002.tar")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(BACKOFF_ENV, "0.01")
+    ref = next(s for s in resolve(server.url("train/index.json")).shards if s.name == "train-000002.tar")
     server.fail("train/train-000002.tar", *[fault] * 6)  # retries (5) + 1
-    with pytest.raises(shardio.ShardFetchError, match="train/train-000002.tar"):
-        shardio.local_path(ref)
+    with pytest.raises(ShardFetchError, match="train/train-000002.tar"):
+        local_path(ref)
     server.faults.pop("train/train-000002.tar", None)
     assert not list((tmp_path / "cache").glob("*train-000002.tar*.part"))
-    assert not (shardio.cache_path(ref.url)).exists()
+    assert not (cache_path(ref.url)).exists()
 
 
 def test_changed_cached_shard_is_fetched_again(served, tmp_path, monkeypatch):
     d, server = served
-    monkeypatch.setenv(shardio.CACHE_ENV, str(tmp_path / "cache"))
-    ref = next(s for s in shardio.resolve(server.url("train/index.json")).shards if s.name == "train-000000.tar")
-    path = shardio.local_path(ref)
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    ref = next(s for s in resolve(server.url("train/index.json")).shards if s.name == "train-000000.tar")
+    path = local_path(ref)
     path.write_bytes(path.read_bytes()[:-512])  # a copy that no longer matches the index
-    assert shardio.local_path(ref).read_bytes() == (d / "train" / "train-000000.tar").read_bytes()
+    assert local_path(ref).read_bytes() == (d / "train" / "train-000000.tar").read_bytes()
 
 
 def test_cli_exits_1_naming_the_url(served, tmp_path):
@@ -267,13 +271,13 @@ def test_cli_exits_1_naming_the_url(served, tmp_path):
 
 def test_concurrent_processes_share_one_download(served, tmp_path, monkeypatch):
     d, server = served
-    monkeypatch.setenv(shardio.CACHE_ENV, str(tmp_path / "cache"))  # inherited by the spawned processes
-    monkeypatch.setenv(shardio.BACKOFF_ENV, "0.01")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))  # inherited by the spawned processes
+    monkeypatch.setenv(BACKOFF_ENV, "0.01")
     path = "eval/eval-000000.tar"
     server.fail(path, "reset")  # the first download fails half-way: nobody may see its partial file
     before = server.hits[path]
     with get_context("spawn").Pool(4) as pool:
-        got = pool.map(shardio.local_path, [shardio.ShardRef(server.url(path), "eval-000000.tar")] * 4)
+        got = pool.map(local_path, [ShardRef(server.url(path), "eval-000000.tar")] * 4)
     assert {p.read_bytes() for p in got} == {(d / path).read_bytes()}
     assert server.hits[path] - before == 2  # the reset attempt and its retry, for all four processes
     assert_cache_clean(tmp_path / "cache", _originals(d))

@@ -13,6 +13,7 @@ from PIL import Image
 from awm import cli, imageio, shardwrite
 from awm.data.degrade import apply_params, encode_lr
 from awm.data.synth import generate
+from awm.shardio.read import iter_tar
 
 SIZES = [(96, 64), (90, 70), (64, 96), (128, 72), (100, 100)]
 
@@ -30,7 +31,7 @@ def _tars(d: Path) -> dict[str, bytes]:
 
 
 def _samples(d: Path) -> list[dict]:
-    return [s for p in shardwrite.list_shards(d) for s in shardwrite.iter_tar(p)]
+    return [s for p in shardwrite.list_shards(d) for s in iter_tar(p)]
 
 
 def _decode(data: bytes) -> np.ndarray:
@@ -291,3 +292,20 @@ def test_an_unexpected_error_on_one_source_exits_1(tmp_path):
     ok = {"shards": 1, "nsamples": 1, "skipped": {"too_small": 2}}
     assert failure({"expected_shards": 1, "part": ok}) is None  # expected skips: exit 0
     assert failure({"expected_shards": 2, "part": {"shards": 0, "nsamples": 0, "skipped": {}}}) is None
+
+
+def test_sources_smaller_than_the_tile_are_kept_whole_down_to_the_training_patch(tmp_path):
+    """--tile 256 on wallpapers of 240 or 120 px: training crops 64 px patches, so they are kept (whole
+    on their short side, tiled on the long one); only one below --tile-min is skipped."""
+    src = tmp_path / "src"
+    src.mkdir()
+    img = generate(5, 400, 240)
+    (src / "wide.png").write_bytes(_png(img))  # 400x240: two 256x240 tiles
+    (src / "small.png").write_bytes(_png(img[:120, :160]))  # 160x120: one tile, the whole image
+    (src / "under.png").write_bytes(_png(img[:48, :160]))  # 48 px < --tile-min 64: skipped
+    out = tmp_path / "out"
+    assert _run("--in", src, "--out", out, "--tile", 256, "--lr-format", "png") == 0
+    got = {s["__key__"]: json.loads(s["json"]) for s in _samples(out)}
+    assert {k: m["tile"] for k, m in got.items()} == {"wide_t0": [0, 0, 256, 240], "wide_t1": [144, 0, 256, 240],
+                                                      "small_t0": [0, 0, 160, 120]}
+    assert json.loads((out / "index.json").read_text())["skipped_names"] == {"smaller_than_tile": ["under.png"]}

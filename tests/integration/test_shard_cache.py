@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from awm import shardio
+from awm.shardio.cache import BACKOFF_ENV, CACHE_ENV, CACHE_MAX_ENV, cache_limit, fetch_bytes, prune_cache
+from awm.shardio.locations import resolve
+from awm.shardio.read import TarReader, iter_tar
 from awm.shardwrite import ShardStats, write_index, write_shard
 
 NSHARDS, PER_SHARD = 6, 4
@@ -78,20 +80,24 @@ def served(tmp_path):
     srv.close()
 
 
+READS = 12  # per reader: a count, not a time, so a loaded machine does the same work (slower)
 READER = r"""
-import hashlib, json, random, sys, time
-from awm import shardio
-import webdataset.tariterators, wids.wids_mmtar  # they import torch: before the clock starts
-seed = int(sys.argv[2])
-refs = shardio.resolve(sys.argv[1]).shards
-rng, reads, reader = random.Random(seed), 0, shardio.TarReader(max_open=1)
-deadline = time.time() + float(sys.argv[3])
-while time.time() < deadline:
+import hashlib, json, pathlib, random, sys, time
+from awm.shardio.locations import resolve
+from awm.shardio.read import TarReader, iter_tar
+import webdataset.tariterators, wids.wids_mmtar  # they import torch: before the readers start
+seed, reads_wanted, gate = int(sys.argv[2]), int(sys.argv[3]), pathlib.Path(sys.argv[4])
+refs = resolve(sys.argv[1]).shards
+rng, reads, reader = random.Random(seed), 0, TarReader(max_open=1)
+(gate / f"ready-{seed}").touch()  # all readers start together, however slowly each one got here
+while len(list(gate.glob("ready-*"))) < 3:
+    time.sleep(0.01)
+while reads < reads_wanted:
     ref = rng.choice(refs)
     if seed == 0 and reads % 2 == 0:  # the shard stays open (leased) while the next ones are read
         samples = [reader.read(ref.url, i) for i in range(ref.nsamples)]
     else:
-        samples = list(shardio.iter_tar(ref))
+        samples = list(iter_tar(ref))
     assert len(samples) == ref.nsamples, (ref.url, len(samples))
     for s in samples:
         assert hashlib.md5(bytes(s["bin"])).hexdigest() == json.loads(bytes(s["json"]))["md5"], ref.url
@@ -107,20 +113,22 @@ def test_bounded_cache_never_pulls_a_shard_from_under_a_reader(served, tmp_path,
     cache = tmp_path / "cache"
     size = (root / "raw-000000.tar").stat().st_size
     bound = int(size * 2.5)
-    env = {**os.environ, shardio.CACHE_ENV: str(cache), shardio.CACHE_MAX_ENV: str(bound),
+    env = {**os.environ, CACHE_ENV: str(cache), CACHE_MAX_ENV: str(bound),
            "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-c", READER, f"{srv.url}/index.json", str(seed), "4"], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for seed in range(3)]
-    outs = [p.communicate(timeout=120) for p in procs]
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    procs = [subprocess.Popen([sys.executable, "-c", READER, f"{srv.url}/index.json", str(seed), str(READS), str(gate)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for seed in range(3)]
+    outs = [p.communicate(timeout=900) for p in procs]
     for p, (out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-2000:]
-        assert int(out) >= 3
+        assert int(out) == READS
     fetched = sum(h.endswith(".tar") for h in srv.hits)
     assert fetched > NSHARDS  # the bound made the cache evict and fetch again: pruning was exercised
     # Shards leased at a reader's last fetch may have kept the cache above the bound; with no
     # reader left, the next prune (any fetch's) brings it under.
-    monkeypatch.setenv(shardio.CACHE_ENV, str(cache))
-    assert shardio.prune_cache(bound) <= bound
+    monkeypatch.setenv(CACHE_ENV, str(cache))
+    assert prune_cache(bound) <= bound
     cached = list(cache.glob("*.tar"))
     assert sum(p.stat().st_size for p in cached) <= bound
     assert not list(cache.glob(".*.part"))
@@ -130,31 +138,31 @@ def test_bounded_cache_never_pulls_a_shard_from_under_a_reader(served, tmp_path,
 
 def test_cache_bound_parsing(monkeypatch):
     for text, want in (("", None), ("0", 0), ("512", 512), ("2K", 2048), ("1.5G", 3 << 29), ("3MB", 3 << 20)):
-        monkeypatch.setenv(shardio.CACHE_MAX_ENV, text)
-        assert shardio.cache_limit() == want
-    monkeypatch.setenv(shardio.CACHE_MAX_ENV, "lots")
+        monkeypatch.setenv(CACHE_MAX_ENV, text)
+        assert cache_limit() == want
+    monkeypatch.setenv(CACHE_MAX_ENV, "lots")
     with pytest.raises(ValueError, match="AWM_SHARD_CACHE_MAX"):
-        shardio.cache_limit()
+        cache_limit()
 
 
 def test_cache_off_streams_without_storing(served, tmp_path, monkeypatch):
     srv, root = served
-    monkeypatch.setenv(shardio.CACHE_ENV, "off")
-    monkeypatch.setenv(shardio.BACKOFF_ENV, "0.01")
+    monkeypatch.setenv(CACHE_ENV, "off")
+    monkeypatch.setenv(BACKOFF_ENV, "0.01")
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
-    refs = shardio.resolve(f"{srv.url}/index.json").shards
+    refs = resolve(f"{srv.url}/index.json").shards
     srv.cut.add("/raw-000001.tar")  # the stream breaks once: opened again, no sample twice or lost
-    keys = [s["__key__"] for ref in refs for s in shardio.iter_tar(ref)]
+    keys = [s["__key__"] for ref in refs for s in iter_tar(ref)]
     assert keys == [f"s{k}_{i}" for k in range(NSHARDS) for i in range(PER_SHARD)]
     assert srv.hits.count("/raw-000001.tar") == 2
     assert not Path("off").exists()  # the variable's value is never taken for a folder
     assert not list((tmp_path / "tmp").iterdir())
-    reader = shardio.TarReader(max_open=1)  # random access: a private copy only while open
+    reader = TarReader(max_open=1)  # random access: a private copy only while open
     assert reader.read(refs[2].url, 3)["__key__"] == "s2_3"
     assert len(list((tmp_path / "tmp").iterdir())) == 1
     reader.read(refs[3].url, 0)
     assert len(list((tmp_path / "tmp").iterdir())) == 1
     reader.close()
     assert not list((tmp_path / "tmp").iterdir())
-    assert json.loads(shardio.fetch_bytes(f"{srv.url}/index.json"))["nsamples"] == NSHARDS * PER_SHARD
+    assert json.loads(fetch_bytes(f"{srv.url}/index.json"))["nsamples"] == NSHARDS * PER_SHARD

@@ -7,12 +7,14 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from awm import cli
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from support import slurm_final_states, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.slurm
 
@@ -49,20 +51,6 @@ def _submit(*argv: str, logs: Path) -> int:
     return cli.main(["submit", *argv, "--profile", "cpu-test", "--set", f"log_dir={logs}"])
 
 
-def _states(job_ids: list[str], timeout: float = 30) -> dict[str, str]:
-    """Final SLURM states (a job's result file is written a moment before SLURM records its end)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],
-                             capture_output=True, text=True, check=True).stdout
-        states = dict(line.split("|")[:2] for line in out.splitlines() if "|" in line)
-        settled = not {"PENDING", "RUNNING", "COMPLETING", "REQUEUED"} & set(states.values())
-        if settled and set(job_ids) <= set(states):  # slurmdbd may record array tasks a moment later
-            return states
-        time.sleep(0.3)
-    return states
-
-
 def _nodes(job_ids: list[str]) -> dict[str, str]:
     """The node (list) SLURM ran each job on."""
     out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,NodeList", "-j", ",".join(job_ids)],
@@ -83,7 +71,7 @@ def test_shard_array_spreads_over_both_nodes_and_merges_to_one_process_output(sl
     kinds = [j["kind"] for j in record["jobs"]]
     assert kinds == ["part"] * 4 + ["merge"]
     ids = [j["job_id"] for j in record["jobs"]]
-    states = _states(ids)
+    states = slurm_final_states(ids)
     assert set(states.values()) == {"COMPLETED"}, states
     assert len(states) == 5  # four array tasks and the dependent merge job
     hosts = [json.loads((record_dir / "parts" / f"part-{i:05d}.json").read_text())["host"] for i in range(4)]
@@ -102,7 +90,7 @@ def test_failed_part_is_retried_without_redoing_finished_parts(slurm_cluster, im
     record_dir = next(logs.glob("shard-*"))
     assert [p.name for p in (record_dir / "parts").iterdir()] == ["part-00000.json"]
     first = json.loads((record_dir / "submission.json").read_text())["jobs"]
-    states = _states([j["job_id"] for j in first])
+    states = slurm_final_states([j["job_id"] for j in first])
     assert sorted(states.values()) == ["COMPLETED", "FAILED", "FAILED"], states  # part 1 and the merge
     merge_err = Path(first[-1]["stderr"]).read_text()
     assert "awm submit --retry" in merge_err and "1/2" in merge_err
@@ -145,7 +133,7 @@ def test_eval_ranks_across_two_nodes_equal_one_process(slurm_cluster, images, tm
     record = json.loads(next(logs.glob("eval-*/submission.json")).read_text())
     assert (record["request"]["nodes"], record["request"]["tasks_per_node"]) == (2, 1)
     job = record["jobs"][0]["job_id"]
-    assert _states([job]) == {job: "COMPLETED"} and _nodes([job]) == {job: "n[1-2]"}
+    assert slurm_final_states([job]) == {job: "COMPLETED"} and _nodes([job]) == {job: "n[1-2]"}
     n = _index(data)["nsamples"]  # 7: one generated image is too small for the eval split
     stats = json.loads((tmp_path / "two" / "eval_stats.json").read_text())
     assert stats["world_size"] == 2 and sorted(r["samples"] for r in stats["ranks"]) == [n // 2, n - n // 2]
@@ -186,6 +174,18 @@ def _history(job: str) -> list[tuple[str, str]]:
     return [tuple(line.split("|")) for line in out.splitlines() if "|" in line]
 
 
+def _retry(record_dir: Path, capsys, expected: str) -> None:
+    """``awm submit --retry DIR --wait``; on failure, what it printed and its jobs' logs say why."""
+    code = cli.main(["submit", "--retry", str(record_dir), "--wait"])
+    out = capsys.readouterr()
+    if code != 0:
+        jobs = json.loads((record_dir / "submission.json").read_text())["jobs"]
+        logs = "".join(f"\n--- {j['job_id']} ({j['kind']}):\n" + Path(j["stderr"]).read_text()[-1500:]
+                       for j in jobs if Path(j["stderr"]).is_file())
+        raise AssertionError(f"--retry --wait exited {code}:\n{out.out[-2000:]}\n{out.err[-2000:]}{logs}")
+    assert expected in out.out, out.out
+
+
 @pytest.mark.parametrize("requeue", [True, False], ids=["requeued-by-slurm", "no-requeue-then-retry"])
 def test_node_dying_mid_array_loses_and_duplicates_nothing(slurm_cluster, images, one_process, node_n2,
                                                            tmp_path, capsys, requeue):
@@ -196,15 +196,15 @@ def test_node_dying_mid_array_loses_and_duplicates_nothing(slurm_cluster, images
     record_dir = next(logs.glob("shard-*"))
     jobs = json.loads((record_dir / "submission.json").read_text())["jobs"]
     parts = [j["job_id"] for j in jobs if j["kind"] == "part"]
-    deadline = time.time() + 300
-    while not _python_on(node_n2):  # until a part runs its python on n2 (started, not finished)
-        assert time.time() < deadline and len(list((record_dir / "parts").glob("*.json"))) < 4, \
-            "no part ran on n2 before they all finished"
-        time.sleep(0.1)
+    def on_n2() -> bool:  # a part runs its python on n2 (started, not finished)
+        assert len(list((record_dir / "parts").glob("*.json"))) < 4, "no part ran on n2 before they all finished"
+        return _python_on(node_n2)
+
+    wait_for(on_n2, "a part's python to start on n2", poll_s=0.05)
     node_n2.die()
     finished = {i for i in range(4) if (record_dir / "parts" / f"part-{i:05d}.json").exists()}
 
-    states = _states([j["job_id"] for j in jobs], timeout=300)
+    states = slurm_final_states([j["job_id"] for j in jobs])
     died = [i for i, job in enumerate(parts) if ("NODE_FAIL", "n2") in _history(job)]
     lost = [i for i in died if i not in finished]  # killed mid-run, before its marker
     assert lost, (died, finished, states)
@@ -213,8 +213,7 @@ def test_node_dying_mid_array_loses_and_duplicates_nothing(slurm_cluster, images
         for i in died:
             assert _history(parts[i]) == [("NODE_FAIL", "n2"), ("COMPLETED", "n1")], (i, states)
         assert set(states.values()) == {"COMPLETED"}, states
-        assert cli.main(["submit", "--retry", str(record_dir), "--wait"]) == 0
-        assert "nothing to retry" in capsys.readouterr().out
+        _retry(record_dir, capsys, "nothing to retry")
     else:  # the parts failed clearly, the merge names them and the retry command; retry runs only those
         for i in died:
             assert _history(parts[i]) == [("NODE_FAIL", "n2")], (i, states)
@@ -222,9 +221,8 @@ def test_node_dying_mid_array_loses_and_duplicates_nothing(slurm_cluster, images
         merge_err = Path(jobs[-1]["stderr"]).read_text()
         assert f"awm submit --retry {record_dir}" in merge_err
         assert all(f"{i}/4" in merge_err for i in lost), merge_err[-2000:]
-        assert cli.main(["submit", "--retry", str(record_dir), "--wait"]) == 0
         missing = ", ".join(f"{i}/4" for i in lost)
-        assert f"retrying {len(lost)} of 4 parts: {missing}" in capsys.readouterr().out
+        _retry(record_dir, capsys, f"retrying {len(lost)} of 4 parts: {missing}")
     _assert_same_shards(one_process, out)
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in one_process.iterdir())
     assert len(list((record_dir / "parts").iterdir())) == 4

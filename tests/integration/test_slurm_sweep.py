@@ -5,32 +5,19 @@ started again; once done, submitting again submits nothing."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from support import slurm_final_states  # noqa: E402
 from sweep_runs import check_report, make_data, point_record, points, write_spec  # noqa: E402
 
 from awm import cli  # noqa: E402
 
 pytestmark = pytest.mark.slurm
-
-
-def _states(job_ids: list[str], timeout: float = 30) -> dict[str, str]:
-    """Final SLURM states (slurmdbd records a job's end a moment after its result file appears)."""
-    deadline, states = time.time() + timeout, {}
-    while time.time() < deadline:
-        out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],
-                             capture_output=True, text=True, check=True).stdout
-        states = dict(line.split("|")[:2] for line in out.splitlines() if "|" in line)
-        if set(job_ids) <= set(states) and not {"PENDING", "RUNNING", "COMPLETING"} & set(states.values()):
-            return states
-        time.sleep(0.3)
-    return states
 
 
 def test_sweep_points_run_as_an_array_over_both_nodes(slurm_cluster, tmp_path, capsys):
@@ -45,7 +32,7 @@ def test_sweep_points_run_as_an_array_over_both_nodes(slurm_cluster, tmp_path, c
     capsys.readouterr()
     assert cli.main(["sweep", str(spec)]) == 2  # its jobs are queued or running: not started twice
     assert "still active" in capsys.readouterr().err
-    states = _states([j["job_id"] for j in record["jobs"]], timeout=240)
+    states = slurm_final_states([j["job_id"] for j in record["jobs"]])
     assert set(states.values()) == {"COMPLETED"}, states
     attempts = {pid: point_record(out, pid)["attempts"] for pid in points(out)}
     assert all(len(a) == 1 and a[0]["state"] == "done" for a in attempts.values())

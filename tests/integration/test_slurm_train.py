@@ -7,12 +7,14 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from awm import cli
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from support import SLURM_ACTIVE, free_port, sacct_rows, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.slurm
 
@@ -91,7 +93,7 @@ def torchrun_weights(pairs, tmp_path_factory) -> dict:
     runs = tmp_path_factory.mktemp("torchrun")
     env = {k: v for k, v in os.environ.items()
            if k not in ("ACCELERATE_USE_CPU", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    cmd = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--master_port", "29737",
+    cmd = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()),
            "-m", "awm", *_train_args(pairs, runs, "torchrun", STEPS, 100000), *DETERMINISTIC]
     r = subprocess.run(cmd, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -134,10 +136,7 @@ def test_two_node_job_requeued_by_slurm_saves_and_resumes_on_both_nodes(slurm_cl
     """``scontrol requeue`` = SLURM's preemption: SIGTERM to every task, then the job is queued again."""
     record = _submit_two_nodes(pairs, tmp_path, "requeued", monkeypatch)
     job_id, log0 = record["jobs"][0]["job_id"], Path(record["jobs"][0]["stderr"])
-    deadline = time.time() + 300
-    while "step 20/" not in (log0.read_text() if log0.is_file() else ""):  # training is under way
-        assert time.time() < deadline, "training never reached step 20"
-        time.sleep(0.1)
+    wait_for(lambda: log0.is_file() and "step 20/" in log0.read_text(), f"step 20 in {log0}")  # under way
     subprocess.run(["scontrol", "requeue", job_id], check=True, capture_output=True)
     ranks = _results(record)
     _assert_one_rank_per_node(ranks)
@@ -145,20 +144,17 @@ def test_two_node_job_requeued_by_slurm_saves_and_resumes_on_both_nodes(slurm_cl
     log = log0.read_text()
     saved = int(log.split("saving the full state at step ")[1].split()[0])
     assert 20 <= saved < STEPS and f"at step {saved}" in log.split("restart 1")[1], log[-3000:]
-    assert _history(job_id) == ["REQUEUED|n[1-2]", "COMPLETED|n[1-2]"]
+    assert _history(job_id, runs=2) == ["REQUEUED|n[1-2]", "COMPLETED|n[1-2]"]
     _assert_same_weights(_weights(tmp_path / "runs" / "requeued"), torchrun_weights)
 
 
-def _history(job_id: str) -> list[str]:
-    """``State|NodeList`` of every run of the job, once SLURM has recorded its end (the result file is
-    written a moment before)."""
-    for _ in range(100):
-        history = subprocess.run(["sacct", "-n", "-D", "-X", "-P", "-o", "State,NodeList", "-j", job_id],
-                                 capture_output=True, text=True, check=True).stdout.split()
-        if history[-1:] == ["COMPLETED|n[1-2]"]:
-            break
-        time.sleep(0.3)
-    return history
+def _history(job_id: str, runs: int) -> list[str]:
+    """``State|NodeList`` of every run of the job once its ``runs``-th run has ended (sacct lists a
+    requeued job's runs under one id; slurmdbd records an end a moment after the result file)."""
+    rows = lambda: sacct_rows([job_id], "State,NodeList", history=True)  # noqa: E731
+    wait_for(lambda: len(r := rows()) >= runs and r[-1][0].split()[0] not in SLURM_ACTIVE,
+             f"run {runs} of SLURM job {job_id} to end", poll_s=0.5, last=rows)
+    return ["|".join(r) for r in rows()]
 
 
 def _squeue_state(job_id: str) -> str:
@@ -172,19 +168,16 @@ def test_two_node_training_survives_a_node_dying(slurm_cluster, pairs, torchrun_
     record = _submit_two_nodes(pairs, tmp_path, "node-died", monkeypatch, train=("checkpoint.state_every=50",))
     job_id, log0 = record["jobs"][0]["job_id"], Path(record["jobs"][0]["stderr"])
     state = tmp_path / "runs" / "node-died" / "state"
-    deadline = time.time() + 300
-    while not state.exists():  # the first full state (step 50): training is under way
-        assert time.time() < deadline, "training never saved its first state"
-        time.sleep(0.05)
+    wait_for(state.exists, f"the first full state (step 50) at {state}", poll_s=0.05)  # under way
     node_n2.die()
-    deadline = time.time() + 120
-    while _squeue_state(job_id) != "PENDING":  # requeued by SLURM, waiting for n2 to come back
-        assert time.time() < deadline, _squeue_state(job_id)
-        time.sleep(0.2)
+    wait_for(lambda: _squeue_state(job_id) == "PENDING", f"job {job_id} requeued after n2 died (PENDING)",
+             last=lambda: _squeue_state(job_id))  # requeued by SLURM, waiting for n2 to come back
     jobs_dir = Path(record["jobs"][0]["stdout"]).parent
     assert not list(jobs_dir.glob(f"{job_id}_*_result.pkl"))  # no error result: the job is not over
     node_n2.boot()
-    assert _history(job_id) == ["NODE_FAIL|n[1-2]", "COMPLETED|n[1-2]"]
+    # the requeued run's end (under load: minutes); submitit alone would take the first run's
+    # NODE_FAIL for the end of the job
+    assert _history(job_id, runs=2) == ["NODE_FAIL|n[1-2]", "COMPLETED|n[1-2]"]
     ranks = _results(record)
     _assert_one_rank_per_node(ranks)
     assert {r["status"] for r in ranks} == {"done"} and {r["restarts"] for r in ranks} == {1}
@@ -205,10 +198,11 @@ def test_preempted_training_requeues_and_matches_uninterrupted(slurm_cluster, pa
     preempted = _submit(_train_args(pairs, runs, "preempted", steps, state_every) + workers, logs)
     entry = preempted["jobs"][0]
     job = submitit.SlurmJob(Path(entry["stdout"]).parent, entry["job_id"])
-    deadline = time.time() + 300
-    while not (runs / "preempted" / "state").exists():  # the first full state: training is under way
-        assert time.time() < deadline and not job.done(), "training never saved its first state"
-        time.sleep(0.1)
+    def started() -> bool:  # the first full state: training is under way
+        assert not job.done(), "the job ended before it saved its first state"
+        return (runs / "preempted" / "state").exists()
+
+    wait_for(started, f"the first full state at {runs / 'preempted' / 'state'}")
     job._interrupt()  # what SLURM does on preemption: SIGTERM, then submitit's USR2
     result = job.result()
     assert result["status"] == "done"

@@ -10,12 +10,13 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from support import wait_for  # noqa: E402
 from sweep_runs import check_report, make_data, point_record, points, write_spec  # noqa: E402
 from train_runs import env  # noqa: E402
 
@@ -31,26 +32,28 @@ def data(tmp_path_factory):
     return make_data(tmp_path_factory.mktemp("sweepdata"))
 
 
-def _kill_first_running(out, killed: list[str], deadline: float) -> None:
+def _kill_first_running(out, killed: list[str]) -> None:
     """SIGKILL the process of the first point seen running (a submitit local job), once."""
-    while time.time() < deadline and not killed:
+    def running() -> dict | None:
         for rec in (out / "runs").glob("*/point.json"):
             try:
                 doc = json.loads(rec.read_text())
-            except ValueError:
+            except ValueError:  # being rewritten
                 continue
             if doc["state"] == "running" and doc["attempts"][-1]["pid"] != os.getpid():
-                os.kill(doc["attempts"][-1]["pid"], signal.SIGKILL)
-                killed.append(doc["id"])
-                return
-        time.sleep(0.05)
+                return doc
+        return None
+
+    doc = wait_for(running, f"a point of {out} in state 'running'", poll_s=0.05)
+    os.kill(doc["attempts"][-1]["pid"], signal.SIGKILL)
+    killed.append(doc["id"])
 
 
 def test_submit_local_sweep_a_killed_point_reruns_and_report_lists_all(data, tmp_path, capsys):
     out = tmp_path / "sweep"
     spec = write_spec(tmp_path / "sweep.yaml", data, out)
     killed: list[str] = []
-    watcher = threading.Thread(target=_kill_first_running, args=(out, killed, time.time() + 300))
+    watcher = threading.Thread(target=_kill_first_running, args=(out, killed))
     watcher.start()
     code = cli.main(["submit", "sweep", str(spec), "--profile", "local", "--set", f"log_dir={tmp_path / 'logs'}"])
     watcher.join()

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pairs import make_pair_shards  # noqa: E402
+from support import free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -56,12 +57,20 @@ def scalars(tb: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def test_two_process_torchrun_trains_and_logs(data, tmp_path):
-    cmd = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29731", "-m", "awm", "train",
+    cmd = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "awm", "train",
            "--config", "tiny-cpu", *overrides(data, tmp_path, steps=36, gan_start=28,
                                                                    **{"perf.peak_tflops": 0.05})]
     r = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     run = tmp_path / "tiny-cpu"
+    # says what it trains on, where, which stages; when the GAN stage starts; where the result is
+    said = r.stderr
+    assert (f"run {run}: compact x2; train {data / 'train'} (12 pairs in 3 shards), eval {data / 'eval'} (3 pairs); "
+            "2 process(es) on cpu, fp32; L1 stage to step 28, then the GAN stage (l2 x1 + gan x0.1, with a "
+            "discriminator) to step 36") in said, said[-3000:]
+    assert said.count("step 28: the GAN stage starts (gan_start=28)") == 1, said[-3000:]
+    assert f"run {run} done: step 36 in " in said and f"{run / 'checkpoints' / 'best'}; last: " in said, said[-3000:]
+    assert "broadcast_buffers" not in said, said[-3000:]  # no deprecation warning per rank
     s = scalars(run / "tb")
     pixel = [v for step, v in s["loss/pixel"] if step <= 28]
     assert sum(pixel[-6:]) / 6 < sum(pixel[:6]) / 6
@@ -120,7 +129,7 @@ def test_accelerate_launch_two_ranks_uneven_shards_no_hang(tmp_path):
     """Fewer shards than ranks x workers, of unequal sizes: every rank still does every step."""
     d = make_pair_shards(tmp_path / "tiny", [1, 4], size=(64, 64))
     cmd = [str(BIN / "accelerate"), "launch", "--config_file", str(ROOT / "launch" / "cpu-2proc.yaml"),
-           "--main_process_port", "29733", "-m", "awm", "train", "--config", "tiny-cpu",
+           "--main_process_port", str(free_port()), "-m", "awm", "train", "--config", "tiny-cpu",
            *overrides(tmp_path, tmp_path / "runs", steps=8, gan_start=8, **{
                "data.train": d, "data.eval": d, "data.workers": 2, "validation.every": 0})]
     r = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=240, cwd=ROOT)
@@ -132,17 +141,32 @@ def test_accelerate_launch_two_ranks_uneven_shards_no_hang(tmp_path):
 def test_deepspeed_zero2_bf16_two_processes_trains_and_resumes(data, tmp_path):
     """ZeRO-2 through Accelerate on CPU, 2 processes (gloo), bf16 weights: the LR batch is cast to
     the engine's dtype (DeepSpeed casts parameters, never inputs, and Accelerate's autocast is off
-    under DeepSpeed), the loss is finite and falls, and a longer rerun resumes from the state."""
+    under DeepSpeed), the loss is finite and falls, and a longer rerun resumes from the state.
+    Every artifact term is on: LDL runs the float32 EMA generator on the bf16 batch (it crashed at
+    step 0: "Input type (c10::BFloat16) and bias type (float)"). ``device=cpu``: a DeepSpeed launch
+    otherwise asks for a GPU (DeepSpeed would quietly take its CPU accelerator).
+    The GAN stage starts inside the first run (it was refused under DeepSpeed): the float32
+    discriminator (torch DDP, outside the engine) and a VGG term (a one-layer backbone, cast to
+    bf16) get the bf16 output; the rerun resumes the discriminator and its optimizer."""
     import deepspeed  # noqa: F401  (a hard dependency: an import error fails the test)
+    import torchvision
+
+    vgg = tmp_path / "vgg19.pth"
+    torch.manual_seed(0)
+    layers = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["E"])[:4]  # up to conv1_2's ReLU
+    torch.save({f"features.{k}": v for k, v in layers.state_dict().items()}, vgg)
 
     def launch(steps: int) -> subprocess.CompletedProcess:
         cmd = [str(BIN / "accelerate"), "launch", "--config_file", str(ROOT / "launch" / "deepspeed-zero2.yaml"),
-               "--num_processes", "2", "--main_process_port", "29735", "-m", "awm", "train", "--config", "tiny-cpu",
-               *overrides(data, tmp_path, steps=steps, gan_start=steps, precision="bf16", **{
-                   "optim.accum": 2, "validation.every": 0, "schedule.warmup_steps": 0, "optim.lr_g": 2e-3})]
+               "--num_processes", "2", "--main_process_port", str(free_port()), "-m", "awm", "train", "--config", "tiny-cpu",
+               *overrides(data, tmp_path, steps=steps, gan_start=4, precision="bf16", device="cpu", **{
+                   "optim.accum": 2, "validation.every": 0, "schedule.warmup_steps": 0, "optim.lr_g": 2e-3,
+                   "loss.ldl.weight": 0.1, "loss.ffl.weight": 0.1, "loss.color.weight": 0.1,
+                   "loss.msssim.weight": 0.1, "loss.perceptual.vgg_weight": 0.1, "loss.perceptual.vgg_path": vgg,
+                   "loss.perceptual.vgg_layers": "{conv1_2: 1.0}"})]
         return subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=900, cwd=ROOT)
 
-    r = launch(10)
+    r = launch(8)
     assert r.returncode == 0, r.stderr[-3000:]
     run = tmp_path / "tiny-cpu"
     stats = json.loads((run / "train_stats.json").read_text())
@@ -151,11 +175,23 @@ def test_deepspeed_zero2_bf16_two_processes_trains_and_resumes(data, tmp_path):
     assert (state / "pytorch_model").is_dir() and (state / "complete.json").is_file()  # DeepSpeed's layout
     assert {p.name for p in (state / "pytorch_model").glob("bf16_zero_pp_rank_*")} == {
         "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt", "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt"}
-    again = launch(16)
+    d_opt = state / "custom_checkpoint_3.pkl"  # after the counters and the EMA: discriminator, its optimizer
+    assert {float(s["step"]) for s in torch.load(d_opt, weights_only=False)["state"].values()} == {4.0}
+    again = launch(14)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert f"resumed from {state} at step 10" in again.stderr
-    pixel = [v for _, v in sorted(scalars(run / "tb")["loss/pixel"])]
-    assert len(pixel) == 16 and all(math.isfinite(v) for v in pixel)
+    assert f"resumed from {state} at step 8" in again.stderr and "starts fresh" not in again.stderr
+    # 10 GAN steps in all: the rerun's optimizer continued the first run's 4 (a fresh one would count 6)
+    assert {float(s["step"]) for s in torch.load(d_opt, weights_only=False)["state"].values()} == {10.0}
+    logged = scalars(run / "tb")
+    pixel = [v for _, v in sorted(logged["loss/pixel"])]
+    assert len(pixel) == 14 and all(math.isfinite(v) for v in pixel)
+    for term in ("ldl", "ffl", "color", "msssim"):
+        assert len(logged[f"loss/{term}"]) == 14 and all(math.isfinite(v) for _, v in logged[f"loss/{term}"])
+    for term in ("gan", "perceptual_vgg", "d_real", "d_fake"):  # the GAN stage: steps 5..14 (logged after a step)
+        assert sorted(step for step, _ in logged[f"loss/{term}"]) == list(range(5, 15)), term
+        assert all(math.isfinite(v) for _, v in logged[f"loss/{term}"]), term
+    assert [v for _, v in sorted(logged["train/stage"])] == [1.0] * 4 + [2.0] * 10
+    assert all(math.isfinite(v) and v > 0 for _, v in logged["grad_norm/d"])
     assert sum(pixel[-4:]) / 4 < sum(pixel[:4]) / 4
 
 
@@ -226,8 +262,9 @@ def test_processes_these_tests_start_see_no_gpu():
     assert r.stdout.split() == ["''", "False"], r.stderr[-2000:]
 
 
-@pytest.mark.parametrize("ask,extra_env", [("device=cuda", {}), ("precision=auto", {"ACCELERATE_MIXED_PRECISION": "bf16"})],
-                         ids=["device-cuda", "gpu-launch-config"])
+@pytest.mark.parametrize("ask,extra_env", [("device=cuda", {}), ("precision=auto", {"ACCELERATE_MIXED_PRECISION": "bf16"}),
+                                           ("precision=bf16", {"ACCELERATE_USE_DEEPSPEED": "true"})],
+                         ids=["device-cuda", "gpu-launch-config", "deepspeed-launch"])
 def test_a_run_that_asks_for_cuda_and_finds_none_fails_at_start(data, tmp_path, ask, extra_env):
     """No silent CPU run: exit 1, one line naming torch's CUDA build, the driver situation and the
     CUDA 12 wheel index; no traceback, nothing written."""

@@ -14,6 +14,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pairs import make_pair_shards  # noqa: E402
+from support import free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -47,7 +48,7 @@ def test_two_process_bf16_trains_saves_and_evaluates(tmp_path):
           "data.batch_size": 4, "data.workers": 1, "log.every": 1, "validation.every": 20, "validation.crop": 64,
           "checkpoint.state_every": 1000, "schedule.warmup_steps": 5, "steps": 40, "gan_start": 40,
           "precision": "bf16"}
-    cmd = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29741", "-m", "awm", "train",
+    cmd = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "awm", "train",
            "--config", "tiny-cpu", *[f"{k}={v}" for k, v in kw.items()]]
     r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -14,6 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from support import free_port  # noqa: E402
 from train_runs import ROOT, assert_same_state, env, make_data, rerun_resumes, run_and_signal, tiny, torchrun  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -31,14 +32,14 @@ def args(data: Path, runs: Path, name: str) -> list[str]:
 
 
 def test_two_process_run_degrades_on_the_device_and_resumes_exactly(data, tmp_path):
-    straight = subprocess.run(torchrun(29761, args(data, tmp_path, "straight")), env=env(), capture_output=True,
+    straight = subprocess.run(torchrun(free_port(), args(data, tmp_path, "straight")), env=env(), capture_output=True,
                               text=True, timeout=600, cwd=ROOT)
     assert straight.returncode == 0, straight.stderr[-3000:]
     assert "degrading realesrgan batches on cpu" in straight.stderr
     stats = json.loads((tmp_path / "straight" / "train_stats.json").read_text())
     assert stats["status"] == "done" and stats["world_size"] == 2 and stats["step"] == STEPS
 
-    cmd = torchrun(29763, args(data, tmp_path, "resumed"))
+    cmd = torchrun(free_port(), args(data, tmp_path, "resumed"))
     code, err = run_and_signal(cmd, f"step 5/{STEPS}", everyone=False)
     assert code != 0 and "stop requested: saving the full state" in err, err[-3000:]
     assert 5 <= rerun_resumes(cmd, tmp_path / "resumed") < STEPS

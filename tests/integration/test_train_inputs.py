@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from support import free_port  # noqa: E402
 from train_runs import BIN, env, tiny, torchrun  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -41,7 +43,7 @@ def awm_train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 def test_two_processes_train_from_ingest_raw_shards_with_realesrgan(raw, tmp_path):
     args = tiny(raw.parent, tmp_path / "runs", "hr", steps=3, **{
         "data.train": raw, "data.eval": "null", "data.degrade": "realesrgan", "data.degrade_on": "worker"})
-    r = subprocess.run(torchrun(29731, args), capture_output=True, text=True, env=env(), timeout=600)
+    r = subprocess.run(torchrun(free_port(), args), capture_output=True, text=True, env=env(), timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     stats = json.loads((tmp_path / "runs" / "hr" / "train_stats.json").read_text())
     assert stats["status"] == "done" and stats["step"] == 3

@@ -24,6 +24,15 @@ def test_every_command_help_exits_0(capsys):
         assert out.startswith(f"usage: awm {name}"), name
 
 
+def test_help_never_shows_a_none_default(capsys):
+    """A required option or one without a default says nothing about a default, never "(default: None)"."""
+    for name in cli.COMMANDS:
+        cli.main([name, "--help"])
+        out = " ".join(capsys.readouterr().out.split())
+        assert "(default: None)" not in out, name
+        assert "default: )" not in out, name
+
+
 def test_help_exit_code_through_the_entry_point():
     r = subprocess.run([sys.executable, "-m", "awm", "shard", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--preset" in r.stdout, r.stderr
@@ -46,7 +55,7 @@ def test_debug_is_accepted_before_and_after_the_command(tmp_path):
 
     import pytest
 
-    from awm.models.checkpoint import CheckpointError
+    from awm.models.loaded import CheckpointError
 
     seen = []
     handler = logging.Handler()

@@ -5,7 +5,8 @@ from typing import Literal
 import pytest
 
 from awm import config
-from awm.config import ConfigError, check
+from awm.config import check
+from awm.errors import ConfigError
 
 
 @dataclass
@@ -92,3 +93,14 @@ def test_help_field_carries_help_and_copies_mutable_defaults():
     assert {f.name: f.metadata["help"] for f in dataclasses.fields(Opts)}["size"] == "required, no default"
     with pytest.raises(TypeError):
         Opts()
+
+
+def test_a_positional_is_named_as_the_argument_not_a_config_key(tmp_path):
+    """``awm ingest /typo``: the user typed an argument, SRC_DIR, not a config key 'src'."""
+    from awm.acquire.ingest import IngestConfig
+
+    with pytest.raises(ConfigError) as e:
+        config.load(IngestConfig, None, [f"src={tmp_path / 'typo'}"])
+    assert str(e.value).startswith("argument SRC_DIR: got ") and "config key" not in str(e.value)
+    with pytest.raises(ConfigError, match="^config key 'near_dup'"):  # an option stays a config key
+        config.load(IngestConfig, None, [f"src={tmp_path}", "near_dup=99"])

@@ -1,8 +1,14 @@
 """awm.dist without a launcher: work split into parts, the rendezvous that ranks started by plain ``srun`` agree on."""
 
+import sys
+from pathlib import Path
+
 import pytest
 
 from awm import dist
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from support import free_port  # noqa: E402
 
 
 def test_parts_split_any_sequence_disjointly_and_completely():
@@ -58,7 +64,7 @@ def test_a_batch_script_without_srun_is_one_process(monkeypatch):
 def test_one_device_resolver_for_every_stage(monkeypatch):
     import torch
 
-    from awm.config import ConfigError
+    from awm.errors import ConfigError
 
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -67,6 +73,21 @@ def test_one_device_resolver_for_every_stage(monkeypatch):
     assert dist.resolve_device("cpu") == "cpu"
     with pytest.raises(ConfigError, match="'device'.*'gpu0'.*auto, cpu, cuda or cuda:N"):
         dist.resolve_device("gpu0")
+
+
+def test_a_rank_bound_to_one_gpu_uses_that_gpu(monkeypatch):
+    """Sites that bind one GPU per task show local rank 5 one GPU: cuda:5 would be an invalid
+    ordinal. The device is LOCAL_RANK modulo the GPUs the process sees, as Accelerate chooses.
+    (No GPU here: torch's device count is what the test sets.)"""
+    import torch
+
+    monkeypatch.setenv("RANK", "13")
+    monkeypatch.setenv("WORLD_SIZE", "16")
+    monkeypatch.setenv("LOCAL_RANK", "5")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for count, index in ((8, 5), (1, 0), (2, 1)):
+        monkeypatch.setattr(torch.cuda, "device_count", lambda count=count: count)
+        assert dist.local_gpu() == index and dist.resolve_device("auto") == f"cuda:{index}"
 
 
 def test_asking_for_cuda_without_a_gpu_says_why_and_what_to_install(monkeypatch, tmp_path):
@@ -99,11 +120,11 @@ def test_process_groups_wait_hours_for_a_late_rank(monkeypatch):
     import subprocess
     import sys
 
-    from awm.config import ConfigError
+    from awm.errors import ConfigError
 
     code = ("import torch, torch.distributed as d; from awm import dist; dist.init(); "
             "print(d.group.WORLD._get_backend(torch.device('cpu')).options._timeout.total_seconds()); dist.barrier(); dist.destroy()")
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29871", "WORLD_SIZE": "2",
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2",
            "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "AWM_DIST_TIMEOUT_S": "4321"}
     procs = [subprocess.Popen([sys.executable, "-c", code], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
                               stdout=subprocess.PIPE, text=True) for r in range(2)]

@@ -5,7 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from awm import shardio, shardwrite
+from awm import shardwrite
+from awm.shardio.cache import BACKOFF_ENV, CACHE_ENV, ShardFetchError, local_path
+from awm.shardio.locations import _join, resolve
+from awm.shardio.members import group_members
+from awm.shardio.read import TarReader, iter_tar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pairs import make_pair_shards  # noqa: E402
@@ -15,7 +19,7 @@ def test_tar_is_deterministic_and_readable(tmp_path):
     samples = [{"__key__": "12", "png": b"abc", "json": {"id": 12}}, {"__key__": "13", "jpg": b"d"}]
     assert shardwrite.tar_bytes(samples) == shardwrite.tar_bytes(samples)
     p = shardwrite.write_shard(tmp_path / "raw-000000.tar", samples, shardwrite.ShardStats("raw-000000.tar"))
-    got = list(shardwrite.iter_tar(p))
+    got = list(iter_tar(p))
     assert [g["__key__"] for g in got] == ["12", "13"] and json.loads(got[0]["json"]) == {"id": 12}
     assert shardwrite.shard_done(p)
     idx = json.loads(shardwrite.write_index(tmp_path, "raw-").read_text())
@@ -28,7 +32,7 @@ def test_keys():
 
 
 def test_tarwriter_bytes_equal_a_member_by_member_tar(tmp_path):
-    """webdataset.TarWriter with fixed metadata gives exactly the tar a hand-built writer gives."""
+    """tar_bytes gives exactly the tar a hand-built tarfile writer gives."""
     import io
     import tarfile
 
@@ -47,53 +51,72 @@ def test_tarwriter_bytes_equal_a_member_by_member_tar(tmp_path):
     assert shardwrite.tar_bytes(samples) == buf.getvalue()
 
 
+def test_tar_bytes_equal_webdataset_tarwriter_and_streamed_members():
+    """The torch-free writer is byte-identical to webdataset.TarWriter with the same fixed metadata
+    (shards written before it stay identical), and members streamed one sample at a time, closed by
+    tar_end, give the same bytes (every record-padding length, a PAX header for a long key)."""
+    import io
+
+    import webdataset
+
+    for n in range(22):
+        samples = [{"__key__": f"{i}" + "k" * (150 if i == 3 else 0), "png": bytes([i]) * (37 * i * i),
+                    "json": {"id": i, "t": "é"}, "txt": "ü" * i} for i in range(n)]
+        buf = io.BytesIO()
+        with webdataset.TarWriter(buf, user="", group="", mode=0o644, mtime=0, encoder=False) as tar:
+            for s in samples:
+                tar.write({**s, "json": json.dumps(s["json"], sort_keys=True).encode(), "txt": s["txt"].encode()})
+        body = b"".join(shardwrite.sample_tar(s) for s in samples)
+        assert shardwrite.tar_bytes(samples) == buf.getvalue() == body + shardwrite.tar_end(len(body))
+
+
 def test_grouping_is_consecutive_and_refuses_repeated_members():
     import tarfile
 
     members = [("a.hr.png", 1), ("a.JSON", 2), ("dir/b.png", 3), ("a.png", 4)]
-    assert list(shardio.group_members(members)) == [("a", {"hr.png": 1, "json": 2}), ("b", {"png": 3}),
+    assert list(group_members(members)) == [("a", {"hr.png": 1, "json": 2}), ("b", {"png": 3}),
                                                     ("a", {"png": 4})]
     with pytest.raises(tarfile.ReadError, match="x.png repeated"):
-        list(shardio.group_members([("x.png", 1), ("x.png", 2)], "s.tar"))
+        list(group_members([("x.png", 1), ("x.png", 2)], "s.tar"))
 
 
 def test_locations_resolve_to_the_same_shards(tmp_path, monkeypatch):
-    monkeypatch.setenv(shardio.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     d = make_pair_shards(tmp_path / "d", [2, 1])
-    folder = shardio.resolve(d)
+    folder = resolve(d)
     assert [(s.name, s.nsamples) for s in folder.shards] == [("train-000000.tar", 2), ("train-000001.tar", 1)]
     assert all(s.filesize == Path(s.url).stat().st_size for s in folder.shards)
-    assert shardio.resolve(d / "index.json").shards == folder.shards
-    brace = shardio.resolve(f"{d}/train-{{000000..000001}}.tar").counted()
+    assert resolve(d / "index.json").shards == folder.shards
+    brace = resolve(f"{d}/train-{{000000..000001}}.tar").counted()
     assert [(s.url, s.nsamples) for s in brace.shards] == [(s.url, s.nsamples) for s in folder.shards]
-    pipe = shardio.resolve(f"pipe:cat {d}/index.json")
+    pipe = resolve(f"pipe:cat {d}/index.json")
     assert [s.url for s in pipe.shards] == [f"pipe:cat {d}/train-000000.tar", f"pipe:cat {d}/train-000001.tar"]
-    one = shardio.resolve(f"pipe:cat {d}/train-000001.tar | cat -")
+    one = resolve(f"pipe:cat {d}/train-000001.tar | cat -")
     assert [(s.url, s.name) for s in one.shards] == [(f"pipe:cat {d}/train-000001.tar | cat -", "train-000001.tar")]
-    assert shardio.resolve(one.location).counted().shards[0].nsamples == 1
-    assert shardio._join("https://h/x/index.json", "train-000000.tar") == "https://h/x/train-000000.tar"
+    assert resolve(one.location).counted().shards[0].nsamples == 1
+    assert _join("https://h/x/index.json", "train-000000.tar") == "https://h/x/train-000000.tar"
     for bad in ("pipe:rm -rf ~", "x.tar; rm -rf ~", "$(reboot).tar"):  # an index is data, never a command
         with pytest.raises(ValueError, match="pipe:|plain relative"):
-            shardio._join("pipe:cat /d/index.json", bad)
+            _join("pipe:cat /d/index.json", bad)
     with pytest.raises(ValueError, match="pipe:"):
-        shardio._join("https://h/x/index.json", "pipe:curl evil")
+        _join("https://h/x/index.json", "pipe:curl evil")
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        shardio.resolve(tmp_path / "nowhere")
+        resolve(tmp_path / "nowhere")
 
 
 def test_pipe_shards_read_like_local_ones(tmp_path, monkeypatch):
-    monkeypatch.setenv(shardio.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.setenv(shardio.BACKOFF_ENV, "0")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(BACKOFF_ENV, "0")
     d = make_pair_shards(tmp_path / "d", [3])
-    local = list(shardio.iter_tar(d / "train-000000.tar"))
-    piped = list(shardio.iter_tar(f"pipe:cat {d}/train-000000.tar"))
+    local = list(iter_tar(d / "train-000000.tar"))
+    piped = list(iter_tar(f"pipe:cat {d}/train-000000.tar"))
     assert [{k: v for k, v in s.items() if k != "__url__"} for s in piped] == \
            [{k: v for k, v in s.items() if k != "__url__"} for s in local]
-    reader = shardio.TarReader()
+    reader = TarReader()
     assert reader.read(f"pipe:cat {d}/train-000000.tar", 2) == {k: v for k, v in local[2].items() if k != "__url__"}
     reader.close()
-    with pytest.raises(shardio.ShardFetchError, match="pipe:cat /no/such.tar: command exited with status 1"):
-        shardio.local_path("pipe:cat /no/such.tar")
+    with pytest.raises(ShardFetchError, match="pipe:cat /no/such.tar: command exited with status 1"):
+        local_path("pipe:cat /no/such.tar")
     assert not [p for p in (tmp_path / "cache").iterdir() if p.name.endswith((".part", "such.tar"))]
 
 
@@ -104,10 +127,10 @@ def test_truncated_local_shard_is_an_error_not_fewer_samples(tmp_path):
     p = d / "train-000000.tar"
     p.write_bytes(p.read_bytes()[:3000])
     with pytest.raises(tarfile.ReadError, match="train-000000.tar"):
-        shardio.TarReader().read(str(p), 0)
+        TarReader().read(str(p), 0)
     p.write_bytes(b"\xff" * 2048)
     with pytest.raises(tarfile.ReadError, match="train-000000.tar: not a readable tar"):
-        shardio.TarReader().read(str(p), 0)
+        TarReader().read(str(p), 0)
 
 
 def test_readme_interop_snippet_runs(tmp_path):
@@ -127,6 +150,6 @@ def test_readme_interop_snippet_runs(tmp_path):
 def test_shard_with_other_sample_count_than_its_index_is_an_error(tmp_path):
     d = make_pair_shards(tmp_path / "d", [3])
     url = str(d / "train-000000.tar")
-    assert shardio.TarReader(nsamples={url: 3}).read(url, 2)["__key__"] == "img00002"
-    with pytest.raises(shardio.ShardFetchError, match="3 samples, the index says 4"):
-        shardio.TarReader(nsamples={url: 4}).read(url, 0)
+    assert TarReader(nsamples={url: 3}).read(url, 2)["__key__"] == "img00002"
+    with pytest.raises(ShardFetchError, match="3 samples, the index says 4"):
+        TarReader(nsamples={url: 4}).read(url, 0)

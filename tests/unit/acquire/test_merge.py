@@ -5,7 +5,8 @@ import hashlib
 import json
 
 from awm.acquire import merge
-from awm.shardwrite import ShardStats, iter_tar, read_index, stats_path, write_index, write_shard
+from awm.shardio.read import iter_tar
+from awm.shardwrite import ShardStats, read_index, stats_path, write_index, write_shard
 
 
 def _sample(key: int, blob: bytes, phash: int) -> dict:

@@ -59,15 +59,19 @@ def test_split_refuses_what_cannot_give_two_sides(tmp_path, capsys):
     seen = []
     handler = logging.Handler()
     handler.emit = lambda record: seen.append(record.getMessage())
-    logging.getLogger("awm.split").addHandler(handler)
-    src = tmp_path / "src"
+    logging.getLogger("awm.cli").addHandler(handler)
+    src, empty = tmp_path / "src", tmp_path / "empty"
     src.mkdir()
+    empty.mkdir()
     img = generate(1, 128, 96)
     (src / "a.png").write_bytes(encode_image(img, "png"))
     (src / "b.jpg").write_bytes(encode_image(img, "jpg", 90))  # one picture twice
     assert main(["split", str(src), "--out", str(tmp_path / "o"), "--no-progress"]) == 1
-    logging.getLogger("awm.split").removeHandler(handler)
-    assert any("one side is empty (2 images in 1 duplicate groups" in m for m in seen), seen
+    assert main(["split", str(empty), "--out", str(tmp_path / "o"), "--no-progress"]) == 1
+    logging.getLogger("awm.cli").removeHandler(handler)
+    assert any("2 usable images in 1 duplicate groups" in m and "nothing written" in m for m in seen), seen
+    assert any(f"{empty}: no image to split" in m for m in seen), seen
+    assert not (tmp_path / "o").exists()  # a failed split writes nothing, not a split.json to blame later
     assert main(["split", str(src), "--out", str(src / "inside")]) == 2
     assert "config key 'out'" in capsys.readouterr().err
     assert main(["split", str(src), "--out", str(tmp_path / "o2"), "--eval-fraction", "1.5"]) == 2

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from awm import cli
-from awm.cluster import submit
-from awm.config import ConfigError
+from awm.cluster import executor, submit
+from awm.errors import ConfigError
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -20,9 +20,9 @@ def _args(**kw):
 
 
 def _sbatch(profile_name: str, stage: str, **kw) -> str:
-    name, profile = submit.load_profile(profile_name)
+    name, profile = executor.load_profile(profile_name)
     req = submit.make_request(stage, profile, name, _args(**kw))
-    return submit.render_sbatch(profile, req, "/LOGS/jobs", python="/VENV/bin/python")
+    return executor.render_sbatch(profile, req, "/LOGS/jobs", python="/VENV/bin/python")
 
 
 @pytest.mark.parametrize("case", [
@@ -40,15 +40,18 @@ def test_multi_node_training_asks_one_task_per_gpu():
     for line in ("--nodes=2", "--ntasks-per-node=8", "--gpus-per-node=8", "--signal=USR2@300", "--exclusive"):
         assert f"#SBATCH {line}" in text
     assert "module load cuda/12.4" in text.split("# command")[0]
+    srun = [x for x in text.splitlines() if x.startswith("srun ")]
+    assert len(srun) == 1 and " --kill-on-bad-exit=1 " in srun[0]  # a dead rank ends the step, not hours later
+    assert "--kill-on-bad-exit" not in _sbatch("gpu-a100x8", "shard", array=16)  # independent tasks
 
 
 def test_more_gpus_than_the_nodes_have_is_refused():
-    name, profile = submit.load_profile("gpu-a100x8")
+    name, profile = executor.load_profile("gpu-a100x8")
     with pytest.raises(ConfigError, match="nodes of profile 'gpu-a100x8' have 8 GPUs"):
         submit.make_request("train", profile, name, _args(gpus_per_node=16))
     with pytest.raises(ConfigError, match="max_nodes"):
         submit.make_request("train", profile, name, _args(nodes=32))
-    name, cpu = submit.load_profile("cpu-test")
+    name, cpu = executor.load_profile("cpu-test")
     with pytest.raises(ConfigError, match="have 0 GPUs"):
         submit.make_request("train", cpu, name, _args(gpus_per_node=1))
 
@@ -57,19 +60,19 @@ def test_unknown_profile_key_names_the_key(tmp_path, capsys):
     p = tmp_path / "bad.yaml"
     p.write_text("partition: gpu\ngpu_per_node: 4\n")
     with pytest.raises(ConfigError, match="gpu_per_node"):
-        submit.load_profile(str(p))
+        executor.load_profile(str(p))
     assert cli.main(["submit", "train", "--config", "tiny-cpu", "--profile", str(p)]) == 2
     assert "gpu_per_node" in capsys.readouterr().err
 
 
 def test_every_shipped_profile_loads_and_a_bad_override_names_its_key():
-    for path in sorted(submit.PROFILE_DIR.glob("*.yaml")):
-        name, profile = submit.load_profile(str(path))
-        assert name == path.stem and profile.cluster in submit.CLUSTERS
+    for path in sorted(executor.PROFILE_DIR.glob("*.yaml")):
+        name, profile = executor.load_profile(str(path))
+        assert name == path.stem and profile.cluster in executor.CLUSTERS
     with pytest.raises(ConfigError, match="--set gpus"):
-        submit.load_profile("cpu-test", ["gpus=2"])
+        executor.load_profile("cpu-test", ["gpus=2"])
     with pytest.raises(ConfigError, match="mem"):
-        submit.load_profile("cpu-test", ["mem=lots"])
+        executor.load_profile("cpu-test", ["mem=lots"])
 
 
 def test_missing_sbatch_suggests_local(tmp_path, monkeypatch, capsys):
@@ -117,7 +120,7 @@ def test_debug_cluster_array_merges_like_one_process(tmp_path, capsys):
 
 
 def test_rank_stages_split_their_ranks_over_nodes_and_array_parts_stay_one_task():
-    name, profile = submit.load_profile("gpu-a100x8")
+    name, profile = executor.load_profile("gpu-a100x8")
     req = submit.make_request("eval", profile, name, _args(array=16, nodes=2))
     assert (req.nodes, req.tasks_per_node, req.gpus_per_node) == (2, 8, 8)
     with pytest.raises(ConfigError, match="a multiple of --nodes"):
@@ -193,7 +196,7 @@ def test_the_syntax_check_rejects_what_sbatch_would(bad):
 def test_a_stop_warning_that_does_not_fit_the_time_limit_is_adjusted_and_said():
     import logging
 
-    name, profile = submit.load_profile(None)  # the default signal_delay_s: 120 s
+    name, profile = executor.load_profile(None)  # the default signal_delay_s: 120 s
     assert profile.signal_delay_s == 120
     said = logging.Handler()
     said.emit = lambda record: said.__dict__.setdefault("text", []).append(record.getMessage())
@@ -205,10 +208,10 @@ def test_a_stop_warning_that_does_not_fit_the_time_limit_is_adjusted_and_said():
     assert req.signal_delay_s == 30  # a quarter of 120 s, not a warning at the start of every run
     assert "comes 30 s before the time limit, not signal_delay_s=120 s: a 2-minute job would be told to stop " \
            "after 0 s" in " ".join(said.text)
-    assert "#SBATCH --signal=USR2@30" in submit.render_sbatch(profile, req, "/LOGS/jobs", python="/P")
+    assert "#SBATCH --signal=USR2@30" in executor.render_sbatch(profile, req, "/LOGS/jobs", python="/P")
     assert submit.make_request("train", profile, name, _args(time=4)).signal_delay_s == 120  # fits: kept
     with pytest.raises(ConfigError, match="'signal_delay_s': got 0; valid: seconds >= 10"):
-        submit.load_profile(None, ["signal_delay_s=0"])
+        executor.load_profile(None, ["signal_delay_s=0"])
 
 
 def test_log_hint_points_at_the_files_holding_awms_log(tmp_path, capsys):
@@ -233,16 +236,43 @@ def test_documented_retry_folders_are_where_submit_writes():
     repo = Path(__file__).resolve().parents[3]
     text = "".join((repo / f).read_text() for f in ("README.md", "slurm/README.md", "awm/cluster/submit.py"))
     folders = re.findall(r"--retry (?!SUBMISSION_DIR)([\w./-]+)", text)
-    assert folders and all(f.startswith(submit.Profile().log_dir + "/") for f in folders), folders
+    assert folders and all(f.startswith(executor.Profile().log_dir + "/") for f in folders), folders
 
 
 def test_training_jobs_given_gpus_ask_for_cuda():
     """A GPU job whose torch sees no GPU must fail at start, not train on the node's CPUs."""
     import argparse
 
-    _, profile = submit.load_profile("gpu-a100x8")
+    _, profile = executor.load_profile("gpu-a100x8")
     ns = argparse.Namespace(config="rrdb-6b-x4", overrides=["steps=10"])
     assert submit.train_task(ns, profile, 8).overrides == ["device=cuda", "steps=10"]
     assert submit.train_task(ns, profile, 0).overrides == ["steps=10"]
     ns.overrides = ["device=cpu"]
     assert submit.train_task(ns, profile, 8).overrides == ["device=cpu"]
+
+
+@pytest.mark.parametrize("stage,args", [("eval", ["--data", "shards/eval", "--models", "bicubic", "--scale", "4"]),
+                                        ("score", ["imgs/"]), ("upscale", ["--model", "m.onnx", "imgs/"])])
+def test_gpu_profiles_run_eval_score_upscale_as_one_rank_per_gpu_asking_for_cuda(stage, args, tmp_path, capsys):
+    """`awm submit eval --profile gpu-a100x8 --dry-run`: 8 tasks with 8 GPUs on the (exclusive) node,
+    each running the stage with --device cuda, not 1 task and 7 idle GPUs."""
+    code = cli.main(["submit", stage, "--profile", "gpu-a100x8", "--dry-run", "--set", f"log_dir={tmp_path}",
+                     "--", *args])
+    assert code == 0
+    out = capsys.readouterr().out
+    for line in ("--nodes=1", "--ntasks-per-node=8", "--gpus-per-node=8", "--exclusive"):
+        assert f"#SBATCH {line}\n" in out
+    assert f"# each of the 8 task(s) runs: awm {stage} {' '.join(args)} --device cuda" in out
+    name, profile = executor.load_profile("gpu-a100x8")
+    two = submit.make_request(stage, profile, name, _args(nodes=2))
+    assert (two.mode, two.nodes, two.tasks_per_node, two.gpus_per_node) == ("ranks", 2, 8, 8)
+    name, cpu = executor.load_profile("cpu-test")
+    assert (submit.make_request(stage, cpu, name, _args()).tasks_per_node,
+            submit.make_request(stage, cpu, name, _args(array=4)).tasks_per_node) == (1, 4)
+
+
+def test_a_job_given_gpus_runs_its_stage_on_cuda_unless_a_device_is_chosen():
+    assert submit.gpu_stage_args("upscale", ["in/"], 8) == ["in/", "--device", "cuda"]
+    assert submit.gpu_stage_args("upscale", ["in/"], 0) == ["in/"]
+    assert submit.gpu_stage_args("upscale", ["in/", "--device=cpu"], 8) == ["in/", "--device=cpu"]
+    assert submit.gpu_stage_args("shard", ["--in", "a"], 8) == ["--in", "a"]  # no --device: nothing to ask

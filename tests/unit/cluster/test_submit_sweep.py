@@ -41,3 +41,24 @@ def test_each_point_is_an_array_task_of_its_processes_one_gpu_each(spec, tmp_pat
 def test_impossible_requests_are_usage_errors(spec, processes, extra, key, capsys):
     assert _dry(spec(processes=processes), *extra) == 2
     assert f"'{key}'" in capsys.readouterr().err
+
+
+def test_points_of_a_job_given_gpus_ask_for_cuda(tmp_path):
+    """A GPU profile's sweep points train (and evaluate) with device cuda: on a node whose torch sees
+    no GPU the point fails at start, naming why, instead of training on the CPU (this machine has
+    none, and its tests hide any: CUDA_VISIBLE_DEVICES="")."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "out": str(tmp_path / "sweep"), "processes": 1,
+                                    "search": {"space": {"loss.pixel.weight": [1.0]}}}))
+    r = subprocess.run([sys.executable, "-m", "awm", "submit", "sweep", str(path), "--profile", "gpu-a100x8",
+                        "--cluster", "debug", "--gpus-per-node", "1"], stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True, timeout=600, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert r.returncode == 1, r.stderr[-2000:]
+    (point,) = (tmp_path / "sweep" / "runs").glob("*/point.json")
+    attempt = json.loads(point.read_text())["attempts"][-1]
+    assert attempt["state"] == "failed" and attempt["error"].startswith("NoGPUError: device=cuda"), attempt

@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from awm.config import ConfigError
 from awm.data import degrade, degrade_ops
 from awm.data.synth import generate
+from awm.errors import ConfigError
 
 HR = generate(5, 96, 72)
 

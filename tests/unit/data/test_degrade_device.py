@@ -11,15 +11,16 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from pairs import make_pair_shards  # noqa: E402
 
-from awm.config import ConfigError  # noqa: E402
 from awm.data import degrade  # noqa: E402
 from awm.data.degrade_device import _OPS, degrade_batch, preset_unsupported  # noqa: E402
 from awm.data.loader import DataConfig, PairStream, TarReader, resolve_degrade_on, shard_list  # noqa: E402
 from awm.data.synth import generate  # noqa: E402
+from awm.errors import ConfigError  # noqa: E402
 from awm.imageio import decode_image, to_rgb8  # noqa: E402
 
 SMOOTH = generate(11, 96, 72)
@@ -194,3 +195,38 @@ def test_presets_without_device_ops_stay_in_workers(hr_shards):
         degrade_batch(torch.from_numpy(SMOOTH[None]), [params], 2)
     with pytest.raises(ConfigError, match="data.degrade_on"):
         loader_cfg(hr_shards, degrade_on="gpu")
+
+
+class _Ops(TorchDispatchMode):
+    """Every aten op run inside, with its output's dtype."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[tuple[str, torch.dtype | None]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.ops.append((str(func), getattr(out, "dtype", None)))
+        return out
+
+
+def test_jpeg_stays_in_int32_and_builds_its_tables_once_per_device():
+    """libjpeg's integer pipeline is int32 by design: the 2x2 chroma sums were promoted to int64 by
+    sum() (twice the memory and time of every later chroma op). The IJG base tables were a tensor
+    made from Python lists at every call (on a GPU a copy from pageable memory each step); now one
+    per device, so a JPEG round trip creates host tensors only for its per-sample qualities and sizes."""
+    from awm.data.degrade_device import _quant_tables
+
+    x = torch.from_numpy(np.stack([SMOOTH, TEXTURED])).permute(0, 3, 1, 2).float()
+    ops = [{"op": "jpeg", "quality": q} for q in (40, 90)]
+    _OPS["jpeg"](x, [(72, 96)] * 2, ops)  # first call: the tables are built
+    with _Ops() as seen:
+        _OPS["jpeg"](x, [(72, 96)] * 2, ops)
+    sums = [dtype for name, dtype in seen.ops if name.startswith("aten.sum")]
+    assert sums and all(d == torch.int32 for d in sums), sums
+    assert sum(name == "aten.lift_fresh.default" for name, _ in seen.ops) == 3  # qualities, heights, widths
+    quality = torch.tensor([50], dtype=torch.int32)
+    with _Ops() as seen:
+        tables = _quant_tables(quality)
+    assert not any(name == "aten.lift_fresh.default" for name, _ in seen.ops)
+    assert tables.dtype == torch.int32 and int(tables[0, 0, 0, 0]) == 16 and int(tables[0, 1, 0, 0]) == 17

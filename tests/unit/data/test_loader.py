@@ -14,7 +14,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from pairs import make_pair_shards  # noqa: E402
 
-from awm.config import ConfigError  # noqa: E402
 from awm.data.loader import (  # noqa: E402
     DataConfig,
     PairStream,
@@ -26,7 +25,8 @@ from awm.data.loader import (  # noqa: E402
     shard_list,
     train_loader,
 )
-from awm.shardwrite import iter_tar  # noqa: E402
+from awm.errors import ConfigError  # noqa: E402
+from awm.shardio.read import iter_tar  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -181,8 +181,8 @@ def _raw_shards(d: Path) -> Path:
 
 
 def test_check_data_names_the_key_and_what_is_wrong(shards, tmp_path):
-    from awm.config import ConfigError
     from awm.data.loader import check_data
+    from awm.errors import ConfigError
 
     check_data(cfg(shards, eval=str(shards / "eval")))
     with pytest.raises(ConfigError, match="'data.eval': got '.*evl'.*index.json not found"):

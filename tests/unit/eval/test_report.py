@@ -39,7 +39,10 @@ def test_report_table(tmp_path) -> None:
     assert csv[1] == "a,compact,seed,2,434,100,pixel.weight=1,done,evalset,6.0,30.0"
     md = (out / "report.md").read_text()
     assert "niqe ↓" in md and "psnry ↑" in md
-    assert "| **6.0000** | 30.0000 |" in md and "| 7.0000 | **31.0000** |" in md
+    assert "| 6.0000 | 30.0000 |" in md and "| 7.0000 | **31.0000** |" in md
+    # bicubic's niqe (1.0) beats both runs: its cell is the bold one, and the report says so
+    assert "| bicubic (baseline) | bicubic |" in md and "| **1.0000** | 1.0000 |" in md
+    assert "No run beats bicubic on niqe." in md and "on psnry" not in md
 
 
 def test_report_rejects_non_run(tmp_path) -> None:
@@ -63,14 +66,21 @@ def test_report_finds_evals_written_elsewhere_and_shows_baseline_rows(tmp_path, 
                "models": {"bicubic": {"psnry": {"mean": 27.5}}, "lanczos": {"psnry": {"mean": 27.6}},
                           "other.pth": {"psnry": {"mean": 99.0}}, "runs/c": {"psnry": {"mean": 27.0}}}}
     (results / "summary.json").write_text(json.dumps(summary))
-    link_runs([str(run / "checkpoints" / "best"), str(tmp_path / "other.pth")], results / "summary.json")
-    assert json.loads((run / "evals.json").read_text()) == {"summaries": [str((results / "summary.json").resolve())]}
+    link_runs({"runs/c": str(run / "checkpoints" / "best"), "other.pth": str(tmp_path / "other.pth")},
+              results / "summary.json")
+    assert json.loads((run / "evals.json").read_text()) == {"summaries": [{
+        "summary": "../results/x2/summary.json", "absolute": str((results / "summary.json").resolve()),
+        "model": "runs/c"}]}
     out = report(ReportConfig(runs=[str(run)], out=str(tmp_path / "rep")))
     csv = (out / "report.csv").read_text().splitlines()
     assert csv[1:] == ["c,compact,seed,2,434,50,pixel.weight=1,done,shards/eval,27.0",
                        "bicubic (baseline),bicubic,,2,,,,,shards/eval,27.5",
                        "lanczos (baseline),lanczos,,2,,,,,shards/eval,27.6"]
-    assert "best run per column in bold" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "the best row per column in bold, baselines included" in md
+    # lanczos beats the run: its figure is the bold one, and the report says no run beats it
+    assert "| c | compact |" in md and "| 27.0000 |" in md and "| **27.6000** |" in md
+    assert "No run beats lanczos on psnry." in md
 
 
 def test_report_without_evals_says_how_to_get_them(tmp_path) -> None:

@@ -63,6 +63,18 @@ def test_markdown_marks_best_with_direction(tmp_path) -> None:
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
 
 
+def test_bar_charts_start_near_the_data_so_a_db_shows():
+    """27.7 vs 28.9 dB from 0 look the same; the axis starts near the data, and from 0 where values reach it."""
+    lo, hi = results.value_range([27.70, 28.86], [0.2, 0.3])
+    assert 25.0 < lo < 27.5 and hi > 29.16  # the whole error bars in view, 1.16 dB a third of the axis
+    assert (28.86 - 27.70) / (hi - lo) > 0.25
+    assert results.value_range([0.2, 0.9], [0.05, 0.05]) is None  # near 0 (SSIM-like spreads): from 0
+    assert results.value_range([-1.0, 2.0], [0.0, 0.0]) is None
+    assert results.value_range([float("nan")], [0.0]) is None
+    lo, hi = results.value_range([30.0, 30.0], [0.0, 0.0])  # all equal: still a valid axis
+    assert lo < 30.0 < hi
+
+
 def test_metric_that_cannot_score_a_small_image_counts_it_as_failed():
     import math
 

@@ -6,6 +6,7 @@ import hashlib
 
 import pytest
 
+from awm.config import ConfigError
 from awm.eval import metrics, weights
 
 
@@ -63,9 +64,9 @@ def test_registry_locations_follow_library_caches(caches) -> None:
 
 def test_check_names_and_weights(caches) -> None:
     metrics.check(["psnry", "ssim", "piqe", "niqe_anime"])
-    with pytest.raises(ValueError, match="unknown metric"):
+    with pytest.raises(ConfigError, match="'metrics': got 'psnr_typo'"):  # a usage error: exit 2
         metrics.check(["psnr_typo"])
-    with pytest.raises(metrics.MissingWeightsError, match="DISTS_weights-f5e65c96.pth"):
+    with pytest.raises(metrics.MissingWeightsError, match="DISTS_weights-f5e65c96.pth.*re-run with --download"):
         metrics.check(["psnry", "dists"])
     with pytest.raises(metrics.MissingWeightsError, match="not in awm's registry"):
         metrics.check(["nima"])

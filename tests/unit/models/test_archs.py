@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from awm.config import ConfigError
+from awm.errors import ConfigError
 from awm.models.archs import ARCHS, build_model, model_info
 
 TINY = [name for name in ARCHS if name.endswith("-tiny")]

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from awm.config import ConfigError, from_dict
+from awm.config import from_dict
+from awm.errors import ConfigError
 from awm.models.artifact_losses import (
     color_consistency_loss,
     focal_frequency_loss,
@@ -182,3 +183,27 @@ def test_artifact_terms_are_weighted_need_ema_for_ldl_and_carry_gradients():
     assert torch.isfinite(sr.grad).all() and sr.grad.abs().sum() > 0
     with pytest.raises(ConfigError, match="ldl.kernel"):
         from_dict(LossConfig, {"ldl": {"weight": 1.0, "kernel": 4}})
+
+
+def test_ms_ssim_and_colour_terms_build_their_constants_once_per_device():
+    """MS-SSIM's scale weights and the colour term's YCbCr matrix were tensors made from Python
+    numbers at every step (on a GPU a copy from pageable host memory, waiting for the stream); they
+    are built once per device now, so a later step creates no tensor from host data."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from awm.models.artifact_losses import color_consistency_loss, ms_ssim
+
+    class HostTensors(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.count += func is torch.ops.aten.lift_fresh.default
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    sr, hr = torch.rand(2, 3, 48, 48), torch.rand(2, 3, 48, 48)
+    first = (ms_ssim(sr, hr), color_consistency_loss(sr, hr))
+    with HostTensors() as mode:
+        again = (ms_ssim(sr, hr), color_consistency_loss(sr, hr))
+    assert mode.count == 0
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))

@@ -13,7 +13,8 @@ from torch.nn import functional as F
 
 from awm import cli
 from awm.models.archs import ARCHS, build_model, export_state_dict
-from awm.models.checkpoint import CheckpointError, basicsr_state_dict, load_model, save_checkpoint
+from awm.models.checkpoint import basicsr_state_dict, load_model, save_checkpoint
+from awm.models.loaded import CheckpointError
 
 TINY = [name for name in ARCHS if name.endswith("-tiny")]
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 import torchvision
 
-from awm.config import ConfigError, from_dict, load
+from awm.config import from_dict, load
+from awm.errors import ConfigError
 from awm.models.archs import build_model
 from awm.models.discriminators import MultiScalePatchGAN, UNetDiscriminatorSN
 from awm.models.losses import (

@@ -58,6 +58,16 @@ def test_fp16_meets_its_floor_and_bf16_is_refused_by_the_cpu_runtime(tmp_path):
         ox.session(tmp_path / "mbf.onnx")
 
 
+@pytest.mark.parametrize("arch", ["swinir-tiny", "grl-tiny"])
+def test_half_precision_is_refused_where_the_model_builds_float32_tables_in_forward(arch):
+    sid = ARCHS[arch].spandrel_id
+    with pytest.raises(ox.ExportError, match=f"{sid} cannot be exported in fp16: .*float32"):
+        ox.plan_for(sid, "fp16")
+    model = build_model(arch, 2).eval().half()  # the reason, checked: eager torch fails too
+    with pytest.raises(RuntimeError, match="(?i)half|float16|dtype"), torch.no_grad():
+        model(torch.rand(1, 3, 32, 32).half())
+
+
 def test_span_is_exported_with_its_eval_convs_fused_and_unchanged():
     model = _lively(build_model("span-tiny", 2))
     fused = ox.exportable(model)
@@ -82,3 +92,49 @@ def test_a_foreign_onnx_without_awm_metadata_gets_its_scale_probed(tmp_path):
     x = torch.rand(1, 3, 20, 28)
     with torch.no_grad():
         assert ox.psnr(model(x).numpy(), loaded.module(x).numpy()) >= ox.FP32_FLOOR_DB
+
+
+GPU_BUILD = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]  # onnxruntime-gpu's list
+
+
+@pytest.fixture(scope="module")
+def compact_onnx(tmp_path_factory):
+    path = tmp_path_factory.mktemp("onnx") / "m.onnx"
+    ox.export_onnx(_lively(build_model("compact-tiny", 2)), "Compact", path, 32, "fp32", {"scale": 2})
+    return path
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_a_cuda_request_on_the_cpu_onnxruntime_fails_saying_how_to_install_the_gpu_build(compact_onnx, device):
+    """The installed (CPU) onnxruntime offers no CUDA provider: asking for CUDA must fail in one line
+    naming onnxruntime-gpu, never run on the CPU; the CPU still works."""
+    import onnxruntime as ort
+
+    from awm.dist import NoGPUError
+
+    assert "CUDAExecutionProvider" not in ort.get_available_providers()
+    with pytest.raises(NoGPUError, match=r"pip install onnxruntime-gpu") as err:
+        ox.load_onnx(compact_onnx, device)
+    assert "\n" not in str(err.value) and "CPUExecutionProvider" in str(err.value)
+    cpu = ox.load_onnx(compact_onnx, "cpu")
+    assert cpu.meta["providers"] == ["CPUExecutionProvider"] and cpu.scale == 2
+
+
+def test_gpu_providers_carry_the_ranks_device_id_and_a_tensorrt_engine_cache(tmp_path):
+    got = ox.providers("cuda:3", GPU_BUILD, tmp_path / "m.onnx.trt")
+    assert [p if isinstance(p, str) else p[0] for p in got] == GPU_BUILD
+    trt, cuda = dict(got[0][1]), dict(got[1][1])
+    assert trt["device_id"] == 3 and cuda == {"device_id": 3}
+    assert trt["trt_engine_cache_enable"] is True and trt["trt_engine_cache_path"] == str(tmp_path / "m.onnx.trt")
+    assert ox.providers("cpu", GPU_BUILD) == ["CPUExecutionProvider"]
+    assert ox.trt_cache_dir(tmp_path / "m.onnx") == tmp_path / "m.onnx.trt"  # beside a model in a writable folder
+
+
+def test_a_cuda_session_that_fell_back_to_the_cpu_is_refused():
+    """onnxruntime drops a GPU provider whose libraries fail to load and carries on with the CPU."""
+    from awm.dist import NoGPUError
+
+    with pytest.raises(NoGPUError, match="CUDA provider did not load"):
+        ox.check_providers(["CPUExecutionProvider"], "cuda:0")
+    ox.check_providers(["CUDAExecutionProvider", "CPUExecutionProvider"], "cuda:0")
+    ox.check_providers(["CPUExecutionProvider"], "cpu")

@@ -32,3 +32,26 @@ def test_pareto_front_is_what_nothing_beats_on_both_quality_and_compute():
     assert pareto(rows, "psnr", lower_better=False) == {"a", "b", "d", "e"}
     lower = [{**r, "psnr": -r["psnr"]} for r in rows if "psnr" in r]
     assert pareto(lower, "psnr", lower_better=True) == {"a", "b", "d", "e"}
+
+
+def test_the_sweep_table_has_baseline_rows_and_says_when_no_point_beats_bicubic(tmp_path):
+    """Four points ~2 dB below bicubic must not look fine: bicubic gets a row, and a line says so."""
+    from awm.config import load, save
+    from awm.sweep.report import report_sweep
+    from awm.sweep.spec import SweepSpec, points
+    from awm.sweep.sweep import SPEC_NAME
+
+    spec = load(SweepSpec, None, ["name=s", "eval.metrics=[psnry]", "search.space={optim.lr_g: [0.001, 0.0005]}"])
+    save(spec, tmp_path / SPEC_NAME)
+    for k, p in enumerate(points(spec)):
+        (tmp_path / "runs" / p.id / "eval").mkdir(parents=True)
+        (tmp_path / "runs" / p.id / "eval" / "summary.json").write_text(json.dumps(
+            {"metrics": {"psnry": {"lower_better": False}}, "models": {
+                "bicubic": {"psnry": {"mean": 30.0}}, "lanczos": {"psnry": {"mean": 30.1}},
+                f"runs/{p.id}": {"psnry": {"mean": 28.0 + k / 10}}}}))
+    out = report_sweep(tmp_path)
+    md = (out / "sweep.md").read_text()
+    assert "| bicubic (baseline) |  |  | 30 |" in md and "| lanczos (baseline) |  |  | 30.1 |" in md
+    assert "No point beats bicubic on psnry (bicubic 30, best point 28.1)." in md
+    assert "No point beats lanczos on psnry" in md
+    assert (out / "sweep.csv").read_text().splitlines()[-2].startswith("bicubic (baseline),")

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from awm import cli
-from awm.config import ConfigError, from_dict
+from awm.config import from_dict
+from awm.errors import ConfigError
 from awm.sweep.spec import Point, SweepSpec, load_spec, point_config, points
 from awm.sweep.sweep import prepare
 

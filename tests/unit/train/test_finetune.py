@@ -10,10 +10,11 @@ import torch
 from safetensors.torch import save_file
 
 from awm import config as cfgmod
-from awm.config import ConfigError
+from awm.errors import ConfigError
 from awm.models.archs import build_model
-from awm.models.checkpoint import ChannelSwap, CheckpointError, basicsr_state_dict, fold_bgr, save_checkpoint
+from awm.models.checkpoint import ChannelSwap, basicsr_state_dict, fold_bgr, save_checkpoint
 from awm.models.discriminators import DiscriminatorConfig, build_discriminator
+from awm.models.loaded import CheckpointError
 from awm.train import finetune
 from awm.train.config import load_config
 
@@ -106,6 +107,40 @@ def test_set_arch_must_match_strictly_or_loads_what_fits(tmp_path, records):
     other = _cfg(tmp_path, tmp_path / "net_g.pth", **{"model.arch": "compact-tiny"})
     with pytest.raises(ConfigError, match="RRDBNet; the model is SRVGGNetCompact"):
         finetune.load_generator(build_model("compact-tiny", 2), finetune.prepare(other, False), other)
+
+
+def test_a_file_of_another_scale_says_the_scales_differ(tmp_path):
+    """An x4 file into an x2 run: no use suggesting model.init_strict=false, the upsampler cannot fit."""
+    torch.save({"params_ema": basicsr_state_dict(_random("rrdb-tiny", 4, seed=6))}, tmp_path / "x4.pth")
+    cfg = _cfg(tmp_path, tmp_path / "x4.pth")
+    init = finetune.prepare(cfg, resuming=False)
+    with pytest.raises(finetune.InitMismatchError) as e:
+        finetune.load_generator(build_model(cfg.model.arch, 2, **cfg.model.hparams), init, cfg)
+    said = str(e.value)
+    assert "the scales differ: the file is a x4 model and this run trains x2 (data.scale=2)" in said
+    assert "init_strict" not in said and "\n" not in said
+
+
+def test_a_width_mismatch_lists_a_few_tensors_one_per_line(tmp_path):
+    wide = basicsr_state_dict(_random("rrdb-tiny", 2, seed=7))
+    torch.save({"params_ema": wide}, tmp_path / "net_g.pth")
+    narrow = _cfg(tmp_path, tmp_path / "net_g.pth", **{"model.arch": "rrdb-tiny", "model.hparams": "{num_feat: 8}"})
+    gen = build_model("rrdb-tiny", 2, num_feat=8)
+    with pytest.raises(finetune.InitMismatchError) as e:
+        finetune.load_generator(gen, finetune.prepare(narrow, False), narrow)
+    lines = str(e.value).splitlines()
+    differing = sum(1 for k, v in basicsr_state_dict(gen).items() if v.shape != wide[k].shape)
+    assert lines[0].endswith("(set model.init_strict=false to load the tensors that fit):")
+    assert len(lines) == 1 + finetune.SHOWN + 1 and all(x.startswith("  shape mismatch ") for x in lines[1:-1])
+    assert lines[-1] == f"  ... and {differing - finetune.SHOWN} more"
+
+
+def test_a_corrupt_safetensors_names_model_init_and_the_file(tmp_path):
+    bad = tmp_path / "cut.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(ConfigError) as e:
+        finetune.prepare(_cfg(tmp_path, bad), resuming=False)
+    assert str(e.value).startswith(f"config key 'model.init': got '{bad}'") and "not a readable .safetensors" in str(e.value)
 
 
 def test_resume_ignores_init_and_our_run_dirs_load(tmp_path, records):

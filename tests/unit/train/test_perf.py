@@ -7,10 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from awm.config import ConfigError
+from awm.errors import ConfigError
 from awm.models.archs import build_model
 from awm.train.components import Components, flops_per_pair, make_optimizer
 from awm.train.config import load_config
+from awm.train.ema import EMA, EMAConfig
 from awm.train.perf import (
     PEAK_TFLOPS,
     channels_last_for,
@@ -20,7 +21,6 @@ from awm.train.perf import (
     peak_tflops,
     precision_key,
 )
-from awm.train.utils import EMA, EMAConfig
 
 
 def rrdb_macs_per_lr_pixel(nf: int = 64, gc: int = 32, blocks: int = 6, scale: int = 4) -> int:

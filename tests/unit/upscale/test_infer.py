@@ -13,7 +13,8 @@ from awm import cli
 from awm.data import synth
 from awm.imageio import encode_image, read_image
 from awm.models.archs import build_model
-from awm.models.checkpoint import LoadedModel, load_model, save_checkpoint
+from awm.models.checkpoint import load_model, save_checkpoint
+from awm.models.loaded import LoadedModel
 from awm.shardwrite import ShardStats, write_index, write_shard
 from awm.upscale import tiling
 from awm.upscale.infer import upscale_array, upscale_tensor
@@ -246,17 +247,30 @@ def test_cli_foreign_pth(tmp_path):
     assert read_image(tmp_path / "o" / "a_x2.png").shape == (24, 40, 3)
 
 
-def test_cli_nothing_to_upscale_exits_1_naming_what_is_there(ckpts, tmp_path):
+def test_cli_nothing_to_upscale_is_refused_before_anything_is_written(ckpts, tmp_path, capsys):
+    """A mistyped path or folders without images: a usage error naming each, and no output folder."""
     empty, texts = tmp_path / "empty", tmp_path / "texts"
     empty.mkdir()
     texts.mkdir()
     (texts / "notes.txt").write_text("no image here")
     (texts / "readme.md").write_text("nor here")
-    assert _upscale("--model", ckpts["nearest"], empty, texts, "--out", tmp_path / "o") == 1
-    errors = json.loads((tmp_path / "o" / "upscale_stats.json").read_text())["errors"]
-    assert errors == {str(empty): "no image to upscale (empty folder)",
-                      str(texts): "no image to upscale (2 other file(s): {'.md': 1, '.txt': 1})"}
-    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["upscale_config.yaml", "upscale_stats.json"]
+    assert _upscale("--model", ckpts["nearest"], empty, texts, tmp_path / "typo.png", "--out", tmp_path / "o") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "argument INPUT" in err and f"{tmp_path / 'typo.png'}: not found" in err
+    assert f"{empty}: no image to upscale (empty folder)" in err
+    assert f"{texts}: no image to upscale (2 other file(s): {{'.md': 1, '.txt': 1}})" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_no_progress_hides_the_tile_bars_too(monkeypatch):
+    from awm.upscale import infer
+
+    monkeypatch.delenv("AWM_NO_PROGRESS", raising=False)
+    with infer._tile_bar("a.png", 4) as bar:
+        assert not bar.disable
+    monkeypatch.setenv("AWM_NO_PROGRESS", "1")  # what --no-progress sets
+    with infer._tile_bar("a.png", 4) as bar:
+        assert bar.disable
 
 
 def test_cli_shared_stems_get_distinct_outputs_and_reruns_never_read_outputs(ckpts, tmp_path):
@@ -288,3 +302,20 @@ def test_raw_shard_samples_are_named_as_originals(tmp_path):
     [job] = collect_jobs([str(tmp_path)], tmp_path / "o", "x4", "png", 4)
     assert job.error == ("no lr_x4 image in sample (LR scales: none; a raw shard's original: upscale the image "
                          "files, or pair shards)")
+
+
+@pytest.mark.parametrize("name,index", [("cuda:1", 1), (torch.device("cuda", 3), 3)])
+def test_a_cuda_device_scopes_the_current_device_to_it(name, index):
+    """``--device cuda:1``: everything of an image (streams, events, pinned buffers) runs under
+    ``torch.cuda.device(1)``, so nothing lands on GPU 0's stream or opens a context there. Built
+    on the CPU without entering it (entering needs a GPU: tests/gpu section upscale_device_scope)."""
+    scope = tiling.device_scope(name)
+    assert isinstance(scope, torch.cuda.device) and scope.idx == index
+
+
+def test_a_cpu_device_scopes_nothing(ckpts):
+    scope = tiling.device_scope("cpu")
+    assert not isinstance(scope, torch.cuda.device)
+    with scope:
+        out = upscale_array(load_model(ckpts["nearest"]), np.full((6, 5), 77, np.uint8))
+    assert np.array_equal(out, np.full((24, 20), 77, np.uint8))

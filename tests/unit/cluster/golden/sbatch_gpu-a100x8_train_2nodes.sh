@@ -27,4 +27,4 @@ export OMP_NUM_THREADS=8
 
 # command
 export SUBMITIT_EXECUTOR=slurm
-srun --unbuffered --output /LOGS/jobs/%j_%t_log.out --error /LOGS/jobs/%j_%t_log.err /VENV/bin/python -u -m submitit.core._submit /LOGS/jobs
+srun --unbuffered --output /LOGS/jobs/%j_%t_log.out --error /LOGS/jobs/%j_%t_log.err --kill-on-bad-exit=1 /VENV/bin/python -u -m submitit.core._submit /LOGS/jobs

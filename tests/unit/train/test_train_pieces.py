@@ -6,9 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from awm.config import ConfigError
+from awm.errors import ConfigError
 from awm.train.config import RECIPES, load_config
-from awm.train.utils import COMPLETE, EMA, EMAConfig, latest_state, lr_factor, to_float
+from awm.train.ema import EMA, EMAConfig
+from awm.train.images import to_float
+from awm.train.schedule import lr_factor
+from awm.train.state import COMPLETE, latest_state
 
 
 def test_every_recipe_loads_and_tiny_cpu_is_cheap():
