@@ -76,7 +76,9 @@ def _measured(record: dict[str, Any]) -> str:
     if not record.get("commit"):
         return ""
     lb, la = record["load_before"][0], record["load_after"][0]
-    return (f"`{record['commit'][:9]}` {record['date'][:10]}, {record['cpu']}, {record['cores']} cores, "
+    # A record carried over from a history that never landed names the commit it was taken on too.
+    was = f" (taken on `{record['measured_commit'][:9]}`, same code)" if record.get("measured_commit") else ""
+    return (f"`{record['commit'][:9]}`{was} {record['date'][:10]}, {record['cpu']}, {record['cores']} cores, "
             f"load {lb:.1f} -> {la:.1f}")
 
 

@@ -155,3 +155,19 @@ def test_rows_are_rendered_from_the_figures_by_todays_registry_or_kept_when_the_
     assert "| 7 colours |" in render_table([rec], tmp_path, (bench,))
     rec["figures"] = {"older_layout": 7}
     assert "| stored when measured |" in render_table([rec], tmp_path, (bench,))
+
+
+def test_a_record_carried_over_from_a_lost_history_names_the_commit_it_was_taken_on(tmp_path: Path) -> None:
+    _git(tmp_path, "init", "-q")
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
+    _git(tmp_path, "add", ".")
+    _git(tmp_path, "commit", "-qm", "a")
+    bench = Bench("luma", "bench_luma.py", (), ("pkg",), None)
+    head = _git(tmp_path, "rev-parse", "HEAD")
+    rec = {"benchmark": "luma", "commit": head, "measured_commit": "f" * 40, "args": [],
+           "date": "2026-12-05T00:00:00+00:00", "cpu": "c", "cores": 2, "load_before": [1.0], "load_after": [1.0],
+           "rows": [{"what": "luma", "result": "r", "baseline": "b"}]}
+    table = render_table([rec], tmp_path, (bench,))
+    assert f"`{head[:9]}` (taken on `fffffffff`, same code) 2026-12-05" in table
+    assert "earlier tree" not in table
