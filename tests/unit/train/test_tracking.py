@@ -4,6 +4,7 @@ and a resumed run reusing the tracker run ids its folder keeps."""
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -43,3 +44,12 @@ def test_resumed_run_reuses_the_kept_tracker_run_ids(tmp_path):
     assert ml.run_id == "f" * 32 and ml.run_name == "r1" and ml.experiment_name == "sweep-a"
     _, wb, ml = tracking.build(cfg, resuming=False)  # started over: new tracker runs
     assert wb.init_kwargs["id"] != "abc123de" and ml.run_id is None
+
+
+@pytest.mark.parametrize("absent", ["wandb", "mlflow"])
+def test_a_tracker_whose_package_is_missing_fails_in_one_line_naming_the_extra(absent, monkeypatch):
+    monkeypatch.setitem(sys.modules, absent, None)  # what importlib sees when the package is not installed
+    with pytest.raises(ConfigError) as e:
+        tracking.preflight(["tensorboard", absent])
+    assert e.value.key == "log.trackers"
+    assert f"missing: {absent} (pip install 'awm[track]')" in str(e.value) and "\n" not in str(e.value)
