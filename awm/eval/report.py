@@ -29,6 +29,7 @@ from awm.shardio.ref import is_remote
 
 log = get_logger("awm.report")
 
+GAN_STAGE_ONLY = ("gan.", "perceptual.")  # loss terms of the GAN stage only (awm.models.losses.LossConfig)
 BASE_COLUMNS = ["run", "arch", "preset", "scale", "data_size", "steps", "loss", "status", "eval_data"]
 
 
@@ -65,12 +66,21 @@ def _train_index(location: str) -> dict[str, Any]:
         return {}
 
 
-def _loss_summary(loss: dict[str, Any], prefix: str = "") -> list[str]:
-    """Non-zero ``*weight`` entries of the loss config, e.g. ``pixel.weight=1``: what the run optimised."""
+def optimised_losses(cfg: dict[str, Any], steps: Any) -> list[str]:
+    """The loss terms a run optimised, e.g. ``pixel.weight=1``: the non-zero weights of its loss config,
+    less the GAN stage's own terms when it ended at or before ``gan_start`` (the stage never ran)."""
+    terms = _weights(cfg.get("loss") or {})
+    gan_start = cfg.get("gan_start")
+    if isinstance(steps, int) and isinstance(gan_start, int) and gan_start >= steps:
+        terms = [t for t in terms if not t.startswith(GAN_STAGE_ONLY)]
+    return terms
+
+
+def _weights(loss: dict[str, Any], prefix: str = "") -> list[str]:
     out = []
     for k, v in loss.items():
         if isinstance(v, dict):
-            out += _loss_summary(v, f"{prefix}{k}.")
+            out += _weights(v, f"{prefix}{k}.")
         elif k.endswith("weight") and isinstance(v, (int, float)) and not isinstance(v, bool) and v:
             out.append(f"{prefix}{k}={v:g}")
     return out
@@ -120,11 +130,11 @@ def run_row(run: Path) -> tuple[dict[str, Any], dict[str, bool]]:
     index = _train_index(str(data["train"])) if data.get("train") else {}
     stats = _json(run / "train_stats.json")
     means, lower, eval_data = _eval(run)
+    steps = _steps(run) if _steps(run) is not None else stats.get("step", "")
     row = {"run": run.name, "arch": model.get("arch") or meta.get("arch", ""),
            "preset": data.get("degrade") or index.get("preset", ""),
            "scale": data.get("scale") or meta.get("scale", ""), "data_size": index.get("nsamples", ""),
-           "steps": _steps(run) if _steps(run) is not None else stats.get("step", ""),
-           "loss": " ".join(_loss_summary(cfg.get("loss") or {})), "status": stats.get("status", ""),
+           "steps": steps, "loss": " ".join(optimised_losses(cfg, steps)), "status": stats.get("status", ""),
            "eval_data": eval_data, **means}
     return row, lower
 

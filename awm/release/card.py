@@ -16,10 +16,9 @@ import cv2
 import numpy as np
 
 from awm.eval import results
-from awm.eval.report import _json, _loss_summary, _train_index, _yaml
+from awm.eval.report import _json, _train_index, _yaml, optimised_losses
 
 RERUN = " (its full config: `train_config.yaml`; `awm train --config train_config.yaml` reruns it)"
-GAN_STAGE_ONLY = ("gan.", "perceptual.")  # loss terms of the GAN stage only (awm.models.losses.LossConfig)
 GRID_SIDE = 128  # LR pixels of the card's crop: enough picture to judge, small enough to see pixels
 
 
@@ -67,10 +66,7 @@ def training_facts(path: Path, meta: dict[str, Any]) -> Training:
     otf = bool(data.get("degrade"))
     batch = data.get("batch_size")
     hours = stats.get("wall_s", 0) * (ranks or 1) / 3600 if stats.get("wall_s") else None
-    steps, gan_start = meta.get("step", stats.get("step")), cfg.get("gan_start")
-    loss = _loss_summary(cfg.get("loss") or {})
-    if isinstance(steps, int) and isinstance(gan_start, int) and gan_start >= steps:  # never reached the GAN stage
-        loss = [term for term in loss if not term.startswith(GAN_STAGE_ONLY)]
+    loss = optimised_losses(cfg, meta.get("step", stats.get("step")))
     validation = dict(stats.get("validation") or {}, step=stats.get("step")) if stats.get("validation") else {}
     return Training(run=run, run_name=cfg.get("name"), gan_start=cfg.get("gan_start"), steps=meta.get("step", stats.get("step")),
                     batch=batch * (ranks or 1) * int((cfg.get("optim") or {}).get("accum", 1)) if batch else None,

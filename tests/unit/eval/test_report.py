@@ -88,3 +88,17 @@ def test_report_without_evals_says_how_to_get_them(tmp_path) -> None:
     (run / "eval" / "summary.json").unlink()
     md = (report(ReportConfig(runs=[str(run)], out=str(tmp_path / "rep"))) / "report.md").read_text()
     assert "bold" not in md and "No evaluation found for these runs" in md
+
+
+def test_the_loss_column_lists_gan_stage_terms_only_for_runs_that_reached_the_gan_stage(tmp_path) -> None:
+    runs = []
+    for name, steps in (("l1only", 100), ("gan", 300)):
+        run = _run(tmp_path, name, "compact", steps, 30.0, 6.0)
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        cfg.update(gan_start=100, loss={"pixel": {"weight": 1.0}, "gan": {"weight": 0.1},
+                                        "perceptual": {"vgg_weight": 0.5}, "ldl": {"weight": 0.2}})
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+        runs.append(str(run))
+    rows = (report(ReportConfig(runs=runs, out=str(tmp_path / "rep"))) / "report.csv").read_text().splitlines()
+    assert rows[1].split(",")[6] == "ldl.weight=0.2 pixel.weight=1"  # stopped at gan_start: the GAN stage never ran
+    assert rows[2].split(",")[6] == "gan.weight=0.1 ldl.weight=0.2 perceptual.vgg_weight=0.5 pixel.weight=1"
