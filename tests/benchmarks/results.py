@@ -41,6 +41,15 @@ def load(path: Path = RESULTS) -> list[dict[str, Any]]:
     return out
 
 
+def append(record: dict[str, Any], path: Path = RESULTS) -> dict[str, Any]:
+    """Append ``record`` and return it as :func:`load` will read it back (keys sorted), so the README
+    written in the same run renders exactly what the freshness test renders from the file."""
+    line = json.dumps(record, sort_keys=True)
+    with path.open("a") as f:
+        f.write(line + "\n")
+    return json.loads(line)
+
+
 def latest(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The newest record of each benchmark name."""
     out: dict[str, dict[str, Any]] = {}

@@ -25,7 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from registry import BENCHES, Bench, by_name, rows_for  # noqa: E402
-from results import README, REPO, RESULTS, git, latest, load, stale_reason, write_readme  # noqa: E402
+from results import README, REPO, RESULTS, append, git, latest, load, stale_reason, write_readme  # noqa: E402
 
 
 def cpu_model() -> str:
@@ -134,9 +134,7 @@ def main() -> None:
             except BenchFailed as e:  # the others still run; the exit status says it failed
                 failed.append(str(e))
                 continue
-            with RESULTS.open("a") as f:
-                f.write(json.dumps(rec, sort_keys=True) + "\n")
-            records.append(rec)
+            records.append(append(rec))
         for s in skipped:
             print("skipped", s)
         for s in failed:

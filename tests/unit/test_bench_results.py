@@ -15,7 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from registry import BENCHES, Bench, by_name, rows_for  # noqa: E402
-from results import README, REPO, load, readme_table, render_table, stale_reason  # noqa: E402
+from results import README, REPO, append, load, readme_table, render_table, stale_reason  # noqa: E402
 from run import last_json  # noqa: E402
 
 
@@ -171,3 +171,19 @@ def test_a_record_carried_over_from_a_lost_history_names_the_commit_it_was_taken
     table = render_table([rec], tmp_path, (bench,))
     assert f"`{head[:9]}` (taken on `fffffffff`, same code) 2026-12-05" in table
     assert "earlier tree" not in table
+
+
+def test_a_record_renders_the_same_when_measured_and_when_read_back(tmp_path: Path) -> None:
+    """run.py writes the README in the run that measured; the freshness test renders from the file."""
+    _git(tmp_path, "init", "-q")
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
+    _git(tmp_path, "add", ".")
+    _git(tmp_path, "commit", "-qm", "a")
+    bench = Bench("luma", "bench_luma.py", (), ("pkg",),
+                  lambda fig: [{"what": "luma", "result": ", ".join(fig["per"]), "baseline": "b"}])
+    measured = {"benchmark": "luma", "commit": _git(tmp_path, "rev-parse", "HEAD"), "args": [],
+                "date": "2026-12-05T00:00:00+00:00", "cpu": "c", "cores": 2, "load_before": [1.0],
+                "load_after": [1.0], "rows": [], "figures": {"per": {"psnry": 1, "ssim": 2, "niqe_anime": 3}}}
+    stored = append(measured, tmp_path / "results.jsonl")
+    assert render_table([stored], tmp_path, (bench,)) == render_table(load(tmp_path / "results.jsonl"), tmp_path, (bench,))
