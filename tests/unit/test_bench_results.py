@@ -52,6 +52,18 @@ def _git(repo: Path, *args: str) -> str:
                           check=True, capture_output=True, text=True).stdout.strip()
 
 
+def _luma_record(repo: Path, **fields: object) -> dict:
+    """A measured ``luma`` record on the HEAD of ``repo``, a fresh one-commit repository of ``pkg/a.py``."""
+    _git(repo, "init", "-q")
+    (repo / "pkg").mkdir()
+    (repo / "pkg" / "a.py").write_text("x = 1\n")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "a")
+    return {"benchmark": "luma", "commit": _git(repo, "rev-parse", "HEAD"), "args": [],
+            "date": "2026-12-05T00:00:00+00:00", "cpu": "c", "cores": 2, "load_before": [1.0], "load_after": [1.0],
+            **fields}
+
+
 def test_a_row_turns_stale_when_its_code_changes_after_the_measured_commit(tmp_path: Path) -> None:
     _git(tmp_path, "init", "-q")
     (tmp_path / "pkg").mkdir()
@@ -142,48 +154,27 @@ def test_export_rows_give_each_formats_worst_db_per_arch_floors_and_refusals() -
 
 
 def test_rows_are_rendered_from_the_figures_by_todays_registry_or_kept_when_the_layout_is_older(tmp_path: Path) -> None:
-    _git(tmp_path, "init", "-q")
-    (tmp_path / "pkg").mkdir()
-    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
-    _git(tmp_path, "add", ".")
-    _git(tmp_path, "commit", "-qm", "a")
     bench = Bench("luma", "bench_luma.py", (), ("pkg",),
                   lambda fig: [{"what": "luma", "result": f"{fig['colours']} colours", "baseline": "exact"}])
-    rec = {"benchmark": "luma", "commit": _git(tmp_path, "rev-parse", "HEAD"), "args": [],
-           "date": "2026-12-05T00:00:00+00:00", "cpu": "c", "cores": 2, "load_before": [1.0], "load_after": [1.0],
-           "rows": [{"what": "luma", "result": "stored when measured", "baseline": "b"}], "figures": {"colours": 7}}
+    rec = _luma_record(tmp_path, rows=[{"what": "luma", "result": "stored when measured", "baseline": "b"}],
+                       figures={"colours": 7})
     assert "| 7 colours |" in render_table([rec], tmp_path, (bench,))
     rec["figures"] = {"older_layout": 7}
     assert "| stored when measured |" in render_table([rec], tmp_path, (bench,))
 
 
 def test_a_record_carried_over_from_a_lost_history_names_the_commit_it_was_taken_on(tmp_path: Path) -> None:
-    _git(tmp_path, "init", "-q")
-    (tmp_path / "pkg").mkdir()
-    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
-    _git(tmp_path, "add", ".")
-    _git(tmp_path, "commit", "-qm", "a")
     bench = Bench("luma", "bench_luma.py", (), ("pkg",), None)
-    head = _git(tmp_path, "rev-parse", "HEAD")
-    rec = {"benchmark": "luma", "commit": head, "measured_commit": "f" * 40, "args": [],
-           "date": "2026-12-05T00:00:00+00:00", "cpu": "c", "cores": 2, "load_before": [1.0], "load_after": [1.0],
-           "rows": [{"what": "luma", "result": "r", "baseline": "b"}]}
+    rec = _luma_record(tmp_path, measured_commit="f" * 40, rows=[{"what": "luma", "result": "r", "baseline": "b"}])
     table = render_table([rec], tmp_path, (bench,))
-    assert f"`{head[:9]}` (taken on `fffffffff`, same code) 2026-12-05" in table
+    assert f"`{rec['commit'][:9]}` (taken on `fffffffff`, same code) 2026-12-05" in table
     assert "earlier tree" not in table
 
 
 def test_a_record_renders_the_same_when_measured_and_when_read_back(tmp_path: Path) -> None:
     """run.py writes the README in the run that measured; the freshness test renders from the file."""
-    _git(tmp_path, "init", "-q")
-    (tmp_path / "pkg").mkdir()
-    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
-    _git(tmp_path, "add", ".")
-    _git(tmp_path, "commit", "-qm", "a")
     bench = Bench("luma", "bench_luma.py", (), ("pkg",),
                   lambda fig: [{"what": "luma", "result": ", ".join(fig["per"]), "baseline": "b"}])
-    measured = {"benchmark": "luma", "commit": _git(tmp_path, "rev-parse", "HEAD"), "args": [],
-                "date": "2026-12-05T00:00:00+00:00", "cpu": "c", "cores": 2, "load_before": [1.0],
-                "load_after": [1.0], "rows": [], "figures": {"per": {"psnry": 1, "ssim": 2, "niqe_anime": 3}}}
+    measured = _luma_record(tmp_path, rows=[], figures={"per": {"psnry": 1, "ssim": 2, "niqe_anime": 3}})
     stored = append(measured, tmp_path / "results.jsonl")
     assert render_table([stored], tmp_path, (bench,)) == render_table(load(tmp_path / "results.jsonl"), tmp_path, (bench,))
